@@ -1,0 +1,252 @@
+"""The ``stackwatch`` command: the server, and clients of its HTTP API.
+
+Only ``server`` opens the stores; every other command talks to a running server over HTTP
+(``--url`` / ``STACKWATCH_URL``) with a token (``--token`` / ``STACKWATCH_TOKEN``), because the
+embedded stores are in-process and belong to the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+
+from stackwatch.errors import ConfigError
+
+app = typer.Typer(help="Stackwatch: monitoring and observability for Python web apps.", no_args_is_help=True)
+logs_app = typer.Typer(help="Search, tail and import logs.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration reference.", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="STACKWATCH_URL", help="Server URL.")]
+TokenOpt = Annotated[str, typer.Option("--token", envvar="STACKWATCH_TOKEN", help="API token.")]
+
+DEFAULT_URL = "http://127.0.0.1:8040"
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def server(
+    data_dir: Annotated[str | None, typer.Option(help="Data directory (default ./data).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default 8040).")] = None,
+    config: Annotated[str | None, typer.Option(help="YAML configuration file.")] = None,
+) -> None:
+    """Run the Stackwatch server."""
+    import logging
+
+    import uvicorn
+
+    from stackwatch.config import load_settings
+    from stackwatch.server.app import create_app
+    from stackwatch.server.runtime import Runtime
+
+    try:
+        settings = load_settings(config, data_dir=data_dir, host=host, port=port)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+        return
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        rt = Runtime.open(settings)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+        return
+    console.print(f"[bold green]Stackwatch[/bold green] is listening on [bold]{settings.url}[/bold]")
+    console.print(f"  data directory: {settings.data_path}")
+    for line in bootstrap_lines(rt.bootstrap, settings):
+        console.print("  " + line, highlight=False)
+    app_ = create_app(settings, runtime=rt)
+    try:
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    finally:
+        rt.close()
+
+
+def bootstrap_lines(boot: Any, settings: Any) -> list[str]:
+    """How to log in and send data, with any secret generated on this start (shown only now)."""
+    lines = []
+    if boot.admin_password:
+        lines.append(f"log in at {settings.url}/login as {boot.admin_email} with password: {boot.admin_password}")
+    else:
+        lines.append(
+            f"log in at {settings.url}/login as {boot.admin_email} (password shown at first start) "
+            "or with an API token"
+        )
+    if boot.admin_token:
+        lines.append(f"admin API token (shown once): {boot.admin_token}")
+    elif settings.admin_token:
+        lines.append("admin API token: the value of STACKWATCH_ADMIN_TOKEN")
+    if boot.ingest_token:
+        lines.append(f"ingest token of project 'default' (shown once): {boot.ingest_token}")
+    elif settings.ingest_token:
+        lines.append("ingest token of project 'default': the value of STACKWATCH_INGEST_TOKEN")
+    if boot.admin_password or boot.admin_token or boot.ingest_token:
+        lines.append("these secrets are stored hashed and will not be shown again: keep them now")
+    for warning in boot.warnings:
+        lines.append(f"[yellow]warning:[/yellow] {warning}")
+    return lines
+
+
+def _client(url: str, token: str) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url or DEFAULT_URL, headers=headers, timeout=60)
+
+
+def _check(resp: httpx.Response) -> Any:
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("error") or resp.text
+        except ValueError:
+            message = resp.text
+        fail(f"{resp.status_code}: {message}")
+    return resp.json()
+
+
+@logs_app.command("search")
+def logs_search(
+    query: Annotated[str, typer.Argument(help='Query, e.g. \'level:ERROR AND service:auth\'.')] = "",
+    since: Annotated[str, typer.Option(help="How far back: 15m, 1h, 7d.")] = "1h",
+    until: Annotated[str, typer.Option(help="End of the range (default now).")] = "now",
+    limit: Annotated[int, typer.Option(help="Most lines to show.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = "",
+) -> None:
+    """Search logs, newest first."""
+    with _client(url, token) as client:
+        data = _check(
+            client.get(
+                "/api/v1/logs/search", params={"q": query, "start": f"-{since}", "end": until, "limit": limit}
+            )
+        )
+    if as_json:
+        for hit in data["hits"]:
+            sys.stdout.write(json.dumps(hit) + "\n")
+        return
+    for hit in reversed(data["hits"]):
+        _print_hit(hit)
+    err_console.print(f"[dim]{len(data['hits'])} of {data['total']} matching lines[/dim]")
+
+
+_LEVEL_STYLE = {"ERROR": "red", "FATAL": "bold red", "WARN": "yellow", "INFO": "green", "DEBUG": "blue"}
+
+
+def _print_hit(hit: dict[str, Any]) -> None:
+    style = _LEVEL_STYLE.get(hit["level"], "white")
+    attrs = " ".join(f"{k}={v}" for k, v in sorted(hit["attributes"].items()))
+    console.print(
+        f"[dim]{hit['timestamp'][:23]}Z[/dim] [{style}]{hit['level']:<5}[/{style}] "
+        f"[cyan]{hit['service']}[/cyan] {hit['message']}" + (f" [dim]{attrs}[/dim]" if attrs else ""),
+        markup=True,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@logs_app.command("tail")
+def logs_tail(
+    query: Annotated[str, typer.Argument(help="Query to filter the live stream.")] = "",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = "",
+) -> None:
+    """Stream new matching lines as they arrive (Ctrl-C to stop)."""
+    with _client(url, token) as client, client.stream(
+        "GET", "/api/v1/logs/tail", params={"q": query}, timeout=None
+    ) as resp:
+        if resp.status_code >= 400:
+            resp.read()
+            _check(resp)
+        try:
+            for line in resp.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                hit = json.loads(line[6:])
+                if as_json:
+                    sys.stdout.write(line[6:] + "\n")
+                    sys.stdout.flush()
+                else:
+                    _print_hit(hit)
+        except KeyboardInterrupt:
+            return
+
+
+def _batches(path: Path, max_bytes: int = 4 << 20) -> Any:
+    with path.open("rb") as f:
+        buf: list[bytes] = []
+        size = 0
+        for line in f:
+            buf.append(line)
+            size += len(line)
+            if size >= max_bytes:
+                yield b"".join(buf), size
+                buf, size = [], 0
+        if buf:
+            yield b"".join(buf), size
+
+
+@logs_app.command("import")
+def logs_import(
+    files: Annotated[list[Path], typer.Argument(help="NDJSON files, or plain/access log files.")],
+    service: Annotated[str, typer.Option(help="Service for lines that do not name one.")] = "",
+    log_type: Annotated[str, typer.Option(help="application, web, database, security or system.")] = "",
+    url: UrlOpt = DEFAULT_URL,
+    token: Annotated[str, typer.Option("--token", envvar="STACKWATCH_INGEST_TOKEN", help="Ingest token.")] = "",
+) -> None:
+    """Send log files to the server (JSON lines as they are; other lines as text to be parsed)."""
+    params = {k: v for k, v in (("service", service), ("log_type", log_type)) if v}
+    total = 0
+    with _client(url, token) as client, Progress(
+        TextColumn("{task.description}"), BarColumn(), TransferSpeedColumn(), console=err_console
+    ) as progress:
+        for path in files:
+            if not path.is_file():
+                fail(f"{path}: no such file")
+            task = progress.add_task(path.name, total=path.stat().st_size)
+            first = path.open("rb").readline().lstrip()
+            content_type = "application/x-ndjson" if first.startswith(b"{") else "text/plain"
+            for chunk, size in _batches(path):
+                for attempt in range(10):
+                    resp = client.post(
+                        "/api/v1/logs", content=chunk, params=params, headers={"Content-Type": content_type}
+                    )
+                    if resp.status_code != 429:
+                        break
+                    time.sleep(float(resp.headers.get("Retry-After", "1")) * (attempt + 1))
+                total += _check(resp)["accepted"]
+                progress.advance(task, size)
+    err_console.print(f"imported {total} lines")
+
+
+@config_app.command("docs")
+def config_docs() -> None:
+    """Print the settings reference (Markdown)."""
+    from stackwatch.config import settings_markdown
+
+    sys.stdout.write(settings_markdown())
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

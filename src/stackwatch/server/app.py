@@ -1,0 +1,102 @@
+"""The ASGI application: routers, error envelope, and the runtime's lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from stackwatch import __version__
+from stackwatch.errors import Overloaded, StackwatchError
+from stackwatch.server.runtime import Runtime
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("stackwatch.server")
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
+    return ORJSONResponse({"status": "error", "error": message}, status_code=status, headers=headers)
+
+
+def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. With ``runtime`` given, the caller owns its lifecycle (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = runtime is None
+        app.state.rt = runtime or Runtime.open(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.rt.close()
+
+    app = FastAPI(
+        title="Stackwatch",
+        version=__version__,
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    if runtime is not None:
+        app.state.rt = runtime
+
+    @app.exception_handler(StackwatchError)
+    async def _stackwatch_error(request: Request, exc: StackwatchError) -> ORJSONResponse:
+        headers = None
+        if isinstance(exc, Overloaded):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        if exc.status_code == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="stackwatch"'}
+        if exc.status_code >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return error_response(exc.status_code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body"))
+            parts.append(f"{where}: {err.get('msg')}")
+        return error_response(400, "invalid request: " + "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.get("/health", tags=["health"])
+    @app.get("/-/healthy", include_in_schema=False)
+    async def health(request: Request) -> dict[str, Any]:
+        rt: Runtime = request.app.state.rt
+        return {
+            "status": "ok",
+            "service": "stackwatch",
+            "version": __version__,
+            "uptime_seconds": round(time.time() - rt.started_at, 3),
+            "ingest": {
+                "buffered_bytes": rt.batcher.buffered_bytes,
+                "pending_rows": rt.batcher.pending_rows,
+                "stored_events": rt.batcher.stored_events,
+                "last_error": rt.batcher.last_error,
+            },
+        }
+
+    from stackwatch.server.api import admin, es, ingest, logs
+    from stackwatch.server.ui import routes as ui
+
+    app.include_router(ingest.router)
+    app.include_router(logs.router)
+    app.include_router(admin.router)
+    app.include_router(ui.router)
+    app.include_router(es.router)  # last: it answers catch-all Elasticsearch paths
+    return app

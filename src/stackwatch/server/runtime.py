@@ -1,0 +1,99 @@
+"""The server's components, wired once: storage, meta store, auth, pipeline, WAL, batcher.
+
+Routes receive this object (``request.app.state.rt``) instead of reaching for globals, so a test
+can build a runtime over a temporary directory and drive the real app.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stackwatch.auth import AuthService
+from stackwatch.errors import ConfigError
+from stackwatch.ingest.batcher import Batcher, Entry
+from stackwatch.ingest.wal import WAL
+from stackwatch.pipeline.pipeline import Pipeline, PipelineConfig
+from stackwatch.storage.executor import Executor, open_executor
+from stackwatch.storage.logs import LogStore
+from stackwatch.storage.meta.db import MetaStore
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("stackwatch.server")
+
+
+def _pipeline_config(settings: Any) -> PipelineConfig:
+    raw: dict[str, Any] = dict(settings.extra.get("pipeline") or {})
+    if settings.pipeline_file:
+        try:
+            loaded = yaml.safe_load(Path(settings.pipeline_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"setting 'pipeline_file': cannot read {settings.pipeline_file!r}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"setting 'pipeline_file': {settings.pipeline_file!r} must hold a mapping")
+        raw.update(loaded.get("pipeline", loaded))
+    try:
+        return PipelineConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"pipeline configuration: {exc}") from None
+
+
+@dataclass
+class Runtime:
+    settings: Any
+    executor: Executor
+    logs: LogStore
+    meta: MetaStore
+    auth: AuthService
+    pipeline: Pipeline
+    wal: WAL
+    batcher: Batcher
+    started_at: float = field(default_factory=time.time)
+    bootstrap: Any = None
+
+    @classmethod
+    def open(cls, settings: Any) -> Runtime:
+        data = settings.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        executor = open_executor(data, settings.clickhouse_url, settings.clickhouse_cluster)
+        logs = LogStore(executor)
+        logs.ensure_schema()
+        meta = MetaStore(settings.meta_url)
+        meta.migrate()
+        auth = AuthService(meta)
+        bootstrap = auth.bootstrap(settings.admin_token or None, settings.ingest_token or None)
+        pipeline = Pipeline(_pipeline_config(settings))
+        wal = WAL(data / "wal", segment_bytes=settings.wal_segment_bytes, fsync=settings.wal_fsync)
+
+        def store_logs(entries: list[Entry], token: str) -> None:
+            records = []
+            for e in entries:
+                records.extend(
+                    pipeline.process(e.events, project=e.project, observed_ns=e.observed_ns, defaults=e.defaults)
+                )
+            logs.insert(records, dedup_token=token)
+
+        batcher = Batcher(
+            wal,
+            data / "wal" / "checkpoint.json",
+            {"logs": store_logs},
+            max_rows=settings.batch_max_rows,
+            max_delay_s=settings.batch_max_delay_ms / 1000,
+            buffer_bytes=settings.ingest_buffer_bytes,
+        )
+        batcher.recover()
+        batcher.start()
+        return cls(settings, executor, logs, meta, auth, pipeline, wal, batcher, bootstrap=bootstrap)
+
+    def close(self) -> None:
+        self.batcher.flush(timeout=30)
+        self.batcher.stop()
+        self.wal.close()
+        self.executor.close()
+        self.meta.close()

@@ -1,0 +1,176 @@
+"""Executors: the only difference between embedded chDB and a ClickHouse server.
+
+Every query in Stackwatch is written once in ClickHouse SQL with ``{name:Type}`` parameters;
+an executor runs it. User text only ever reaches ClickHouse as a parameter value.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import pyarrow as pa
+
+from stackwatch.errors import StackwatchError
+
+__all__ = ["ChdbExecutor", "ClickHouseExecutor", "Executor", "StorageError", "open_executor"]
+
+
+class StorageError(StackwatchError):
+    status_code = 503
+
+
+class Executor(Protocol):
+    database: str
+    cluster: str
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing."""
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a query; each row as a dict (64-bit integers as ints)."""
+
+    def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
+        """Insert a block. The same ``dedup_token`` twice stores the block once."""
+
+    def close(self) -> None: ...
+
+
+_OUTPUT_SETTINGS = "output_format_json_quote_64bit_integers=0, output_format_json_quote_denormals=1"
+
+
+class _SharedSession:
+    """chDB allows one embedded server per process, on one path: share it, count its users."""
+
+    lock = threading.Lock()
+    path: str | None = None
+    session: Any = None
+    users = 0
+    query_lock = threading.Lock()
+
+    @classmethod
+    def acquire(cls, path: str) -> Any:
+        from chdb import session as chdb_session
+
+        with cls.lock:
+            if cls.session is not None and cls.path != path:
+                raise StorageError(
+                    f"the embedded store is already open at {cls.path!r} in this process; "
+                    f"cannot also open {path!r}"
+                )
+            if cls.session is None:
+                cls.session = chdb_session.Session(path)
+                cls.path = path
+            cls.users += 1
+            return cls.session
+
+    @classmethod
+    def release(cls) -> None:
+        with cls.lock:
+            cls.users -= 1
+            if cls.users == 0 and cls.session is not None:
+                with cls.query_lock:
+                    cls.session.close()
+                cls.session = None
+                cls.path = None
+
+
+class ChdbExecutor:
+    """Embedded ClickHouse in this process, stored under ``path``.
+
+    chDB runs one query at a time; the lock makes that explicit so threads queue here rather
+    than inside the engine. The GIL is released while a query runs.
+    """
+
+    def __init__(self, path: str | Path, database: str = "stackwatch") -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.database = database
+        self.cluster = ""
+        self._lock = _SharedSession.query_lock
+        self._session = _SharedSession.acquire(str(Path(path).resolve()))
+        self._closed = False
+        self.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+
+    def _query(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> Any:
+        with self._lock:
+            try:
+                return self._session.query(sql, fmt, params=dict(params) if params else None)
+            except Exception as exc:  # chDB raises RuntimeError with the server's message
+                raise StorageError(f"storage query failed: {exc}") from exc
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self._query(sql, "CSV", params)
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        result = self._query(f"{sql}\nSETTINGS {_OUTPUT_SETTINGS}", "JSONEachRow", params)
+        data = result.bytes()
+        if not data:
+            return []
+        return [orjson.loads(line) for line in data.splitlines() if line]
+
+    def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
+        settings = ""
+        if dedup_token is not None:
+            if not dedup_token.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"bad dedup token {dedup_token!r}")
+            settings = f" SETTINGS insert_deduplication_token='{dedup_token}'"
+        cols = ", ".join(f"`{c}`" for c in data.column_names)
+        # chDB's Python() table function reads the Arrow table from this frame's locals.
+        block = data  # noqa: F841
+        self.command(f"INSERT INTO `{self.database}`.`{table}` ({cols}){settings} SELECT * FROM Python(block)")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _SharedSession.release()
+
+
+class ClickHouseExecutor:
+    """A ClickHouse server (or cluster) over HTTP through clickhouse-connect."""
+
+    def __init__(self, url: str, cluster: str = "", database: str | None = None) -> None:
+        import clickhouse_connect
+
+        self._client = clickhouse_connect.get_client(dsn=url)
+        self.database = database or self._client.database or "stackwatch"
+        if self.database == "default":
+            self.database = "stackwatch"
+        self.cluster = cluster
+        on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
+        self._client.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`{on_cluster}")
+        self._lock = threading.Lock()
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        try:
+            with self._lock:
+                self._client.command(sql, parameters=dict(params) if params else None)
+        except Exception as exc:
+            raise StorageError(f"storage query failed: {exc}") from exc
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        try:
+            with self._lock:
+                result = self._client.query(sql, parameters=dict(params) if params else None)
+            return list(result.named_results())
+        except Exception as exc:
+            raise StorageError(f"storage query failed: {exc}") from exc
+
+    def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        try:
+            with self._lock:
+                self._client.insert_arrow(f"{self.database}.{table}", data, settings=settings)
+        except Exception as exc:
+            raise StorageError(f"storage insert failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_executor(data_dir: Path, clickhouse_url: str = "", cluster: str = "") -> Executor:
+    if clickhouse_url:
+        return ClickHouseExecutor(clickhouse_url, cluster)
+    return ChdbExecutor(data_dir / "clickhouse")

@@ -1,0 +1,267 @@
+"""Writing log blocks and reading them back: the logs side of the telemetry store."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from stackwatch.errors import BadRequest
+from stackwatch.model.logs import LogRecord
+from stackwatch.storage.executor import Executor
+from stackwatch.storage.schema import TABLES, render_ddl
+
+__all__ = ["LogHit", "LogStore", "SearchPage", "records_to_arrow"]
+
+_TS = pa.timestamp("ns", tz="UTC")
+_STR_MAP = pa.map_(pa.string(), pa.string())
+_NUM_MAP = pa.map_(pa.string(), pa.float64())
+
+_STRING_COLUMNS = (
+    "project",
+    "service",
+    "severity_text",
+    "message",
+    "trace_id",
+    "span_id",
+    "source",
+    "logger",
+    "function",
+    "host",
+    "log_type",
+)
+
+
+def _split_attributes(attrs: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, float]]]:
+    strings: list[tuple[str, str]] = []
+    numbers: list[tuple[str, float]] = []
+    for key, value in attrs.items():
+        kind = type(value)
+        if kind is str:
+            strings.append((key, value))
+        elif kind is bool:
+            strings.append((key, "true" if value else "false"))
+        elif kind is int or kind is float:
+            numbers.append((key, float(value)))
+        elif value is not None:
+            strings.append((key, str(value)))
+    return strings, numbers
+
+
+def records_to_arrow(records: Sequence[LogRecord]) -> pa.Table:
+    """Turn normalized records into one columnar block, the unit the store inserts."""
+    columns: dict[str, pa.Array] = {
+        "timestamp": pa.array([r["timestamp"] for r in records], _TS),
+        "observed_timestamp": pa.array([r["observed_timestamp"] for r in records], _TS),
+        "severity_number": pa.array([r["severity_number"] for r in records], pa.uint8()),
+    }
+    for name in _STRING_COLUMNS:
+        columns[name] = pa.array([r[name] for r in records], pa.string())
+    str_maps = []
+    num_maps = []
+    for r in records:
+        s, n = _split_attributes(r["attributes"])
+        str_maps.append(s)
+        num_maps.append(n)
+    columns["attributes_string"] = pa.array(str_maps, _STR_MAP)
+    columns["attributes_number"] = pa.array(num_maps, _NUM_MAP)
+    columns["resource"] = pa.array([list(r["resource"].items()) for r in records], _STR_MAP)
+    return pa.table(columns)
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    total: int
+    hits: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+LogHit = dict[str, Any]
+
+_HIT_COLUMNS = """
+    toUnixTimestamp64Nano(timestamp) AS ts,
+    toUnixTimestamp64Nano(observed_timestamp) AS observed_ts,
+    project, service, severity_text, severity_number, message, trace_id, span_id, source,
+    logger, function, host, log_type, attributes_string, attributes_number, resource,
+    cityHash64(service, message, trace_id, span_id, observed_timestamp) AS tiebreak
+"""
+
+
+def ns_to_rfc3339(ns: int) -> str:
+    seconds, rem = divmod(ns, 1_000_000_000)
+    base = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{rem:09d}Z"
+
+
+def _number(value: float | int) -> int | float:
+    # JSON output writes 2490.0 as 2490; show whole numbers as ints either way.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _hit(row: dict[str, Any]) -> LogHit:
+    attributes: dict[str, Any] = dict(row["attributes_string"])
+    for key, value in row["attributes_number"].items():
+        attributes[key] = _number(value)
+    return {
+        "timestamp": ns_to_rfc3339(row["ts"]),
+        "timestamp_ns": row["ts"],
+        "observed_timestamp": ns_to_rfc3339(row["observed_ts"]),
+        "project": row["project"],
+        "service": row["service"],
+        "level": row["severity_text"],
+        "severity_number": row["severity_number"],
+        "message": row["message"],
+        "trace_id": row["trace_id"],
+        "span_id": row["span_id"],
+        "source": row["source"],
+        "logger": row["logger"],
+        "function": row["function"],
+        "host": row["host"],
+        "log_type": row["log_type"],
+        "attributes": attributes,
+        "resource": row["resource"],
+    }
+
+
+def encode_cursor(ts: int, tiebreak: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([ts, tiebreak])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, int]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        ts, tiebreak = orjson.loads(base64.urlsafe_b64decode(padded))
+        if not isinstance(ts, int) or not isinstance(tiebreak, int):
+            raise ValueError
+        return ts, tiebreak
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise BadRequest("invalid cursor: pass back the next_cursor of a previous page") from None
+
+
+class LogStore:
+    """Reads and writes the logs tables through an executor (embedded or server)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.ex = executor
+        self.db = executor.database
+
+    def ensure_schema(self) -> None:
+        for table in TABLES:
+            for stmt in render_ddl(table, self.db, self.ex.cluster):
+                self.ex.command(stmt)
+
+    def insert(self, records: Sequence[LogRecord], *, dedup_token: str | None = None) -> int:
+        if not records:
+            return 0
+        self.ex.insert_arrow("logs_hot", records_to_arrow(records), dedup_token=dedup_token)
+        return len(records)
+
+    def _scope(self, project: str, start_ns: int, end_ns: int) -> tuple[str, dict[str, Any]]:
+        where = (
+            "project = {_project:String} AND timestamp >= fromUnixTimestamp64Nano({_start:Int64}) "
+            "AND timestamp < fromUnixTimestamp64Nano({_end:Int64})"
+        )
+        return where, {"_project": project, "_start": start_ns, "_end": end_ns}
+
+    def search(
+        self,
+        project: str,
+        where: str,
+        params: dict[str, Any],
+        start_ns: int,
+        end_ns: int,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        with_total: bool = True,
+    ) -> SearchPage:
+        """Newest-first page of matching lines, plus the total count over the whole range."""
+        scope, scope_params = self._scope(project, start_ns, end_ns)
+        all_params = {**params, **scope_params, "_limit": limit}
+        page_filter = ""
+        if cursor:
+            ts, tiebreak = decode_cursor(cursor)
+            page_filter = (
+                " AND (toUnixTimestamp64Nano(timestamp), cityHash64(service, message, trace_id, span_id, "
+                "observed_timestamp)) < ({_cts:Int64}, {_ctb:UInt64})"
+            )
+            all_params.update(_cts=ts, _ctb=tiebreak)
+        rows = self.ex.rows(
+            f"SELECT {_HIT_COLUMNS} FROM `{self.db}`.logs WHERE {scope} AND ({where}){page_filter} "
+            "ORDER BY timestamp DESC, tiebreak DESC LIMIT {_limit:UInt32}",
+            all_params,
+        )
+        total = -1
+        if with_total:
+            total = self.count(project, where, params, start_ns, end_ns)
+        next_cursor = None
+        if len(rows) == limit:
+            last = rows[-1]
+            next_cursor = encode_cursor(last["ts"], last["tiebreak"])
+        return SearchPage(total=total, hits=[_hit(r) for r in rows], next_cursor=next_cursor)
+
+    def count(self, project: str, where: str, params: dict[str, Any], start_ns: int, end_ns: int) -> int:
+        scope, scope_params = self._scope(project, start_ns, end_ns)
+        rows = self.ex.rows(
+            f"SELECT count() AS n FROM `{self.db}`.logs WHERE {scope} AND ({where})",
+            {**params, **scope_params},
+        )
+        return int(rows[0]["n"]) if rows else 0
+
+    def histogram(
+        self,
+        project: str,
+        where: str,
+        params: dict[str, Any],
+        start_ns: int,
+        end_ns: int,
+        interval_s: int,
+        *,
+        by_level: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Counts per time bucket (aligned to the epoch), empty buckets included."""
+        scope, scope_params = self._scope(project, start_ns, end_ns)
+        level = ", severity_text AS level" if by_level else ""
+        group = ", level" if by_level else ""
+        rows = self.ex.rows(
+            f"SELECT toUnixTimestamp(toStartOfInterval(timestamp, toIntervalSecond({{_iv:UInt32}}))) AS t{level}, "
+            f"count() AS n FROM `{self.db}`.logs WHERE {scope} AND ({where}) GROUP BY t{group} ORDER BY t",
+            {**params, **scope_params, "_iv": interval_s},
+        )
+        first = (start_ns // 1_000_000_000) // interval_s * interval_s
+        last = ((end_ns - 1) // 1_000_000_000) // interval_s * interval_s
+        if by_level:
+            return [{"t": r["t"], "level": r["level"], "count": int(r["n"])} for r in rows]
+        counts = {r["t"]: int(r["n"]) for r in rows}
+        return [{"t": t, "count": counts.get(t, 0)} for t in range(first, last + 1, interval_s)]
+
+    def newer_than(
+        self,
+        project: str,
+        where: str,
+        params: dict[str, Any],
+        observed_after_ns: int,
+        limit: int = 1000,
+        observed_upto_ns: int = 2**63 - 1,
+    ) -> list[LogHit]:
+        """Lines that arrived in (after, upto], oldest first: what live tail streams.
+
+        Lines whose own timestamp is more than a day older than their arrival are left out so
+        the scan stays within recent partitions.
+        """
+        rows = self.ex.rows(
+            f"SELECT {_HIT_COLUMNS} FROM `{self.db}`.logs WHERE project = {{_project:String}} "
+            "AND observed_timestamp > fromUnixTimestamp64Nano({_after:Int64}) "
+            "AND observed_timestamp <= fromUnixTimestamp64Nano({_upto:Int64}) "
+            "AND timestamp > fromUnixTimestamp64Nano({_after:Int64}) - toIntervalDay(1) "
+            f"AND ({where}) ORDER BY observed_timestamp, timestamp LIMIT {{_limit:UInt32}}",
+            {**params, "_project": project, "_after": observed_after_ns, "_upto": observed_upto_ns, "_limit": limit},
+        )
+        return [_hit(r) for r in rows]

@@ -1,0 +1,218 @@
+"""SQLAlchemy models of the relational state: projects, tokens, users, sessions, saved searches.
+
+The same models run on SQLite (the default, a file under ``data_dir``) and on PostgreSQL, so
+only portable types are used: strings, integers, booleans, ``JSON`` and :class:`UTCDateTime`.
+Alembic owns the schema (``migrations/``); a test checks that these models and the migrations
+describe the same tables, so change both together.
+
+Secrets are never stored in clear: tokens are stored as their SHA-256 (they are random and
+high-entropy, so a fast hash cannot be brute-forced and lets a request be verified with one
+indexed lookup) and passwords as argon2id (they are chosen by people, so the hash must be slow).
+The one exception is :attr:`IngestToken.public_key`, explained there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Final
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "ROLES",
+    "ApiToken",
+    "Base",
+    "IngestToken",
+    "LoginSession",
+    "Project",
+    "SavedSearch",
+    "UTCDateTime",
+    "User",
+    "utcnow",
+]
+
+ROLES: Final[tuple[str, ...]] = ("viewer", "editor", "admin")
+"""User and token roles, weakest first: each role may do everything the ones before it may."""
+
+DEFAULT_RETENTION: Final[Mapping[str, Mapping[str, int]]] = MappingProxyType(
+    {
+        log_type: MappingProxyType({"hot_days": hot, "warm_days": warm, "cold_days": cold})
+        for log_type, (hot, warm, cold) in {
+            "application": (7, 30, 365),
+            "web": (3, 15, 90),
+            "database": (7, 30, 180),
+            "security": (30, 90, 730),
+            "system": (7, 30, 90),
+        }.items()
+    }
+)
+"""Retention per log type, as total-age thresholds in days.
+
+A record is hot (fast local storage) until ``hot_days`` old, warm until ``warm_days``, cold
+until ``cold_days``, then deleted. Projects override any of these in :attr:`Project.retention`;
+security logs are kept longest because audits ask for them long after the fact. Read-only: use
+``AuthService.get_retention`` for a project's merged values.
+"""
+
+# Explicit constraint names make migrations portable: PostgreSQL and SQLite name unnamed
+# constraints differently, and Alembic can only drop or compare a constraint it can name.
+NAMING_CONVENTION: Final[dict[str, str]] = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_ROLE_CHECK = "role IN ('viewer', 'editor', 'admin')"
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime, the only kind the models store."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that goes in and comes out as an aware UTC ``datetime`` on every backend.
+
+    SQLite has no time zone type: SQLAlchemy stores the wall-clock text and gives back naive
+    datetimes, which then cannot be compared with aware ones. This type converts to UTC on the
+    way in (dropping the zone only for SQLite, where all values are UTC by construction) and
+    marks values as UTC on the way out, so code never sees a naive datetime.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the meta store only takes aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base whose metadata carries the naming convention and type map."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Project(Base):
+    """A tenant: telemetry, tokens, rules and saved searches belong to one project."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Only the overrides are stored (``{"web": {"hot_days": 1}}``), not the merged table, so
+    # a project that did not override a value follows later changes of DEFAULT_RETENTION.
+    retention: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class IngestToken(Base):
+    """A token that lets a client write telemetry into one project."""
+
+    __tablename__ = "ingest_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The token in clear, set only on the one token per project that is its Sentry DSN key.
+    # A DSN (https://KEY@host/PROJECT) is pasted into application config and shipped in
+    # browser bundles; Sentry itself treats its public key as non-secret and shows it in the
+    # UI. Keeping it lets the UI show the DSN at any time. All other tokens exist only as
+    # hashes; verification always goes through token_hash, never through this column.
+    public_key: Mapped[str | None] = mapped_column(String(256), unique=True, default=None)
+
+
+class User(Base):
+    """A person who logs in to the UI or owns API tokens."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_ROLE_CHECK, name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Stored lower-cased so that logins and uniqueness ignore case the same way on both backends.
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled: Mapped[bool] = mapped_column(default=False)
+
+
+class ApiToken(Base):
+    """A bearer token for the HTTP API acting as its user, with at most the user's role."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint(_ROLE_CHECK, name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class LoginSession(Base):
+    """A browser login. ``id`` is the SHA-256 of the cookie value, so a leaked table logs no one in."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SavedSearch(Base):
+    """A named log query with its time range, shared within a project."""
+
+    __tablename__ = "saved_searches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    # The author; kept as NULL when the user is deleted so the team keeps the search.
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    name: Mapped[str] = mapped_column(String(200))
+    query: Mapped[str] = mapped_column(Text)
+    time_range: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,172 @@
+"""Telemetry tables, declared once as data and rendered to DDL for each deployment.
+
+Embedded (chDB) and single-server ClickHouse get plain MergeTree tables; with a cluster name the
+same declaration renders ``Replicated*MergeTree`` local tables ``ON CLUSTER`` plus a
+``Distributed`` table under the public name, so every query in the code base reads the same
+table names whatever the deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["TABLES", "Column", "Table", "render_ddl"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    codec: str = ""
+    default: str = ""
+    comment: str = ""
+
+    def ddl(self) -> str:
+        parts = [f"`{self.name}`", self.type]
+        if self.default:
+            parts.append(f"DEFAULT {self.default}")
+        if self.codec:
+            parts.append(f"CODEC({self.codec})")
+        if self.comment:
+            parts.append("COMMENT '" + self.comment.replace("'", "''") + "'")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    expr: str
+    type: str
+    granularity: int = 1
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    order_by: str
+    partition_by: str = ""
+    indexes: tuple[Index, ...] = ()
+    engine: str = "MergeTree"
+    settings: dict[str, object] = field(default_factory=dict)
+    comment: str = ""
+    #: A table of kind "merge" is a read-only union over other tables (regexp on their names).
+    merge_regexp: str = ""
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+def render_ddl(table: Table, database: str, cluster: str = "") -> list[str]:
+    """DDL statements creating ``table`` (idempotently) in ``database``."""
+    on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
+    cols = ",\n  ".join(c.ddl() for c in table.columns)
+    if table.merge_regexp:
+        return [
+            f"CREATE TABLE IF NOT EXISTS `{database}`.`{table.name}`{on_cluster} (\n  {cols}\n) "
+            f"ENGINE = Merge('{database}', '{table.merge_regexp}')"
+        ]
+    idx = "".join(
+        f",\n  INDEX `{i.name}` {i.expr} TYPE {i.type} GRANULARITY {i.granularity}" for i in table.indexes
+    )
+    local_name = f"{table.name}_local" if cluster else table.name
+    engine = table.engine
+    if cluster:
+        engine = f"Replicated{engine}('/clickhouse/tables/{{shard}}/{database}/{local_name}', '{{replica}}')"
+    else:
+        engine = f"{engine}()"
+    settings = ""
+    if table.settings:
+        settings = "\nSETTINGS " + ", ".join(f"{k} = {v!r}" for k, v in table.settings.items())
+    partition = f"\nPARTITION BY {table.partition_by}" if table.partition_by else ""
+    comment = ""
+    if table.comment:
+        comment = "\nCOMMENT '" + table.comment.replace("'", "''") + "'"
+    stmts = [
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{local_name}`{on_cluster} (\n  {cols}{idx}\n)"
+        f"\nENGINE = {engine}{partition}\nORDER BY {table.order_by}{settings}{comment}"
+    ]
+    if cluster:
+        stmts.append(
+            f"CREATE TABLE IF NOT EXISTS `{database}`.`{table.name}`{on_cluster} AS `{database}`.`{local_name}` "
+            f"ENGINE = Distributed(`{cluster}`, `{database}`, `{local_name}`, rand())"
+        )
+    return stmts
+
+
+def _log_columns(message_codec: str) -> tuple[Column, ...]:
+    return (
+        Column("project", "LowCardinality(String)"),
+        # Delta on sorted ns timestamps turns them into small gaps that ZSTD packs tightly.
+        Column("timestamp", "DateTime64(9, 'UTC')", "Delta(8), ZSTD(1)"),
+        Column("observed_timestamp", "DateTime64(9, 'UTC')", "Delta(8), ZSTD(1)"),
+        Column("service", "LowCardinality(String)"),
+        Column("severity_text", "LowCardinality(String)"),
+        Column("severity_number", "UInt8"),
+        Column("message", "String", message_codec),
+        Column("trace_id", "String", "ZSTD(1)"),
+        Column("span_id", "String", "ZSTD(1)"),
+        Column("source", "LowCardinality(String)"),
+        Column("logger", "LowCardinality(String)"),
+        Column("function", "LowCardinality(String)"),
+        Column("host", "LowCardinality(String)"),
+        Column("log_type", "LowCardinality(String)"),
+        # Attributes are typed by value so numeric comparisons (context.duration:>500) run on
+        # Float64 without parsing strings at query time.
+        Column("attributes_string", "Map(LowCardinality(String), String)", "ZSTD(1)"),
+        Column("attributes_number", "Map(LowCardinality(String), Float64)", "ZSTD(1)"),
+        Column("resource", "Map(LowCardinality(String), String)", "ZSTD(1)"),
+    )
+
+
+_LOG_INDEXES = (
+    # One trace's lines are few among millions: a bloom filter skips nearly every granule.
+    Index("idx_trace_id", "trace_id", "bloom_filter(0.01)"),
+    # Token bloom filter on the lowercased body serves bare words and phrase searches
+    # (hasTokenCaseInsensitive / LIKE on lower(message)).
+    Index("idx_message", "lower(message)", "tokenbf_v1(8192, 2, 0)"),
+    # Attribute key presence (context.error_code:*) and exact values (context.ip:"1.2.3.4").
+    Index("idx_attr_keys", "mapKeys(attributes_string)", "bloom_filter(0.01)"),
+    Index("idx_attr_values", "mapValues(attributes_string)", "bloom_filter(0.01)"),
+    Index("idx_num_keys", "mapKeys(attributes_number)", "bloom_filter(0.01)"),
+)
+
+# Sort key: a search is always within one project and a time range, usually narrowed by
+# service and level, and wants the newest lines first. Hour buckets come before service so a
+# time range prunes granules via the primary index, and within an hour rows of one service sit
+# together, which is what makes their messages compress well. Partitions are per day and log
+# type so the retention manager moves or drops whole parts.
+_LOG_ORDER = "(project, toStartOfHour(timestamp), service, severity_number, timestamp)"
+_LOG_PARTITION = "(toYYYYMMDD(timestamp), log_type)"
+
+LOGS_HOT = Table(
+    name="logs_hot",
+    columns=_log_columns("ZSTD(3)"),
+    order_by=_LOG_ORDER,
+    partition_by=_LOG_PARTITION,
+    indexes=_LOG_INDEXES,
+    # Insert deduplication by token makes WAL replay idempotent (see ingest.batcher).
+    settings={"non_replicated_deduplication_window": 10000, "index_granularity": 8192},
+    comment="Logs within their hot tier: fast codecs, all skip indexes.",
+)
+
+LOGS_WARM = Table(
+    name="logs_warm",
+    columns=_log_columns("ZSTD(12)"),
+    order_by=_LOG_ORDER,
+    partition_by=_LOG_PARTITION,
+    indexes=_LOG_INDEXES,
+    settings={"non_replicated_deduplication_window": 10000},
+    comment="Logs past their hot tier: recompressed harder; same layout, so the same queries.",
+)
+
+LOGS = Table(
+    name="logs",
+    columns=_log_columns(""),
+    order_by="",
+    merge_regexp="^logs_(hot|warm)$",
+    comment="Every searchable log line not yet in cold files: a Merge over the hot and warm tables.",
+)
+
+TABLES: tuple[Table, ...] = (LOGS_HOT, LOGS_WARM, LOGS)
