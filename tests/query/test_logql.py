@@ -174,7 +174,6 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.session = chdb_session.Session(str(path))
-        self.lock = threading.Lock()
         self.session.query("CREATE DATABASE IF NOT EXISTS logql")
 
     def create(self, table: str, rows: list[dict[str, Any]]) -> None:
@@ -345,6 +344,7 @@ def test_any_text_compiles_to_runnable_sql_or_a_syntax_error(store: Store, q: st
     _check_compiles_and_runs(store, q)
 
 
+# fmt: off
 _FRAGMENTS = [
     "level", "service", "message", "msg", "trace_id", "timestamp", "severity_number",
     "context.duration", "ctx.ip", "@x", "_exists_", "type", ":", ":*", ":>", ":>=", ":<",
@@ -353,6 +353,7 @@ _FRAGMENTS = [
     "'", "%", "_", "WARN", "warning", "500", "-5", "1e999", "0", "2024-05-01T00:00:00Z",
     "é", "日本", "\u0000", "\n", "^2", "~", "fail*", "a?c", "');DROP TABLE t;--", " ",
 ]
+# fmt: on
 
 
 @FUZZ
@@ -365,16 +366,14 @@ _NASTY = st.text(alphabet=st.sampled_from("aZ9 %_\\*?\"'():;[]{}<>/-+!~^&|éÉß
 
 
 def _lucene_escape(text: str) -> str:
-    escaped = re.sub(r'([\\+\-!():^\[\]"{}~*?|&/\s<>=])', r"\\\1", text)
+    escaped = re.sub(r"""([\\'+\-!():^\[\]"{}~*?|&/\s<>=])""", r"\\\1", text)
     # and/or/not/to are operators in any case; escaping a letter keeps the word a word.
     return "\\" + escaped if escaped.upper() in ("AND", "OR", "NOT", "TO") else escaped
 
 
 @FUZZ
 @given(st.lists(_NASTY, min_size=1, max_size=4, unique=True), st.data())
-def test_escaped_user_text_finds_exactly_itself(
-    store: Store, values: list[str], data: st.DataObject
-) -> None:
+def test_escaped_user_text_finds_exactly_itself(store: Store, values: list[str], data: st.DataObject) -> None:
     """Any text stored, searched for with Lucene escaping or quoting, finds exactly its rows.
 
     This is the injection and escaping property: quotes, backslashes, LIKE wildcards, SQL
@@ -384,21 +383,20 @@ def test_escaped_user_text_finds_exactly_itself(
         {"id": i, "service": v, "message": f"<{v}>", "attributes": {"k": {"v": v}}}
         for i, v in enumerate(values)
     ]
-    with store.lock:
-        store.create("prop", rows)
-        target = data.draw(st.sampled_from(values))
-        expected_exact = [i for i, v in enumerate(values) if v == target]
-        phrase = '"' + target.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        for q in (f"service:{phrase}", f"k.v:{phrase}"):
+    store.create("prop", rows)
+    target = data.draw(st.sampled_from(values))
+    expected_exact = [i for i, v in enumerate(values) if v == target]
+    phrase = '"' + target.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    for q in (f"service:{phrase}", f"k.v:{phrase}"):
+        assert store.select_ids("prop", compile_query(q)) == expected_exact, q
+    # A term cannot hold a line break, even escaped (luqum's lexer); phrases can.
+    if target and "\n" not in target:
+        word = _lucene_escape(target)
+        for q in (f"service:{word}", f"k.v:{word}"):
             assert store.select_ids("prop", compile_query(q)) == expected_exact, q
-        # A term cannot hold a line break, even escaped (luqum's lexer); phrases can.
-        if target and "\n" not in target:
-            word = _lucene_escape(target)
-            for q in (f"service:{word}", f"k.v:{word}"):
-                assert store.select_ids("prop", compile_query(q)) == expected_exact, q
-            # a prefix wildcard and a message substring search, checked against Python
-            prefix = [i for i, v in enumerate(values) if v.startswith(target)]
-            assert store.select_ids("prop", compile_query(f"service:{word}*")) == prefix
-            if target.isascii():
-                found = [i for i, v in enumerate(values) if target.lower() in f"<{v}>".lower()]
-                assert store.select_ids("prop", compile_query(phrase)) == found, phrase
+        # a prefix wildcard and a message substring search, checked against Python
+        prefix = [i for i, v in enumerate(values) if v.startswith(target)]
+        assert store.select_ids("prop", compile_query(f"service:{word}*")) == prefix
+        if target.isascii():
+            found = [i for i, v in enumerate(values) if target.lower() in f"<{v}>".lower()]
+            assert store.select_ids("prop", compile_query(phrase)) == found, phrase

@@ -143,7 +143,12 @@ class Batcher:
     # -- submitting --------------------------------------------------------------------------
 
     async def submit(
-        self, kind: str, project: str, events: list[Any], *, observed_ns: int | None = None,
+        self,
+        kind: str,
+        project: str,
+        events: list[Any],
+        *,
+        observed_ns: int | None = None,
         defaults: dict[str, Any] | None = None,
     ) -> int:
         """Make ``events`` durable; returns once they are in the WAL (then the caller may ack)."""
@@ -162,7 +167,12 @@ class Batcher:
         return len(events)
 
     def submit_sync(
-        self, kind: str, project: str, events: list[Any], *, observed_ns: int | None = None,
+        self,
+        kind: str,
+        project: str,
+        events: list[Any],
+        *,
+        observed_ns: int | None = None,
         defaults: dict[str, Any] | None = None,
     ) -> int:
         if not events:

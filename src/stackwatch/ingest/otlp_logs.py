@@ -239,7 +239,10 @@ def _json_default(value: object) -> str:
 
 def _render(value: Native) -> str:
     """JSON text of an AnyValue (bytes as base64, NaN/Infinity as null as JSON has neither)."""
-    return orjson.dumps(value, default=_json_default).decode("utf-8")
+    try:
+        return orjson.dumps(value, default=_json_default).decode("utf-8")
+    except orjson.JSONEncodeError as exc:  # orjson stops at 255 levels of nesting
+        raise BadRequest(f"invalid OTLP logs request: cannot render a value as JSON: {exc}") from None
 
 
 def _to_text(value: Any) -> str:

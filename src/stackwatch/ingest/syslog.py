@@ -451,6 +451,11 @@ class SyslogServer:
         self._stopping = False
         self._flusher: asyncio.Task[None] | None = None
 
+    @property
+    def pending_messages(self) -> int:
+        """Messages received and not yet handed to the sink."""
+        return len(self._pending)
+
     async def start(self) -> None:
         """Bind the listeners and start the batching task."""
         loop = asyncio.get_running_loop()

@@ -204,7 +204,5 @@ def resolve_field(name: str, position: int) -> Field:
     if column is not None:
         return column
     if not _FIELD_NAME.fullmatch(name):
-        raise QuerySyntaxError(
-            f"invalid field name {name!r}: use letters, digits and _ . @ -", position
-        )
+        raise QuerySyntaxError(f"invalid field name {name!r}: use letters, digits and _ . @ -", position)
     return attribute_field(name)

@@ -14,12 +14,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from stackwatch.errors import QuerySyntaxError
+from stackwatch.model import logs as _log_model
 from stackwatch.model.logs import SEVERITIES
-
-# The model's table of level spellings: the one place that says which words are levels.
-# Its public severity_from_text() maps unknown words to INFO, which is right for ingest
-# but wrong for a search (``level:nonsense`` must find nothing, not every INFO line).
-from stackwatch.model.logs import _ALIASES as _SEVERITY_SPELLINGS
 from stackwatch.query._logql_values import (
     ANY,
     Pattern,
@@ -29,6 +25,11 @@ from stackwatch.query._logql_values import (
     valid_regex,
     wildcard_regex,
 )
+
+# The model's table of level spellings: the one place that says which words are levels.
+# Its public severity_from_text() maps unknown words to INFO, which is right for ingest
+# but wrong for a search (``level:nonsense`` must find nothing, not every INFO line).
+_SEVERITY_SPELLINGS: Final[dict[str, str]] = _log_model._ALIASES
 
 __all__ = [
     "COLUMN_FIELDS",
@@ -85,9 +86,10 @@ def _numeric_bounds(bounds: list[Bound], position: int, what: str) -> list[tuple
 
 def _anchored(pattern: str, position: int) -> str:
     # Lucene regexes match the whole value; RE2 searches, so anchor. The pattern is checked
-    # on its own first, so an unbalanced ')' cannot escape the wrapping group.
+    # on its own first, so an unbalanced ')' cannot escape the wrapping group, and wrapped
+    # too: an unterminated \Q quotes the closing ")$" away.
     valid_regex(pattern, position)
-    return f"^(?:{pattern})$"
+    return valid_regex(f"^(?:{pattern})$", position)
 
 
 class Field:
@@ -358,4 +360,3 @@ def message_field() -> Field:
 
 def attribute_field(key: str) -> Field:
     return AttributeField(key)
-

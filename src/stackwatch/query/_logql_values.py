@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import re2
@@ -103,9 +102,7 @@ def like_pattern(pattern: Pattern) -> str:
 
 def wildcard_regex(pattern: Pattern) -> re.Pattern[str]:
     """A Python regex for ``pattern``, to match it against our own closed lists (levels)."""
-    parts = [
-        ".*" if piece is ANY else "." if piece is ONE else re.escape(str(piece)) for piece in pattern
-    ]
+    parts = [".*" if piece is ANY else "." if piece is ONE else re.escape(str(piece)) for piece in pattern]
     return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
 
 

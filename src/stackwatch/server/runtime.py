@@ -22,6 +22,7 @@ from stackwatch.pipeline.pipeline import Pipeline, PipelineConfig
 from stackwatch.storage.executor import Executor, open_executor
 from stackwatch.storage.logs import LogStore
 from stackwatch.storage.meta.db import MetaStore
+from stackwatch.storage.retention import RetentionManager, TierPolicy
 
 __all__ = ["Runtime"]
 
@@ -54,6 +55,7 @@ class Runtime:
     pipeline: Pipeline
     wal: WAL
     batcher: Batcher
+    retention: RetentionManager
     started_at: float = field(default_factory=time.time)
     bootstrap: Any = None
 
@@ -62,11 +64,19 @@ class Runtime:
         data = settings.data_path
         data.mkdir(parents=True, exist_ok=True)
         executor = open_executor(data, settings.clickhouse_url, settings.clickhouse_cluster)
-        logs = LogStore(executor)
+        logs = LogStore(executor, cold_dir=data / "cold" / "logs")
         logs.ensure_schema()
         meta = MetaStore(settings.meta_url)
         meta.migrate()
         auth = AuthService(meta)
+
+        def policies() -> dict[str, dict[str, TierPolicy]]:
+            return {
+                p.slug: {t: TierPolicy(**tiers) for t, tiers in auth.get_retention(p.id).items()}
+                for p in auth.list_projects()
+            }
+
+        retention = RetentionManager(executor, data / "cold" / "logs", policies)
         bootstrap = auth.bootstrap(settings.admin_token or None, settings.ingest_token or None)
         pipeline = Pipeline(_pipeline_config(settings))
         wal = WAL(data / "wal", segment_bytes=settings.wal_segment_bytes, fsync=settings.wal_fsync)
@@ -89,9 +99,11 @@ class Runtime:
         )
         batcher.recover()
         batcher.start()
-        return cls(settings, executor, logs, meta, auth, pipeline, wal, batcher, bootstrap=bootstrap)
+        retention.start(settings.retention_interval_s)
+        return cls(settings, executor, logs, meta, auth, pipeline, wal, batcher, retention, bootstrap=bootstrap)
 
     def close(self) -> None:
+        self.retention.stop()
         self.batcher.flush(timeout=30)
         self.batcher.stop()
         self.wal.close()

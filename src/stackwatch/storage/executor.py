@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 import pyarrow as pa
+from clickhouse_connect.driver.binding import format_bind_value
 
 from stackwatch.errors import StackwatchError
 
@@ -95,9 +96,12 @@ class ChdbExecutor:
         self.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
 
     def _query(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> Any:
+        # chDB reads parameter values in ClickHouse's escaped text format, as a server reads
+        # them from clickhouse-connect; without escaping, "C:\new" would arrive with a newline.
+        bound = {k: format_bind_value(v) for k, v in params.items()} if params else None
         with self._lock:
             try:
-                return self._session.query(sql, fmt, params=dict(params) if params else None)
+                return self._session.query(sql, fmt, params=bound)
             except Exception as exc:  # chDB raises RuntimeError with the server's message
                 raise StorageError(f"storage query failed: {exc}") from exc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,8 @@ import pyarrow as pa
 from stackwatch.errors import BadRequest
 from stackwatch.model.logs import LogRecord
 from stackwatch.storage.executor import Executor
-from stackwatch.storage.schema import TABLES, render_ddl
+from stackwatch.storage.retention import COLD_SCHEMA, cold_files
+from stackwatch.storage.schema import LOGS, TABLES, render_ddl
 
 __all__ = ["LogHit", "LogStore", "SearchPage", "records_to_arrow"]
 
@@ -148,9 +150,24 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
 class LogStore:
     """Reads and writes the logs tables through an executor (embedded or server)."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, cold_dir: Path | None = None) -> None:
         self.ex = executor
         self.db = executor.database
+        self.cold_dir = cold_dir
+
+    def _from(self, project: str, start_ns: int, end_ns: int) -> str:
+        """The table to read: the hot+warm Merge table, plus cold Parquet days in range."""
+        files = cold_files(self.cold_dir, project, start_ns, end_ns) if self.cold_dir else []
+        if not files:
+            return f"`{self.db}`.logs"
+        cols = ", ".join(c.name for c in LOGS.columns)
+        folder = str(files[0].parent).replace("\\", "\\\\").replace("'", "\\'")
+        names = ",".join(f.name for f in files)
+        schema = COLD_SCHEMA.replace("'", "\\'")
+        return (
+            f"(SELECT {cols} FROM `{self.db}`.logs UNION ALL SELECT {cols} FROM "
+            f"file('{folder}/{{{names}}}', Parquet, '{schema}'))"
+        )
 
     def ensure_schema(self) -> None:
         for table in TABLES:
@@ -194,7 +211,8 @@ class LogStore:
             )
             all_params.update(_cts=ts, _ctb=tiebreak)
         rows = self.ex.rows(
-            f"SELECT {_HIT_COLUMNS} FROM `{self.db}`.logs WHERE {scope} AND ({where}){page_filter} "
+            f"SELECT {_HIT_COLUMNS} FROM {self._from(project, start_ns, end_ns)} "
+            f"WHERE {scope} AND ({where}){page_filter} "
             "ORDER BY timestamp DESC, tiebreak DESC LIMIT {_limit:UInt32}",
             all_params,
         )
@@ -210,7 +228,7 @@ class LogStore:
     def count(self, project: str, where: str, params: dict[str, Any], start_ns: int, end_ns: int) -> int:
         scope, scope_params = self._scope(project, start_ns, end_ns)
         rows = self.ex.rows(
-            f"SELECT count() AS n FROM `{self.db}`.logs WHERE {scope} AND ({where})",
+            f"SELECT count() AS n FROM {self._from(project, start_ns, end_ns)} WHERE {scope} AND ({where})",
             {**params, **scope_params},
         )
         return int(rows[0]["n"]) if rows else 0
@@ -232,7 +250,8 @@ class LogStore:
         group = ", level" if by_level else ""
         rows = self.ex.rows(
             f"SELECT toUnixTimestamp(toStartOfInterval(timestamp, toIntervalSecond({{_iv:UInt32}}))) AS t{level}, "
-            f"count() AS n FROM `{self.db}`.logs WHERE {scope} AND ({where}) GROUP BY t{group} ORDER BY t",
+            f"count() AS n FROM {self._from(project, start_ns, end_ns)} WHERE {scope} AND ({where}) "
+            f"GROUP BY t{group} ORDER BY t",
             {**params, **scope_params, "_iv": interval_s},
         )
         first = (start_ns // 1_000_000_000) // interval_s * interval_s

@@ -388,11 +388,13 @@
     if (chart) chart.destroy();
     chart = null;
     histogramBox.replaceChildren();
+    histogramBox.hidden = true;
   }
 
   /** Stacked bars of counts per level, with empty buckets filled so gaps show as gaps. */
   function renderHistogram(body, nowMs) {
     destroyChart();
+    histogramBox.hidden = false;
     if (typeof window.uPlot !== "function") {
       histogramBox.append(
         el("p", { class: "muted chart-missing" }, "Chart library not installed (run `make assets`)."),

@@ -1,0 +1,775 @@
+"""Secret and PII redaction, shared by the server's log pipeline and the in-app SDK.
+
+This module imports only the standard library: the SDK imports it inside users' apps, where
+pulling in server code (or any third-party package) would be a cost they did not ask for.
+
+What is masked, and how (each mask keeps enough to debug with):
+
+=================  ==========================================  ================================
+rule               example                                     becomes
+=================  ==========================================  ================================
+``private_key``    ``-----BEGIN RSA PRIVATE KEY-----...``      header/footer kept, body masked
+``jwt``            ``eyJhbGciOi...``                           ``[REDACTED_JWT]``
+``auth_header``    ``Bearer abc123...``, ``Basic dXNl...``     ``Bearer [REDACTED]``
+``url_credentials````postgres://user:pass@host/db``            ``postgres://user:***@host/db``
+``sentry_dsn``     ``https://<32 hex>@o1.ingest.sentry.io/2``  ``https://[REDACTED]@o1...``
+``aws``            ``AKIA...`` ids, ``aws_secret_access_key=``  ``AKIA[REDACTED]``
+``github``         ``ghp_...``, ``github_pat_...``             ``ghp_[REDACTED]``
+``slack``          ``xoxb-...``, hooks.slack.com webhook URLs  ``xoxb-[REDACTED]``
+``stripe``         ``sk_live_...``, ``rk_test_...``, ``whsec_``  ``sk_live_[REDACTED]`` (``pk_`` stays)
+``anthropic``      ``sk-ant-...``                              ``sk-ant-[REDACTED]``
+``openai``         ``sk-...``, ``sk-proj-...``                 ``sk-proj-[REDACTED]``
+``google``         ``AIza...`` (39 chars)                      ``AIza[REDACTED]``
+``sendgrid``       ``SG.xxx.yyy``                              ``SG.[REDACTED]``
+``twilio``         ``SK`` / ``AC`` + 32 hex                    ``SK[REDACTED]``
+``key_value``      ``password=hunter2``, ``"api_key": "x"``    ``password=[REDACTED]``
+``email``          ``john.doe@example.com``                    ``j***@example.com``
+``card``           ``4242 4242 4242 4242`` (Luhn-valid only)   ``**** **** **** 4242``
+``iban``           ``DE89 3704 0044 0532 0130 00`` (mod 97)    ``DE** **** **** **** **30 00``
+``phone``          ``+14155552671``, ``(415) 555-2671``        ``+*******2671``, ``(***) ***-2671``
+=================  ==========================================  ================================
+
+Identifiers are left alone on purpose: user ids, order ids, trace ids, UUIDs, timestamps, IPs,
+versions and durations are what people search logs by (the guides allow "user IDs for
+correlation"), so the digit rules demand a phone/card/IBAN *shape* plus a checksum where one
+exists, and ``*_id`` keys are never treated as credentials.
+
+Speed: most log lines hold no secret, so :meth:`Redactor.redact_text` first runs one
+precompiled prefilter regex whose alternatives all start with a literal character (so the
+regex engine only stops at those characters) and whose named groups say which rules could
+match; only those rules then run. Strings found clean are remembered in a bounded set, because
+attribute values (module names, paths, user agents) repeat from one event to the next.
+The prefilter is a strict superset of the rules: a property test checks that running every
+rule on every string gives the same output.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "REDACTED",
+    "REDACTED_JWT",
+    "RULE_NAMES",
+    "RedactionConfig",
+    "Redactor",
+    "luhn_valid",
+    "iban_valid",
+]
+
+REDACTED: Final = "[REDACTED]"
+REDACTED_JWT: Final = "[REDACTED_JWT]"
+
+#: Every rule, in the order they are applied. Order matters: structured secrets (keys, tokens,
+#: URLs) go before the generic shapes so that, e.g., the digits of a token are not read as a
+#: phone number, and cards go before phones.
+RULE_NAMES: Final[tuple[str, ...]] = (
+    "private_key",
+    "jwt",
+    "auth_header",
+    "url_credentials",
+    "sentry_dsn",
+    "aws",
+    "github",
+    "slack",
+    "stripe",
+    "anthropic",
+    "openai",
+    "google",
+    "sendgrid",
+    "twilio",
+    "key_value",
+    "email",
+    "card",
+    "iban",
+    "phone",
+)
+
+#: Words that make a key credential-named. A key is split into words (``db_password`` ->
+#: ``db``, ``password``; ``X-Api-Key`` -> ``x``, ``api``, ``key``; ``authToken`` -> ``auth``,
+#: ``token``); it is sensitive when one word (or two adjacent ones, ``api`` + ``key``) is here.
+_SENSITIVE_WORDS: Final = frozenset(
+    {
+        "password", "passwd", "passphrase", "pass", "pwd", "secret", "secrets", "token",
+        "apikey", "accesskey", "secretkey", "privatekey", "signingkey", "encryptionkey",
+        "masterkey", "auth", "authorization", "cookie", "cookies", "session", "credential",
+        "credentials", "dsn",
+    }
+)  # fmt: skip
+#: A single word that *ends* with one of these is sensitive too (``csrftoken``, ``dbpassword``).
+_SENSITIVE_SUFFIXES: Final = (
+    "password", "passwd", "secret", "token", "apikey", "accesskey", "secretkey", "privatekey",
+    "cookie", "credentials", "credential",
+)  # fmt: skip
+#: When the *last* word of a key is one of these, the key describes a credential rather than
+#: holding one (``token_count``, ``password_length``, ``session_id``, ``auth_method``).
+_SAFE_LAST_WORDS: Final = frozenset(
+    {
+        "id", "ids", "uuid", "count", "counts", "type", "kind", "length", "len", "size", "ttl",
+        "timeout", "expiry", "expires", "expiration", "expired", "age", "at", "enabled",
+        "required", "status", "method", "methods", "provider", "version", "name", "names", "url",
+        "uri", "endpoint", "path", "file", "location", "strategy", "scheme", "mode", "policy",
+        "format", "algorithm", "alg", "hint", "present", "valid", "missing", "error", "reason",
+        "level", "used", "remaining", "limit", "max", "min", "ms", "seconds", "duration", "index",
+        "domain", "issuer", "scope", "scopes", "changed", "updated", "created", "rotated",
+        "success", "failed", "failures", "attempts", "retries", "source",
+    }
+)  # fmt: skip
+#: Keywords that, at the *end* of a key in free text followed by ``=`` or ``:``, mark a
+#: credential (``DB_PASSWORD=...``, ``"api_key": "..."``, ``Authorization: ...``). Matching is
+#: case-insensitive. Kept shorter than the mapping words: in prose, ``pass`` or ``pwd`` before
+#: a colon are too often something else.
+_TEXT_KEYWORDS: Final[tuple[str, ...]] = (
+    "password", "passwd", "passphrase", "secret", "token", "apikey", "api_key", "api-key",
+    "accesskey", "access_key", "access-key", "secretkey", "secret_key", "secret-key",
+    "privatekey", "private_key", "private-key", "auth", "authorization", "cookie", "session",
+    "credential", "credentials", "dsn",
+)  # fmt: skip
+#: Values that already say "hidden": re-masking them would only add noise.
+_ALREADY_MASKED: Final = frozenset(
+    {"", REDACTED, REDACTED_JWT, "[FILTERED]", "<redacted>", "redacted", "REDACTED", "null",
+     "None", "none", "true", "false", "undefined", "***"}
+)  # fmt: skip
+_AUTH_SCHEMES: Final = frozenset({"bearer", "basic", "digest", "token", "negotiate", "ntlm"})
+
+_CLEAN_CACHE_MAX: Final = 65_536  # strings remembered as clean; the set is dropped when full
+_CLEAN_CACHE_MAX_LEN: Final = 256  # longer strings are rarely repeated, so not worth keeping
+_KEY_CACHE_MAX: Final = 16_384
+
+_WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")
+
+
+def luhn_valid(digits: str) -> bool:
+    """True when a string of digits passes the Luhn checksum every payment card carries."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(compact: str) -> bool:
+    """True when an IBAN without spaces passes ISO 13616's mod-97 check (remainder 1)."""
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    number = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(number) % 97 == 1
+
+
+@dataclass(frozen=True)
+class RedactionConfig:
+    """What to redact. Defaults redact everything this module knows.
+
+    ``rules``: rule names to enable (``None`` = all of :data:`RULE_NAMES`).
+    ``allow``: regexes (or literals, when not a valid regex) that a would-be redacted value
+    must *fully* match to be left alone, e.g. ``support@example\\.com`` or ``.*@example\\.com``.
+    ``deny``: extra regexes whose matches are replaced by ``[REDACTED]``.
+    ``extra_sensitive_keys``: more credential words for keys (``ssn``, ``pin``).
+    ``safe_keys``: exact key names (case-insensitive) never redacted by name.
+    """
+
+    enabled: bool = True
+    rules: frozenset[str] | None = None
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    extra_sensitive_keys: tuple[str, ...] = ()
+    safe_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Accept any iterable from YAML/callers but store immutable, hashable forms.
+        if self.rules is not None:
+            rules = frozenset(self.rules)
+            unknown = sorted(rules - set(RULE_NAMES))
+            if unknown:
+                raise ValueError(f"unknown redaction rule(s) {unknown}; known: {list(RULE_NAMES)}")
+            object.__setattr__(self, "rules", rules)
+        for name in ("allow", "deny", "extra_sensitive_keys", "safe_keys"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ValueError(f"{name} must be a list of strings, not the string {value!r}")
+            object.__setattr__(self, name, tuple(str(v) for v in value))
+        for pattern in self.deny:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"deny pattern {pattern!r} is not a valid regex: {exc}") from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RedactionConfig:
+        """Build from a YAML-style mapping; unknown keys raise ``ValueError`` naming them."""
+        if not data:
+            return cls()
+        known = {"enabled", "rules", "allow", "deny", "extra_sensitive_keys", "safe_keys"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown redaction setting(s) {unknown}; known: {sorted(known)}")
+        kwargs: dict[str, Any] = dict(data)
+        if "enabled" in kwargs and not isinstance(kwargs["enabled"], bool):
+            raise ValueError(f"enabled must be true or false, not {kwargs['enabled']!r}")
+        if kwargs.get("rules") is not None:
+            kwargs["rules"] = frozenset(kwargs["rules"])
+        return cls(**kwargs)
+
+
+@dataclass
+class _Rule:
+    name: str
+    pattern: re.Pattern[str]
+    replace: Callable[[re.Match[str]], str]
+
+
+@dataclass
+class _Anchor:
+    """One prefilter alternative: a literal first character, the rest, and the rules it gates.
+
+    Every match of a rule's full regex must contain a match of one of that rule's anchors;
+    that is what lets the prefilter skip the rules on text without any anchor.
+    """
+
+    first: str
+    rest: str
+    rules: frozenset[str]
+    group: str = field(default="")
+
+
+def _compile_allow(allow: Iterable[str]) -> re.Pattern[str] | None:
+    parts = []
+    for item in allow:
+        try:
+            re.compile(item)
+            parts.append(f"(?:{item})")
+        except re.error:
+            parts.append(re.escape(item))
+    return re.compile("|".join(parts)) if parts else None
+
+
+def _mask_keep_last(text: str, keep: int, *, keep_first: int = 0, alnum: bool = False) -> str:
+    """Replace digits (or letters and digits) with ``*`` except the first/last few; keep separators."""
+    is_kept = str.isalnum if alnum else str.isdigit
+    positions = [i for i, ch in enumerate(text) if is_kept(ch)]
+    visible = set(positions[:keep_first]) | set(positions[len(positions) - keep :])
+    return "".join(ch if (i in visible or not is_kept(ch)) else "*" for i, ch in enumerate(text))
+
+
+class Redactor:
+    """Masks secrets and PII in strings, nested mappings and log records.
+
+    Build one per configuration and reuse it: construction compiles the regexes, and the
+    instance keeps small caches of clean strings and classified keys. Instances are safe to
+    share between threads (the caches only ever hold derived, non-secret facts).
+    """
+
+    def __init__(self, rules: RedactionConfig | None = None) -> None:
+        config = rules or RedactionConfig()
+        self.config = config
+        self.enabled = config.enabled
+        enabled = set(RULE_NAMES if config.rules is None else config.rules)
+        self._allow = _compile_allow(config.allow)
+        self._extra_words = frozenset(w.lower() for w in config.extra_sensitive_keys)
+        self._safe_keys = frozenset(k.lower() for k in config.safe_keys)
+        keywords = tuple(dict.fromkeys((*_TEXT_KEYWORDS, *sorted(self._extra_words))))
+        self._text_keywords = tuple(k.lower() for k in keywords)
+        all_rules = self._build_rules(keywords)
+        self._rules = [r for r in all_rules if r.name in enabled]
+        if config.deny:
+            deny = re.compile("|".join(f"(?:{p})" for p in config.deny))
+            self._rules.append(_Rule("deny", deny, self._replace_deny))
+            self._deny: re.Pattern[str] | None = deny
+        else:
+            self._deny = None
+        self._prefilter, self._group_rules = self._build_prefilter(keywords, enabled)
+        self._clean: set[str] = set()
+        self._key_cache: dict[str, bool] = {}
+        self._keyset_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    # ------------------------------------------------------------------ public API
+
+    def redact_text(self, text: str) -> str:
+        """Return ``text`` with every enabled rule applied; clean text is returned as is."""
+        if not self.enabled or not text:
+            return text
+        if text in self._clean:
+            return text
+        groups = self._candidate_rules(text)
+        if groups is None:
+            self._remember_clean(text)
+            return text
+        return self._apply(text, groups)
+
+    def redact_mapping(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        """Return a copy of ``data`` with credential-named keys' values replaced and strings redacted.
+
+        Recurses into nested mappings and lists. A value under a credential-named key becomes
+        ``[REDACTED]`` whole (whatever its type), except ``None`` and booleans, which say
+        nothing secret; ``*_id`` keys and :attr:`RedactionConfig.safe_keys` are never masked
+        by name (their strings still go through the text rules).
+        """
+        if not self.enabled:
+            return dict(data)
+        return {k: self._redact_value(k, v) for k, v in data.items()}
+
+    def redact_record_inplace(self, record: dict[str, Any]) -> None:
+        """Redact a log record (see :mod:`stackwatch.model.logs`) in place.
+
+        The message and every string attribute go through the text rules; attributes whose
+        (flattened, dotted) key is credential-named become ``[REDACTED]``.
+        """
+        if not self.enabled:
+            return
+        message = record.get("message")
+        if message and message.__class__ is str and message not in self._clean:
+            record["message"] = self.redact_text(message)
+        attributes = record.get("attributes")
+        if attributes:
+            self._redact_flat_attributes(attributes)
+
+    def is_sensitive_key(self, key: str) -> bool:
+        """True when a key names a credential (``db_password``, ``X-Api-Key``, ``authToken``)."""
+        cached = self._key_cache.get(key)
+        if cached is None:
+            cached = self._classify_key(key)
+            if len(self._key_cache) >= _KEY_CACHE_MAX:
+                self._key_cache.clear()
+            self._key_cache[key] = cached
+        return cached
+
+    # ------------------------------------------------------------------ records and mappings
+
+    def _redact_flat_attributes(self, attributes: dict[str, Any]) -> None:
+        keys = tuple(attributes)
+        sensitive = self._keyset_cache.get(keys)
+        if sensitive is None:
+            sensitive = tuple(k for k in keys if self.is_sensitive_key(k))
+            if len(self._keyset_cache) >= _KEY_CACHE_MAX:
+                self._keyset_cache.clear()
+            self._keyset_cache[keys] = sensitive
+        for key in sensitive:
+            value = attributes[key]
+            if value is None or value.__class__ is bool or self._is_allowed(str(value)):
+                continue
+            attributes[key] = REDACTED
+        clean = self._clean
+        pending = [k for k, v in attributes.items() if v.__class__ is str and v not in clean]
+        if not pending:
+            return
+        # One prefilter pass over all new strings; '\n' keeps each string's own boundaries.
+        if len(pending) == 1:
+            key = pending[0]
+            attributes[key] = self.redact_text(attributes[key])
+            return
+        values = [attributes[k] for k in pending]
+        if self._candidate_rules("\n".join(values)) is None:
+            for value in values:
+                self._remember_clean(value)
+            return
+        for key, value in zip(pending, values, strict=True):
+            attributes[key] = self.redact_text(value)
+
+    def _redact_value(self, key: Any, value: Any) -> Any:
+        if key is not None and self.is_sensitive_key(str(key)):
+            if value is None or value.__class__ is bool:
+                return value
+            if isinstance(value, str) and self._is_allowed(value):
+                return value
+            return REDACTED
+        return self._redact_any(value)
+
+    def _redact_any(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, Mapping):
+            return {k: self._redact_value(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._redact_any(v) for v in value]
+        return value
+
+    def _classify_key(self, key: str) -> bool:
+        lowered = key.lower()
+        if lowered in self._safe_keys or lowered.rsplit(".", 1)[-1] in self._safe_keys:
+            return False
+        if lowered in self._extra_words:
+            return True
+        words = [w.lower() for w in _WORD_SPLIT.split(key) if w]
+        if not words or words[-1] in _SAFE_LAST_WORDS:
+            return False
+        sensitive_words = _SENSITIVE_WORDS | self._extra_words
+        for i, word in enumerate(words):
+            if word in sensitive_words or word.endswith(_SENSITIVE_SUFFIXES):
+                return True
+            if i and words[i - 1] + word in sensitive_words:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ text
+
+    def _remember_clean(self, text: str) -> None:
+        if len(text) <= _CLEAN_CACHE_MAX_LEN:
+            if len(self._clean) >= _CLEAN_CACHE_MAX:
+                self._clean.clear()
+            self._clean.add(text)
+
+    def _candidate_rules(self, text: str) -> set[str] | None:
+        """Rules whose anchors occur in ``text``, or None when no rule can match."""
+        prefilter = self._prefilter
+        first = prefilter.search(text) if prefilter is not None else None
+        deny_hit = self._deny is not None and self._deny.search(text) is not None
+        if first is None and not deny_hit:
+            return None
+        names: set[str] = {"deny"} if deny_hit else set()
+        if first is not None:
+            group_rules = self._group_rules
+            names |= group_rules[first.lastgroup or ""]
+            for m in prefilter.finditer(text, first.end()):  # type: ignore[union-attr]
+                names |= group_rules[m.lastgroup or ""]
+        return names
+
+    def _apply(self, text: str, names: set[str]) -> str:
+        for rule in self._rules:
+            if rule.name in names:
+                text = rule.pattern.sub(rule.replace, text)
+        return text
+
+    def _is_allowed(self, text: str) -> bool:
+        return self._allow is not None and self._allow.fullmatch(text) is not None
+
+    # ------------------------------------------------------------------ prefilter
+
+    def _build_prefilter(
+        self, keywords: tuple[str, ...], enabled: set[str]
+    ) -> tuple[re.Pattern[str] | None, dict[str, frozenset[str]]]:
+        anchors = [a for a in _anchors(keywords) if a.rules & enabled]
+        if not anchors:
+            return None, {}
+        by_first: dict[str, list[_Anchor]] = {}
+        for i, anchor in enumerate(anchors):
+            anchor.group = f"g{i}"
+            by_first.setdefault(anchor.first, []).append(anchor)
+        # Each top-level alternative starts with a literal, so the regex engine scans for the
+        # set of first characters and tries the rest only there. The empty named group at the
+        # end of each tail says which anchor matched.
+        alternatives = []
+        for first, group in by_first.items():
+            tails = "|".join(f"{a.rest}(?P<{a.group}>)" for a in group)
+            alternatives.append(f"{re.escape(first)}(?:{tails})")
+        group_rules = {a.group: a.rules & enabled for a in anchors}
+        return re.compile("|".join(alternatives)), group_rules
+
+    # ------------------------------------------------------------------ rules
+
+    def _build_rules(self, keywords: tuple[str, ...]) -> list[_Rule]:
+        kw = "|".join(sorted((re.escape(k) for k in keywords), key=len, reverse=True))
+        token_prefix = r"(?<![A-Za-z0-9_-])"
+        token_end = r"(?![A-Za-z0-9_-])"
+        rules = [
+            _Rule(
+                "private_key",
+                re.compile(
+                    r"(-----BEGIN ([A-Z0-9 ]{0,40}?)PRIVATE KEY(?: BLOCK)?-----)"
+                    r"(.*?)(-----END [A-Z0-9 ]{0,40}?PRIVATE KEY(?: BLOCK)?-----|\Z)",
+                    re.DOTALL,
+                ),
+                self._replace_private_key,
+            ),
+            _Rule(
+                "jwt",
+                re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*(?![\w-])"),
+                self._replace_jwt,
+            ),
+            _Rule(
+                "auth_header",
+                re.compile(
+                    r"(?<![\w-])(Bearer|bearer|BEARER|Basic|BASIC|Digest|Token|Negotiate|NTLM)"
+                    r"([ \t]+)([A-Za-z0-9._~+/=-]{8,})"
+                ),
+                self._replace_auth_header,
+            ),
+            _Rule(
+                "url_credentials",
+                re.compile(r"(?<![\w+.-])([A-Za-z][A-Za-z0-9+.-]{1,30}://)([^\s:/?#@\[\]\"'<>]*):([^\s/?#\"'<>]+)@"),
+                self._replace_url_credentials,
+            ),
+            _Rule(
+                "sentry_dsn",
+                re.compile(r"(?<![\w+.-])(https?://)([0-9a-fA-F]{32})(?=(?::[^\s/?#@]*)?@)"),
+                self._replace_group2,
+            ),
+            _Rule(
+                "aws",
+                re.compile(
+                    r"(?<![A-Za-z0-9])(AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16}(?![A-Za-z0-9])"
+                    r"|((?i:aws_?secret_?(?:access_?)?key)[\"']?[ \t]?[:=][ \t]*[\"']?)"
+                    r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+                ),
+                self._replace_aws,
+            ),
+            _Rule(
+                "github",
+                re.compile(rf"{token_prefix}(gh[pousr]_)[A-Za-z0-9]{{36,255}}{token_end}|"
+                           rf"{token_prefix}(github_pat_)[A-Za-z0-9_]{{22,255}}{token_end}"),
+                self._replace_prefix_token,
+            ),
+            _Rule(
+                "slack",
+                re.compile(
+                    rf"{token_prefix}(xox[abposre]-)[A-Za-z0-9-]{{10,250}}{token_end}"
+                    r"|(https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_]+/[A-Za-z0-9_]+/)"
+                    r"[A-Za-z0-9_]{8,}"
+                ),
+                self._replace_prefix_token,
+            ),
+            _Rule(
+                "stripe",
+                re.compile(rf"{token_prefix}((?:sk|rk)_(?:live|test)_)[A-Za-z0-9]{{10,247}}{token_end}|"
+                           rf"{token_prefix}(whsec_)[A-Za-z0-9]{{20,}}{token_end}"),
+                self._replace_prefix_token,
+            ),
+            _Rule(
+                "anthropic",
+                re.compile(rf"{token_prefix}(sk-ant-)[A-Za-z0-9_-]{{20,}}"),
+                self._replace_prefix_token,
+            ),
+            _Rule(
+                "openai",
+                re.compile(rf"{token_prefix}(sk-(?:proj-|svcacct-|admin-)?)(?!ant-)[A-Za-z0-9_-]{{20,}}"),
+                self._replace_prefix_token,
+            ),
+            _Rule(
+                "google",
+                re.compile(rf"{token_prefix}(AIza)[0-9A-Za-z_-]{{35}}{token_end}"),
+                self._replace_prefix_token,
+            ),
+            _Rule(
+                "sendgrid",
+                re.compile(rf"{token_prefix}(SG\.)[A-Za-z0-9_-]{{16,32}}\.[A-Za-z0-9_-]{{16,64}}{token_end}"),
+                self._replace_prefix_token,
+            ),
+            _Rule(
+                "twilio",
+                re.compile(r"(?<![A-Za-z0-9])(SK|AC)[0-9a-f]{32}(?![A-Za-z0-9])"),
+                self._replace_prefix_token,
+            ),
+            _Rule(
+                "key_value",
+                # Header-like keys whose value is the rest of the line: Cookie, Authorization.
+                re.compile(
+                    r"(?<![\w.-])([\w.-]*?(?i:authorization|cookie))((?:\\?[\"'])?[ \t]?:[ \t]*)"
+                    r"(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|[^\r\n\"]+)"
+                ),
+                self._replace_header_value,
+            ),
+            _Rule(
+                "key_value",
+                # key (must end with a keyword), optional closing quote (maybe escaped), one
+                # optional blank, ':' / '=' / '=>', blanks, then one value token.
+                re.compile(
+                    rf"(?<![\w.-])([\w.-]*?(?i:{kw}))((?:\\?[\"'])?[ \t]?(?::|=>?)[ \t]*)"
+                    r"(\\\"(?:[^\"\\]|\\[^\"])*\\\"|\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
+                    r"|[^\s\"',;&<>(){}\[\]]+)"
+                ),
+                self._replace_key_value,
+            ),
+            _Rule(
+                "email",
+                re.compile(
+                    r"(?<![\w.%+-])([A-Za-z0-9][A-Za-z0-9._%+-]{0,63})@"
+                    r"((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24})(?![\w-])"
+                ),
+                self._replace_email,
+            ),
+            _Rule(
+                "card",
+                re.compile(r"(?<![\w-])[2-6]\d{3}(?:[ -]?\d{4,6}){1,3}(?:[ -]?\d{1,4})?(?!\w|-\d)"),
+                self._replace_card,
+            ),
+            _Rule(
+                "iban",
+                re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d\d ?[A-Z0-9]{4}(?: ?[A-Z0-9]{4}){1,6}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"),
+                self._replace_iban,
+            ),
+            _Rule(
+                "phone",
+                re.compile(
+                    r"(?<![\w+])\+[1-9]\d{0,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,5}(?![\w]|[.-]\d)"
+                    r"|(?<![\w)])\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}(?![\w]|[.-]\d)"
+                    r"|(?<![\w.+-])[2-9]\d\d([-.])\d{3}\1\d{4}(?![\w]|[.-]\d)"
+                ),
+                self._replace_phone,
+            ),
+        ]
+        return rules
+
+    # ------------------------------------------------------------------ replacements
+
+    def _replace_private_key(self, m: re.Match[str]) -> str:
+        end = m.group(4) or f"-----END {m.group(2)}PRIVATE KEY-----"
+        return f"{m.group(1)}{REDACTED}{end}"
+
+    def _replace_jwt(self, m: re.Match[str]) -> str:
+        return m.group(0) if self._is_allowed(m.group(0)) else REDACTED_JWT
+
+    def _replace_auth_header(self, m: re.Match[str]) -> str:
+        credential = m.group(3)
+        # "Basic authentication", "Token expired": prose, not a credential. Real credentials
+        # carry a digit, punctuation from their alphabet, or an inner capital.
+        looks_secret = any(c.isdigit() or c in "._~+/=-" for c in credential) or any(
+            c.isupper() for c in credential[1:]
+        )
+        if not looks_secret or self._is_allowed(credential):
+            return m.group(0)
+        return f"{m.group(1)}{m.group(2)}{REDACTED}"
+
+    def _replace_url_credentials(self, m: re.Match[str]) -> str:
+        if m.group(3) == "***" or self._is_allowed(m.group(3)):
+            return m.group(0)
+        return f"{m.group(1)}{m.group(2)}:***@"
+
+    def _replace_group2(self, m: re.Match[str]) -> str:
+        if self._is_allowed(m.group(2)):
+            return m.group(0)
+        return f"{m.group(1)}{REDACTED}"
+
+    def _replace_aws(self, m: re.Match[str]) -> str:
+        if self._is_allowed(m.group(0)):
+            return m.group(0)
+        if m.group(1):
+            return f"{m.group(1)}{REDACTED}"
+        return f"{m.group(2)}{REDACTED}"
+
+    def _replace_prefix_token(self, m: re.Match[str]) -> str:
+        if self._is_allowed(m.group(0)):
+            return m.group(0)
+        prefix = next(g for g in m.groups() if g is not None)
+        return f"{prefix}{REDACTED}"
+
+    @staticmethod
+    def _unquote(value: str) -> tuple[str, str]:
+        if value.startswith('\\"') and len(value) >= 4:
+            return '\\"', value[2:-2]
+        if value[:1] in "\"'" and len(value) >= 2:
+            return value[0], value[1:-1]
+        return "", value
+
+    def _is_masked(self, inner: str) -> bool:
+        return inner in _ALREADY_MASKED or REDACTED in inner or set(inner) <= {"*"} or self._is_allowed(inner)
+
+    def _replace_header_value(self, m: re.Match[str]) -> str:
+        key, sep, value = m.group(1), m.group(2), m.group(3)
+        if key.lower() in self._safe_keys:
+            return m.group(0)
+        quote, inner = self._unquote(value)
+        stripped = inner.rstrip()
+        if self._is_masked(stripped.strip()):
+            return m.group(0)
+        trailing = inner[len(stripped) :]
+        scheme, _, credential = stripped.partition(" ")
+        if scheme.lower() in _AUTH_SCHEMES and credential.strip():
+            if self._is_masked(credential.strip()):
+                return m.group(0)
+            masked = f"{scheme} {REDACTED}"
+        else:
+            masked = REDACTED
+        return f"{key}{sep}{quote}{masked}{trailing}{quote}"
+
+    def _replace_key_value(self, m: re.Match[str]) -> str:
+        key, sep, value = m.group(1), m.group(2), m.group(3)
+        if key.lower() in self._safe_keys:
+            return m.group(0)
+        quote, inner = self._unquote(value)
+        if self._is_masked(inner) or (not quote and inner.lower() in _AUTH_SCHEMES):
+            # Schemes: the auth_header rule already masked the credential that follows.
+            return m.group(0)
+        return f"{key}{sep}{quote}{REDACTED}{quote}"
+
+    def _replace_email(self, m: re.Match[str]) -> str:
+        start = m.start()
+        if m.string[max(0, start - 3) : start] == "://" or self._is_allowed(m.group(0)):
+            return m.group(0)  # URL userinfo, not a mailbox
+        return f"{m.group(1)[0]}***@{m.group(2)}"
+
+    def _replace_card(self, m: re.Match[str]) -> str:
+        text = m.group(0)
+        digits = text.replace(" ", "").replace("-", "")
+        if not 13 <= len(digits) <= 19 or not luhn_valid(digits) or self._is_allowed(text):
+            return text
+        return _mask_keep_last(text, 4)
+
+    def _replace_iban(self, m: re.Match[str]) -> str:
+        text = m.group(0)
+        if not iban_valid(text.replace(" ", "")) or self._is_allowed(text):
+            return text
+        return _mask_keep_last(text, 4, keep_first=2, alnum=True)
+
+    def _replace_phone(self, m: re.Match[str]) -> str:
+        text = m.group(0)
+        digits = sum(c.isdigit() for c in text)
+        if not 8 <= digits <= 15 or self._is_allowed(text):
+            return text
+        return _mask_keep_last(text, 4)
+
+    def _replace_deny(self, m: re.Match[str]) -> str:
+        return m.group(0) if self._is_allowed(m.group(0)) else REDACTED
+
+
+def _ci_lookbehinds(words: Iterable[str], trailer: str) -> list[str]:
+    """Case-insensitive fixed-width lookbehinds for ``word + trailer``, one per word length."""
+    by_len: dict[int, list[str]] = {}
+    for word in words:
+        by_len.setdefault(len(word), []).append(re.escape(word))
+    return [f"(?<=(?i:{'|'.join(ws)}){trailer})" for _, ws in sorted(by_len.items())]
+
+
+def _anchors(keywords: tuple[str, ...]) -> list[_Anchor]:
+    """The prefilter's alternatives. Each must be implied by its rules' full regexes."""
+
+    def rs(*names: str) -> frozenset[str]:
+        return frozenset(names)
+
+    anchors: list[_Anchor] = [
+        _Anchor("@", "", rs("email", "url_credentials", "sentry_dsn")),
+        _Anchor("-", "----BEGIN ", rs("private_key")),
+        _Anchor("J", r"(?<=eyJ)", rs("jwt")),
+        _Anchor("x", r"ox[abposre]-", rs("slack")),
+        _Anchor("k", r"(?<=hooks\.slack)\.com/", rs("slack")),
+        _Anchor("_", r"(?<=gh[pousr]_)", rs("github")),
+        _Anchor("_", r"(?<=github_)pat_", rs("github")),
+        _Anchor("_", r"(?<=[sr]k_)(?:live|test)_", rs("stripe")),
+        _Anchor("_", r"(?<=whsec_)", rs("stripe")),
+        _Anchor("-", r"(?<=sk-)", rs("anthropic", "openai")),
+        _Anchor("A", r"(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA)", rs("aws")),
+        _Anchor("A", r"Iza", rs("google")),
+        _Anchor("A", r"C[0-9a-f]", rs("twilio")),
+        _Anchor("S", r"K[0-9a-f]", rs("twilio")),
+        _Anchor("S", r"G\.", rs("sendgrid")),
+        _Anchor("B", r"(?:earer|EARER|asic|ASIC)[ \t]", rs("auth_header")),
+        _Anchor("b", r"earer[ \t]", rs("auth_header")),
+        _Anchor("D", r"igest[ \t]", rs("auth_header")),
+        _Anchor("T", r"oken[ \t]", rs("auth_header")),
+        _Anchor("N", r"(?:egotiate|TLM)[ \t]", rs("auth_header")),
+        _Anchor("+", r"[1-9]", rs("phone")),
+        _Anchor("(", r"\d{3}\)", rs("phone")),
+    ]
+    # key=value: at a ':' or '=' look back for a keyword, possibly followed by a closing quote
+    # (maybe backslash-escaped) and one blank, exactly as the key_value rule allows.
+    trailers = ["", "[\"']", "[ \t]", "[\"'][ \t]", "\\\\[\"']", "\\\\[\"'][ \t]"]
+    lookbehinds = [lb for t in trailers for lb in _ci_lookbehinds(keywords, t)]
+    aws_lookbehinds = [
+        lb for t in trailers for lb in _ci_lookbehinds(("access_key", "accesskey", "secret_key", "secretkey"), t)
+    ]
+    for sep in ":=":
+        anchors.append(_Anchor(sep, f"(?:{'|'.join(lookbehinds)})", rs("key_value")))
+        anchors.append(_Anchor(sep, f"(?:{'|'.join(aws_lookbehinds)})", rs("aws")))
+    for d in "0123456789":
+        if d in "23456":
+            anchors.append(_Anchor(d, rf"(?<![\w-]{d})\d{{3}}[ -]?\d{{4}}", rs("card")))
+        if d in "23456789":
+            anchors.append(_Anchor(d, r"\d\d[-.]\d{3}[-.]\d{4}", rs("phone")))
+        anchors.append(_Anchor(d, rf"(?<=[A-Z]{{2}}{d})\d ?[A-Z0-9]{{4}}", rs("iban")))
+    return anchors
