@@ -795,12 +795,19 @@ def report(
             verdict(None if sw_s is None else sw_s <= 2.0),
         )
     )
-    for attr, label in (
-        ("parts_bytes", "on disk, bytes/event: active parts, `sum(bytes_on_disk)`"),
-        ("du_bytes", "on disk, bytes/event: `du` of the whole store directory"),
+    # Two readings of the disk target: like for like (the active parts' bytes on each side), and
+    # as the issue words it (Stackwatch's whole store by `du`, which also counts parts merged
+    # away but not yet deleted, against ClickHouse's active parts).
+    for ch_attr, sw_attr, label in (
+        ("parts_bytes", "parts_bytes", "on disk, bytes/event: active parts `sum(bytes_on_disk)`, both sides"),
+        (
+            "parts_bytes",
+            "du_bytes",
+            "on disk, bytes/event: Stackwatch `du` of its store vs ClickHouse active parts",
+        ),
     ):
-        ch_v = getattr(ch, attr) if ch else None
-        sw_v = getattr(sw, attr) if sw else None
+        ch_v = getattr(ch, ch_attr) if ch else None
+        sw_v = getattr(sw, sw_attr) if sw else None
         ch_b = None if ch_v is None else ch_v / n
         sw_b = None if sw_v is None else sw_v / n
         r = ratio(sw_b, ch_b)

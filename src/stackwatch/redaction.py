@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
@@ -56,8 +56,8 @@ __all__ = [
     "RULE_NAMES",
     "RedactionConfig",
     "Redactor",
-    "luhn_valid",
     "iban_valid",
+    "luhn_valid",
 ]
 
 REDACTED: Final = "[REDACTED]"
@@ -133,6 +133,7 @@ _ALREADY_MASKED: Final = frozenset(
     {"", REDACTED, REDACTED_JWT, "[FILTERED]", "<redacted>", "redacted", "REDACTED", "null",
      "None", "none", "true", "false", "undefined", "***"}
 )  # fmt: skip
+_ID_WORDS: Final = frozenset({"id", "ids", "uuid", "guid"})
 _AUTH_SCHEMES: Final = frozenset({"bearer", "basic", "digest", "token", "negotiate", "ntlm"})
 
 _CLEAN_CACHE_MAX: Final = 65_536  # strings remembered as clean; the set is dropped when full
@@ -237,7 +238,6 @@ class _Anchor:
     first: str
     rest: str
     rules: frozenset[str]
-    group: str = field(default="")
 
 
 def _compile_allow(allow: Iterable[str]) -> re.Pattern[str] | None:
@@ -288,7 +288,7 @@ class Redactor:
         self._prefilter, self._group_rules = self._build_prefilter(keywords, enabled)
         self._clean: set[str] = set()
         self._key_cache: dict[str, bool] = {}
-        self._keyset_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._keyset_cache: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...] | None]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -344,27 +344,35 @@ class Redactor:
     # ------------------------------------------------------------------ records and mappings
 
     def _redact_flat_attributes(self, attributes: dict[str, Any]) -> None:
+        # Events from one source share their key set, so the per-key decisions are cached
+        # per key tuple: (keys to mask whole, keys whose strings go through the text rules).
         keys = tuple(attributes)
-        sensitive = self._keyset_cache.get(keys)
-        if sensitive is None:
+        plan = self._keyset_cache.get(keys)
+        if plan is None:
             sensitive = tuple(k for k in keys if self.is_sensitive_key(k))
+            scanned = tuple(k for k in keys if k not in sensitive and not self._is_id_key(k))
+            plan = (sensitive, None if len(scanned) == len(keys) else scanned)
             if len(self._keyset_cache) >= _KEY_CACHE_MAX:
                 self._keyset_cache.clear()
-            self._keyset_cache[keys] = sensitive
+            self._keyset_cache[keys] = plan
+        sensitive, scanned = plan
         for key in sensitive:
             value = attributes[key]
             if value is None or value.__class__ is bool or self._is_allowed(str(value)):
                 continue
             attributes[key] = REDACTED
         clean = self._clean
-        pending = [k for k, v in attributes.items() if v.__class__ is str and v not in clean]
+        if scanned is None:
+            pending = [k for k, v in attributes.items() if v.__class__ is str and v not in clean]
+        else:
+            pending = [k for k in scanned if (v := attributes[k]).__class__ is str and v not in clean]
         if not pending:
             return
-        # One prefilter pass over all new strings; '\n' keeps each string's own boundaries.
         if len(pending) == 1:
             key = pending[0]
             attributes[key] = self.redact_text(attributes[key])
             return
+        # One prefilter pass over all new strings; '\n' keeps each string's own boundaries.
         values = [attributes[k] for k in pending]
         if self._candidate_rules("\n".join(values)) is None:
             for value in values:
@@ -373,7 +381,15 @@ class Redactor:
         for key, value in zip(pending, values, strict=True):
             attributes[key] = self.redact_text(value)
 
+    @staticmethod
+    def _is_id_key(key: str) -> bool:
+        """``*_id`` keys are never redacted: ids are what logs are correlated by."""
+        words = _WORD_SPLIT.split(key)
+        return bool(words) and words[-1].lower() in _ID_WORDS
+
     def _redact_value(self, key: Any, value: Any) -> Any:
+        if key is not None and not isinstance(value, Mapping | list | tuple) and self._is_id_key(str(key)):
+            return value
         if key is not None and self.is_sensitive_key(str(key)):
             if value is None or value.__class__ is bool:
                 return value
@@ -449,17 +465,21 @@ class Redactor:
         if not anchors:
             return None, {}
         by_first: dict[str, list[_Anchor]] = {}
-        for i, anchor in enumerate(anchors):
-            anchor.group = f"g{i}"
+        for anchor in anchors:
             by_first.setdefault(anchor.first, []).append(anchor)
         # Each top-level alternative starts with a literal, so the regex engine scans for the
-        # set of first characters and tries the rest only there. The empty named group at the
-        # end of each tail says which anchor matched.
+        # set of first characters and tries the rest only there. The rest sits in a lookahead
+        # so every match consumes one character: finditer then visits every candidate
+        # position, and anchors starting inside another anchor's text are not skipped. Where
+        # several anchors share a first character, a hit gates all of their rules.
         alternatives = []
-        for first, group in by_first.items():
-            tails = "|".join(f"{a.rest}(?P<{a.group}>)" for a in group)
-            alternatives.append(f"{re.escape(first)}(?:{tails})")
-        group_rules = {a.group: a.rules & enabled for a in anchors}
+        group_rules: dict[str, frozenset[str]] = {}
+        for i, (first, group) in enumerate(by_first.items()):
+            name = f"g{i}"
+            tails = "|".join(a.rest for a in group)
+            lookahead = f"(?={tails})" if all(a.rest for a in group) else ""
+            alternatives.append(f"{re.escape(first)}{lookahead}(?P<{name}>)")
+            group_rules[name] = frozenset().union(*(a.rules for a in group)) & enabled
         return re.compile("|".join(alternatives)), group_rules
 
     # ------------------------------------------------------------------ rules
@@ -493,7 +513,9 @@ class Redactor:
             ),
             _Rule(
                 "url_credentials",
-                re.compile(r"(?<![\w+.-])([A-Za-z][A-Za-z0-9+.-]{1,30}://)([^\s:/?#@\[\]\"'<>]*):([^\s/?#\"'<>]+)@"),
+                re.compile(
+                    r"(?<![\w+.-])([A-Za-z][A-Za-z0-9+.-]{1,30}://)([^\s:/?#@\[\]\"'<>]*):([^\s/?#\"'<>]+)@"
+                ),
                 self._replace_url_credentials,
             ),
             _Rule(
@@ -512,8 +534,10 @@ class Redactor:
             ),
             _Rule(
                 "github",
-                re.compile(rf"{token_prefix}(gh[pousr]_)[A-Za-z0-9]{{36,255}}{token_end}|"
-                           rf"{token_prefix}(github_pat_)[A-Za-z0-9_]{{22,255}}{token_end}"),
+                re.compile(
+                    rf"{token_prefix}(gh[pousr]_)[A-Za-z0-9]{{36,255}}{token_end}|"
+                    rf"{token_prefix}(github_pat_)[A-Za-z0-9_]{{22,255}}{token_end}"
+                ),
                 self._replace_prefix_token,
             ),
             _Rule(
@@ -527,8 +551,10 @@ class Redactor:
             ),
             _Rule(
                 "stripe",
-                re.compile(rf"{token_prefix}((?:sk|rk)_(?:live|test)_)[A-Za-z0-9]{{10,247}}{token_end}|"
-                           rf"{token_prefix}(whsec_)[A-Za-z0-9]{{20,}}{token_end}"),
+                re.compile(
+                    rf"{token_prefix}((?:sk|rk)_(?:live|test)_)[A-Za-z0-9]{{10,247}}{token_end}|"
+                    rf"{token_prefix}(whsec_)[A-Za-z0-9]{{20,}}{token_end}"
+                ),
                 self._replace_prefix_token,
             ),
             _Rule(
@@ -591,7 +617,9 @@ class Redactor:
             ),
             _Rule(
                 "iban",
-                re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d\d ?[A-Z0-9]{4}(?: ?[A-Z0-9]{4}){1,6}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"),
+                re.compile(
+                    r"(?<![A-Za-z0-9])[A-Z]{2}\d\d ?[A-Z0-9]{4}(?: ?[A-Z0-9]{4}){1,6}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
+                ),
                 self._replace_iban,
             ),
             _Rule(
@@ -686,6 +714,9 @@ class Redactor:
         if self._is_masked(inner) or (not quote and inner.lower() in _AUTH_SCHEMES):
             # Schemes: the auth_header rule already masked the credential that follows.
             return m.group(0)
+        if not quote and m.string.startswith(REDACTED[:-1], m.end()):
+            return m.group(0)  # "ghp_[REDACTED]": a token rule already masked it, keeping its kind
+
         return f"{key}{sep}{quote}{REDACTED}{quote}"
 
     def _replace_email(self, m: re.Match[str]) -> str:
@@ -718,58 +749,78 @@ class Redactor:
         return m.group(0) if self._is_allowed(m.group(0)) else REDACTED
 
 
-def _ci_lookbehinds(words: Iterable[str], trailer: str) -> list[str]:
-    """Case-insensitive fixed-width lookbehinds for ``word + trailer``, one per word length."""
-    by_len: dict[int, list[str]] = {}
-    for word in words:
-        by_len.setdefault(len(word), []).append(re.escape(word))
-    return [f"(?<=(?i:{'|'.join(ws)}){trailer})" for _, ws in sorted(by_len.items())]
+def _keyword_lookbehinds(keywords: Iterable[str], sep: str) -> str:
+    """A cheap superset test, run just after ``sep``, for "a keyword ended right before it".
+
+    Checking every keyword at every ``:`` costs more than the rules it guards, so this checks
+    one character class per position over the keywords' last three letters (either case),
+    followed by what the key_value rule allows between key and separator: a closing quote
+    (maybe escaped) and one blank. A digit right before the separator (``12:00``) is rejected
+    first, in one step.
+    """
+    positions: dict[int, list[set[str]]] = {}
+    for word in keywords:
+        tail = word[-3:]
+        sets = positions.setdefault(len(tail), [set() for _ in tail])
+        for i, ch in enumerate(tail):
+            sets[i] |= {ch.lower(), ch.upper()}
+    trailers = ["", "[\"' \t]", "(?:[\"'][ \t]|\\\\[\"'])", "\\\\[\"'][ \t]"]
+    lookbehinds = [
+        "(?<="
+        + "".join(f"[{re.escape(''.join(sorted(chars)))}]" for chars in sets)
+        + f"{trailer}{re.escape(sep)})"
+        for _, sets in sorted(positions.items())
+        for trailer in trailers
+    ]
+    gate = "" if any(w[-1:].isdigit() for w in keywords) else f"(?<!\\d{re.escape(sep)})"
+    return f"{gate}(?:{'|'.join(lookbehinds)})"
 
 
 def _anchors(keywords: tuple[str, ...]) -> list[_Anchor]:
-    """The prefilter's alternatives. Each must be implied by its rules' full regexes."""
+    """The prefilter's alternatives. Each must be implied by its rules' full regexes.
+
+    Listed roughly from the most to the least frequent first character in ordinary log text,
+    because the regex engine tries the alternatives in order at every candidate character.
+    """
 
     def rs(*names: str) -> frozenset[str]:
         return frozenset(names)
 
-    anchors: list[_Anchor] = [
-        _Anchor("@", "", rs("email", "url_credentials", "sentry_dsn")),
+    anchors: list[_Anchor] = []
+    # Digits are the most common candidates, so their test is one shared, cheap-to-fail
+    # lookahead: card (4 digits, optional separator, 4 digits), NANP phone (ddd-ddd-dddd) and
+    # IBAN (two capitals, two check digits - the candidate is the first - then 4 alnum).
+    # The boundary lookbehinds mirror the rules' own and keep UUIDs and hex ids out.
+    digit_tail = (
+        r"\d(?:\d(?:\d(?<![\w-]\d{4})[ -]?\d{4}|(?<![\w.+-]\d{3})[-.]\d{3}[-.]\d{4})"
+        r"|(?<=[A-Z]{2}\d\d) ?[A-Z0-9]{4})"
+    )
+    anchors += [_Anchor(d, digit_tail, rs("card", "phone", "iban")) for d in "0123456789"]
+    for sep in ":=":
+        # aws_secret_access_key=... ends with a keyword too, so the same anchor gates it.
+        anchors.append(_Anchor(sep, _keyword_lookbehinds(keywords, sep), rs("key_value", "aws")))
+    anchors += [
         _Anchor("-", "----BEGIN ", rs("private_key")),
-        _Anchor("J", r"(?<=eyJ)", rs("jwt")),
-        _Anchor("x", r"ox[abposre]-", rs("slack")),
-        _Anchor("k", r"(?<=hooks\.slack)\.com/", rs("slack")),
+        _Anchor("-", r"(?<=sk-)", rs("anthropic", "openai")),
         _Anchor("_", r"(?<=gh[pousr]_)", rs("github")),
         _Anchor("_", r"(?<=github_)pat_", rs("github")),
         _Anchor("_", r"(?<=[sr]k_)(?:live|test)_", rs("stripe")),
         _Anchor("_", r"(?<=whsec_)", rs("stripe")),
-        _Anchor("-", r"(?<=sk-)", rs("anthropic", "openai")),
+        _Anchor("@", "", rs("email", "url_credentials", "sentry_dsn")),
         _Anchor("A", r"(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA)", rs("aws")),
         _Anchor("A", r"Iza", rs("google")),
         _Anchor("A", r"C[0-9a-f]", rs("twilio")),
         _Anchor("S", r"K[0-9a-f]", rs("twilio")),
         _Anchor("S", r"G\.", rs("sendgrid")),
         _Anchor("B", r"(?:earer|EARER|asic|ASIC)[ \t]", rs("auth_header")),
-        _Anchor("b", r"earer[ \t]", rs("auth_header")),
-        _Anchor("D", r"igest[ \t]", rs("auth_header")),
         _Anchor("T", r"oken[ \t]", rs("auth_header")),
+        _Anchor("D", r"igest[ \t]", rs("auth_header")),
         _Anchor("N", r"(?:egotiate|TLM)[ \t]", rs("auth_header")),
+        _Anchor("J", r"(?<=eyJ)", rs("jwt")),
         _Anchor("+", r"[1-9]", rs("phone")),
         _Anchor("(", r"\d{3}\)", rs("phone")),
+        _Anchor("b", r"earer[ \t]", rs("auth_header")),
+        _Anchor("k", r"(?<=hooks\.slack)\.com/", rs("slack")),
+        _Anchor("x", r"ox[abposre]-", rs("slack")),
     ]
-    # key=value: at a ':' or '=' look back for a keyword, possibly followed by a closing quote
-    # (maybe backslash-escaped) and one blank, exactly as the key_value rule allows.
-    trailers = ["", "[\"']", "[ \t]", "[\"'][ \t]", "\\\\[\"']", "\\\\[\"'][ \t]"]
-    lookbehinds = [lb for t in trailers for lb in _ci_lookbehinds(keywords, t)]
-    aws_lookbehinds = [
-        lb for t in trailers for lb in _ci_lookbehinds(("access_key", "accesskey", "secret_key", "secretkey"), t)
-    ]
-    for sep in ":=":
-        anchors.append(_Anchor(sep, f"(?:{'|'.join(lookbehinds)})", rs("key_value")))
-        anchors.append(_Anchor(sep, f"(?:{'|'.join(aws_lookbehinds)})", rs("aws")))
-    for d in "0123456789":
-        if d in "23456":
-            anchors.append(_Anchor(d, rf"(?<![\w-]{d})\d{{3}}[ -]?\d{{4}}", rs("card")))
-        if d in "23456789":
-            anchors.append(_Anchor(d, r"\d\d[-.]\d{3}[-.]\d{4}", rs("phone")))
-        anchors.append(_Anchor(d, rf"(?<=[A-Z]{{2}}{d})\d ?[A-Z0-9]{{4}}", rs("iban")))
     return anchors

@@ -62,6 +62,7 @@ def test_filebeat_create_into_a_data_stream() -> None:
     )
     request = decode_bulk(body, None)
     assert [item.action for item in request.items] == ["create", "create"]
+    assert [item.line for item in request.items] == [1, 3]
     assert not request.errors
     first_event, second_event = request.events
     # The source is kept as sent (nested ECS objects and all), plus the index under "es.index".
@@ -148,6 +149,13 @@ def test_crlf_and_blank_lines_are_tolerated() -> None:
     body = b'\r\n{"index":{"_index":"a"}}\r\n\r\n{"n":1}\r\n\r\n'
     [item] = decode_bulk(body).items
     assert item.source == {"n": 1, "es.index": "a"}
+    assert item.line == 2
+    # Without blank lines the fast path takes CRLF bodies as they are.
+    first, second = decode_bulk(
+        b'{"index":{"_index":"a"}}\r\n{"n":1}\r\n{"index":{"_index":"b"}}\r\n{"n":2}\r\n'
+    ).items
+    assert (first.index, second.index, second.line) == ("a", "b", 3)
+    assert second.source == {"n": 2, "es.index": "b"}
 
 
 def test_delete_and_update() -> None:

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_logstore import T0, record
 
 from stackwatch.storage.executor import ChdbExecutor
 from stackwatch.storage.logs import LogStore
 from stackwatch.storage.retention import DAY_NS, RetentionManager, TierPolicy
-
-from test_logstore import T0, record
 
 WEB = TierPolicy(hot_days=3, warm_days=15, cold_days=90)
 APP = TierPolicy(hot_days=7, warm_days=30, cold_days=365)

@@ -49,7 +49,6 @@ Every response must carry the header ``X-Elastic-Product: Elasticsearch``
 from __future__ import annotations
 
 import base64
-import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,31 +138,14 @@ class BulkRequest:
 # --------------------------------------------------------------------------- decoding
 
 
-class _Invalid:
-    """A line that is not valid JSON, with the parser's message."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: str) -> None:
-        self.message = message
+_ActionInfo = tuple[str, str | None, str | None, tuple[str, str] | None]
 
 
-def _parse_lines(lines: list[bytes]) -> list[Any]:
-    loads = orjson.loads
+def _is_action_line(line: bytes) -> bool:
     try:
-        return [loads(line) for line in lines]
+        value = orjson.loads(line)
     except orjson.JSONDecodeError:
-        pass
-    parsed: list[Any] = []
-    for line in lines:
-        try:
-            parsed.append(loads(line))
-        except orjson.JSONDecodeError as exc:
-            parsed.append(_Invalid(str(exc)))
-    return parsed
-
-
-def _is_action_line(value: Any) -> bool:
+        return False
     if type(value) is not dict or len(value) != 1:
         return False
     action, params = next(iter(value.items()))
@@ -178,68 +160,128 @@ def decode_bulk(body: bytes, default_index: str | None = None) -> BulkRequest:
     Per-item problems are reported on the item (see :class:`BulkItem`); only a body without a
     single action raises :class:`BadRequest`, as ES answers that with a request-level 400.
     """
-    numbered = [(number, line) for number, line in enumerate(body.split(b"\n"), 1) if line.strip()]
-    if not numbered:
+    lines = body.split(b"\n")
+    while lines and (not lines[-1] or lines[-1].isspace()):
+        lines.pop()  # the final newline(s); rsyslog ends its bodies with a blank line
+    if not lines:
         raise BadRequest("Validation Failed: 1: no requests added;")
     with gc_paused():
-        parsed = _parse_lines([line for _, line in numbered])
+        # A blank line anywhere else fails the fast path (as an action or a source), so only
+        # the item-by-item path needs to filter them and map kept lines to line numbers.
+        items = _decode_uniform(lines, default_index)
+        if items is None:
+            numbered = [(number, line) for number, line in enumerate(lines, 1) if line and not line.isspace()]
+            kept = [line for _, line in numbered]
+            items = _decode_items(kept, [number for number, _ in numbered], default_index)
+        return BulkRequest(items)
+
+
+def _decode_uniform(kept: list[bytes], default_index: str | None) -> list[BulkItem] | None:
+    """The fast path for what shippers send: only index/create actions, each with an object.
+
+    Decided with C-level passes (slicing, a set of the action lines, one comprehension of
+    ``orjson.loads``); returns ``None`` as soon as the body needs the item-by-item path.
+    """
+    if len(kept) % 2:
+        return None
+    metas = kept[0::2]
+    infos = {meta: _read_action(meta, default_index) for meta in set(metas)}
+    for action, _index, _id, problem in infos.values():
+        if problem is not None or action not in ("index", "create"):
+            return None
+    loads = orjson.loads
+    try:
+        sources = [loads(line) for line in kept[1::2]]
+    except orjson.JSONDecodeError:
+        return None
+    if set(map(type, sources)) != {dict}:
+        return None
+    lines = range(1, len(kept), 2)
+    if len(infos) == 1:
+        [(action, index, doc_id, _)] = infos.values()
+        for source in sources:
+            source["es.index"] = index
+        return [
+            BulkItem(action, index, doc_id, source, None, None, 201, line)
+            for source, line in zip(sources, lines, strict=True)
+        ]
     items: list[BulkItem] = []
     append = items.append
-    count = len(parsed)
+    for meta, source, line in zip(metas, sources, lines, strict=True):
+        action, index, doc_id, _ = infos[meta]
+        source["es.index"] = index
+        append(BulkItem(action, index, doc_id, source, None, None, 201, line))
+    return items
+
+
+def _decode_items(kept: list[bytes], numbers: Sequence[int], default_index: str | None) -> list[BulkItem]:
+    """The general path: item by item, with deletes, updates and every kind of bad item."""
+    items: list[BulkItem] = []
+    append = items.append
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    # Shippers repeat the same action line ({"create":{"_index":"filebeat-8.11.0"}}) for
+    # every document: parse each distinct one once.
+    actions: dict[bytes, _ActionInfo] = {}
+    count = len(kept)
     position = 0
     while position < count:
-        meta = parsed[position]
-        line = numbered[position][0]
+        meta = kept[position]
+        line = numbers[position]
         position += 1
-        action, index, doc_id, problem = _read_action(meta, default_index)
+        info = actions.get(meta)
+        if info is None:
+            info = actions[meta] = _read_action(meta, default_index)
+        action, index, doc_id, problem = info
         if problem is not None:
-            # We cannot know whether a broken action line had a source; take the next line
-            # as its source unless that line is itself a well-formed action line.
-            if action != "delete" and position < count and not _is_action_line(parsed[position]):
+            # We cannot know whether a broken action line had a source; take the next
+            # line as its source unless that line is itself a well-formed action line.
+            if action != "delete" and position < count and not _is_action_line(kept[position]):
                 position += 1
+            error_type, reason = problem
             append(
                 BulkItem(
                     action or "index",
                     index,
                     doc_id,
                     None,
-                    f"line {line}: {problem[1]}",
-                    problem[0],
+                    f"line {line}: {reason}",
+                    error_type,
                     400,
                     line,
                 )
             )
             continue
         if action == "delete":
-            append(BulkItem(action, index, doc_id, None, status=404, line=line))
+            append(BulkItem(action, index, doc_id, None, None, None, 404, line))
             continue
         if position >= count:
-            append(
-                BulkItem(
-                    action,
-                    index,
-                    doc_id,
-                    None,
-                    f"line {line}: Validation Failed: 1: source is missing;",
-                    "action_request_validation_exception",
-                    400,
-                    line,
-                )
-            )
+            append(_missing_source(action, index, doc_id, line))
             continue
-        source = parsed[position]
-        source_line = numbered[position][0]
+        raw = kept[position]
         position += 1
-        append(_source_item(action, index, doc_id, source, line, source_line))
-    return BulkRequest(items)
+        try:
+            source = loads(raw)
+        except decode_error as exc:
+            append(_bad_source(action, index, doc_id, line, numbers[position - 1], f"failed to parse: {exc}"))
+            continue
+        if type(source) is not dict:
+            reason = "failed to parse, document must be a JSON object"
+            append(_bad_source(action, index, doc_id, line, numbers[position - 1], reason))
+        elif action == "update":
+            append(_update_item(index, doc_id, source, line))
+        else:
+            source["es.index"] = index
+            append(BulkItem(action, index, doc_id, source, None, None, 201, line))
+    return items
 
 
-def _read_action(
-    meta: Any, default_index: str | None
-) -> tuple[str, str | None, str | None, tuple[str, str] | None]:
+def _read_action(line: bytes, default_index: str | None) -> _ActionInfo:
     """Validate an action line: (action, index, id, (error type, reason) or None)."""
-    if isinstance(meta, _Invalid):
-        return "", default_index, None, ("illegal_argument_exception", f"invalid action line: {meta.message}")
+    try:
+        meta = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return "", default_index, None, ("illegal_argument_exception", f"invalid action line: {exc}")
     if type(meta) is not dict or len(meta) != 1:
         return (
             "",
@@ -285,40 +327,28 @@ def _read_action(
     return action, index, doc_id, None
 
 
-def _source_item(
-    action: str, index: str, doc_id: str | None, source: Any, line: int, source_line: int
-) -> BulkItem:
-    if isinstance(source, _Invalid):
-        return BulkItem(
-            action,
-            index,
-            doc_id,
-            None,
-            f"line {source_line}: failed to parse: {source.message}",
-            "mapper_parsing_exception",
-            400,
-            line,
-        )
-    if type(source) is not dict:
-        return BulkItem(
-            action,
-            index,
-            doc_id,
-            None,
-            f"line {source_line}: failed to parse, document must be a JSON object",
-            "mapper_parsing_exception",
-            400,
-            line,
-        )
-    if action == "update":
-        return _update_item(index, doc_id, source, line, source_line)
-    source["es.index"] = index
-    return BulkItem(action, index, doc_id, source, line=line)
+def _missing_source(action: str, index: str | None, doc_id: str | None, line: int) -> BulkItem:
+    return BulkItem(
+        action,
+        index,
+        doc_id,
+        None,
+        f"line {line}: Validation Failed: 1: source is missing;",
+        "action_request_validation_exception",
+        400,
+        line,
+    )
 
 
-def _update_item(
-    index: str, doc_id: str | None, source: dict[str, Any], line: int, source_line: int
+def _bad_source(
+    action: str, index: str | None, doc_id: str | None, line: int, source_line: int, reason: str
 ) -> BulkItem:
+    return BulkItem(
+        action, index, doc_id, None, f"line {source_line}: {reason}", "mapper_parsing_exception", 400, line
+    )
+
+
+def _update_item(index: str | None, doc_id: str | None, source: dict[str, Any], line: int) -> BulkItem:
     doc = source.get("doc")
     upsert = source.get("upsert")
     if source.get("doc_as_upsert") is True and type(doc) is dict:
@@ -359,11 +389,9 @@ def decode_document(body: bytes, index: str, doc_id: str | None = None) -> BulkI
 # --------------------------------------------------------------------------- responses
 
 
-def _id_factory() -> Any:
-    """Auto ids shaped like ES's (20 URL-safe base64 characters), cheap enough per item."""
-    prefix = os.urandom(9)
-    counter = itertools.count()
-    return lambda: base64.urlsafe_b64encode(prefix + next(counter).to_bytes(6, "big")).decode("ascii")
+def _id_prefix() -> str:
+    """12 random URL-safe characters; with an 8-hex-digit counter, an id shaped like ES's 20."""
+    return base64.urlsafe_b64encode(os.urandom(9)).decode("ascii")
 
 
 def build_bulk_response(items: Sequence[BulkItem] | BulkRequest, took_ms: int) -> dict[str, Any]:
@@ -371,34 +399,52 @@ def build_bulk_response(items: Sequence[BulkItem] | BulkRequest, took_ms: int) -
 
     Shippers read ``errors`` and each item's ``status`` to decide what to retry: 4xx items are
     dropped (or dead-lettered) by the shipper, so only input errors may be reported here.
+    Items without an ``_id`` get a generated one, as ES generates them. The ``_shards``
+    object is shared between items: the body is meant to be serialised, not edited.
     """
     if isinstance(items, BulkRequest):
         items = items.items
-    new_id = _id_factory()
+    with gc_paused():
+        return _render_bulk_items(items, took_ms)
+
+
+def _render_bulk_items(items: Sequence[BulkItem], took_ms: int) -> dict[str, Any]:
+    prefix = _id_prefix()
+    shards = dict(_SHARDS)
     rendered: list[dict[str, Any]] = []
+    append = rendered.append
     errors = False
     for seq_no, item in enumerate(items):
-        doc_id = item.id
         if item.error is not None:
             errors = True
-            result: dict[str, Any] = {
-                "_index": item.index,
-                "_id": doc_id,
-                "status": item.status,
-                "error": {"type": item.error_type or "mapper_parsing_exception", "reason": item.error},
+            append(
+                {
+                    item.action: {
+                        "_index": item.index,
+                        "_id": item.id,
+                        "status": item.status,
+                        "error": {
+                            "type": item.error_type or "mapper_parsing_exception",
+                            "reason": item.error,
+                        },
+                    }
+                }
+            )
+            continue
+        append(
+            {
+                item.action: {
+                    "_index": item.index,
+                    "_id": item.id if item.id is not None else f"{prefix}{seq_no:08x}",
+                    "_version": 1,
+                    "result": "not_found" if item.status == 404 else "created",
+                    "_shards": shards,
+                    "_seq_no": seq_no,
+                    "_primary_term": 1,
+                    "status": item.status,
+                }
             }
-        else:
-            result = {
-                "_index": item.index,
-                "_id": doc_id if doc_id is not None else new_id(),
-                "_version": 1,
-                "result": "not_found" if item.action == "delete" else "created",
-                "_shards": dict(_SHARDS),
-                "_seq_no": seq_no,
-                "_primary_term": 1,
-                "status": item.status,
-            }
-        rendered.append({item.action: result})
+        )
     return {"took": int(took_ms), "errors": errors, "items": rendered}
 
 
@@ -406,7 +452,7 @@ def build_document_response(item: BulkItem) -> dict[str, Any]:
     """The response to a single-document index request (HTTP 201)."""
     return {
         "_index": item.index,
-        "_id": item.id if item.id is not None else _id_factory()(),
+        "_id": item.id if item.id is not None else f"{_id_prefix()}{0:08x}",
         "_version": 1,
         "result": "created",
         "_shards": dict(_SHARDS),

@@ -59,6 +59,7 @@ _JSON_CONTENT_TYPE = "application/json"
 _CODE_FILE = ("code.file.path", "code.filepath")
 _CODE_LINE = ("code.line.number", "code.lineno")
 _CODE_FUNCTION = ("code.function.name", "code.function")
+_CODE_KEYS = frozenset(_CODE_FILE + _CODE_LINE + _CODE_FUNCTION)
 
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
@@ -185,7 +186,8 @@ def _event(
         event["host"] = scope.host
     if scope.logger:
         event["logger"] = scope.logger
-    _map_code_attributes(event, attributes)
+    if not _CODE_KEYS.isdisjoint(attributes):
+        _map_code_attributes(event, attributes)
     return event
 
 
@@ -268,11 +270,11 @@ def _decode_protobuf(body: bytes) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     append = events.append
     for resource_logs in request.resource_logs:
-        resource_attrs = _flatten(_pb_pairs(resource_logs.resource.attributes))
+        resource_attrs = _pb_attributes(resource_logs.resource.attributes)
         for scope_logs in resource_logs.scope_logs:
             pb_scope = scope_logs.scope
             scope = _Scope(
-                resource_attrs, pb_scope.name, pb_scope.version, _flatten(_pb_pairs(pb_scope.attributes))
+                resource_attrs, pb_scope.name, pb_scope.version, _pb_attributes(pb_scope.attributes)
             )
             for record in scope_logs.log_records:
                 append(
@@ -283,7 +285,7 @@ def _decode_protobuf(body: bytes) -> list[dict[str, Any]]:
                         record.severity_number,
                         record.severity_text,
                         _pb_value(record.body) if record.HasField("body") else None,
-                        _flatten(_pb_pairs(record.attributes)),
+                        _pb_attributes(record.attributes),
                         _hex_id(record.trace_id),
                         _hex_id(record.span_id),
                         record.event_name,
@@ -292,8 +294,23 @@ def _decode_protobuf(body: bytes) -> list[dict[str, Any]]:
     return events
 
 
-def _pb_pairs(key_values: Any) -> list[tuple[str, Native]]:
-    return [(kv.key, _pb_value(kv.value)) for kv in key_values]
+def _pb_attributes(key_values: Any) -> dict[str, Any]:
+    """Flatten protobuf KeyValues; scalars (nearly all attributes) take the short way."""
+    out: dict[str, Any] = {}
+    for kv in key_values:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            out[kv.key] = value.string_value
+        elif kind == "int_value":
+            out[kv.key] = value.int_value
+        elif kind == "double_value":
+            out[kv.key] = value.double_value
+        elif kind == "bool_value":
+            out[kv.key] = value.bool_value
+        else:
+            _flatten_into(out, kv.key, _pb_value(value))
+    return out
 
 
 def _pb_value(value: AnyValue) -> Native:

@@ -10,11 +10,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stackwatch import __version__
 from stackwatch.errors import Overloaded, StackwatchError
+from stackwatch.server.responses import JSONResponse
 from stackwatch.server.runtime import Runtime
 
 __all__ = ["create_app"]
@@ -22,8 +22,8 @@ __all__ = ["create_app"]
 log = logging.getLogger("stackwatch.server")
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
-    return ORJSONResponse({"status": "error", "error": message}, status_code=status, headers=headers)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": "error", "error": message}, status_code=status, headers=headers)
 
 
 def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
@@ -43,7 +43,7 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
         title="Stackwatch",
         version=__version__,
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=JSONResponse,
         docs_url="/api/docs",
         openapi_url="/api/openapi.json",
         redoc_url=None,
@@ -52,7 +52,7 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
         app.state.rt = runtime
 
     @app.exception_handler(StackwatchError)
-    async def _stackwatch_error(request: Request, exc: StackwatchError) -> ORJSONResponse:
+    async def _stackwatch_error(request: Request, exc: StackwatchError) -> JSONResponse:
         headers = None
         if isinstance(exc, Overloaded):
             headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
@@ -63,7 +63,7 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
         return error_response(exc.status_code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body"))
@@ -71,7 +71,7 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
         return error_response(400, "invalid request: " + "; ".join(parts))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
 
     @app.get("/health", tags=["health"])

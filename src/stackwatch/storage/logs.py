@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson

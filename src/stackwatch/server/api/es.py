@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
 from stackwatch.errors import StackwatchError
 from stackwatch.ingest.esbulk import (
@@ -23,6 +23,7 @@ from stackwatch.ingest.esbulk import (
     handshake,
 )
 from stackwatch.server.deps import body, ingest_project, runtime
+from stackwatch.server.responses import JSONResponse
 
 __all__ = ["root_response", "router"]
 
@@ -39,11 +40,11 @@ _ERROR_TYPES = {
 }
 
 
-def es_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> ORJSONResponse:
-    return ORJSONResponse(data, status_code=status, headers={**PRODUCT_HEADERS, **(headers or {})})
+def es_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers={**PRODUCT_HEADERS, **(headers or {})})
 
 
-def es_error(exc: StackwatchError) -> ORJSONResponse:
+def es_error(exc: StackwatchError) -> JSONResponse:
     status = exc.status_code
     headers: dict[str, str] = {}
     if status == 401:
@@ -118,7 +119,7 @@ async def _handshake_or_404(request: Request, path: str) -> Response:
 async def catch_all(request: Request, path: str) -> Response:
     """Handshake calls, single-document writes, and a clear 404 for anything else."""
     if path.startswith(("api/", "ui/", "v1/")):
-        return ORJSONResponse({"status": "error", "error": f"not found: /{path}"}, status_code=404)
+        return JSONResponse({"status": "error", "error": f"not found: /{path}"}, status_code=404)
     parts = [p for p in path.split("/") if p]
     if request.method in ("POST", "PUT") and parts and not parts[0].startswith("_") and len(parts) in (2, 3):
         # POST /<index>/_doc, PUT /<index>/_doc/<id>, POST /<index>/_create/<id>, rsyslog's POST /<index>/<type>

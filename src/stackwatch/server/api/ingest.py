@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
+from stackwatch.errors import BadRequest
 from stackwatch.ingest.ndjson import decode_ndjson
 from stackwatch.ingest.otlp_logs import decode_otlp_logs, encode_export_response
 from stackwatch.model.logs import LOG_TYPES
-from stackwatch.errors import BadRequest
 from stackwatch.server.deps import body, ingest_project, runtime
+from stackwatch.server.responses import JSONResponse
 
 router = APIRouter()
 
@@ -37,7 +38,7 @@ async def push_logs(request: Request, project: Any = Depends(ingest_project)) ->
     events = decode_ndjson(data, request.headers.get("content-type"))
     rt = runtime(request)
     accepted = await rt.batcher.submit("logs", project.slug, events, defaults=defaults_from_query(request))
-    return ORJSONResponse({"accepted": accepted})
+    return JSONResponse({"accepted": accepted})
 
 
 @router.post("/v1/logs", tags=["ingest"])

@@ -9,13 +9,14 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import ORJSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from stackwatch.errors import BadRequest
 from stackwatch.query.logql import compile_query
 from stackwatch.query.timerange import parse_duration, time_range
 from stackwatch.server.deps import runtime, viewer
+from stackwatch.server.responses import JSONResponse
 
 router = APIRouter(prefix="/api/v1/logs", tags=["logs"])
 
@@ -36,7 +37,7 @@ def search(
     limit: int = 100,
     cursor: str | None = None,
     who: Any = Depends(viewer),
-) -> ORJSONResponse:
+) -> JSONResponse:
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
     compiled = compile_query(q)
@@ -45,7 +46,7 @@ def search(
     page = rt.logs.search(
         project_slug(request, who), compiled.where, compiled.params, start_ns, end_ns, limit=limit, cursor=cursor
     )
-    return ORJSONResponse({"total": page.total, "hits": page.hits, "next_cursor": page.next_cursor})
+    return JSONResponse({"total": page.total, "hits": page.hits, "next_cursor": page.next_cursor})
 
 
 def auto_interval(span_ns: int, buckets: int = 120) -> int:
@@ -67,7 +68,7 @@ def histogram(
     interval: str | None = None,
     by: str | None = None,
     who: Any = Depends(viewer),
-) -> ORJSONResponse:
+) -> JSONResponse:
     compiled = compile_query(q)
     start_ns, end_ns = time_range(start, end)
     interval_s = parse_duration(interval) // 1_000_000_000 if interval else auto_interval(end_ns - start_ns)
@@ -82,7 +83,7 @@ def histogram(
         project_slug(request, who), compiled.where, compiled.params, start_ns, end_ns, interval_s,
         by_level=by == "level",
     )
-    return ORJSONResponse({"interval": interval_s, "buckets": buckets})
+    return JSONResponse({"interval": interval_s, "buckets": buckets})
 
 
 @router.get("/tail")

@@ -1,0 +1,406 @@
+"""Parse: turn an event whose body is a serialized line into structured fields.
+
+An event is parsed when it is not already a canonical record (it has no ``attributes``
+mapping) and its body, the first string among ``message``, ``line``, ``log``, ``msg``, is one
+of these, tried in order:
+
+* **JSON** (the line starts with ``{``): its keys are merged into the event (they win over
+  the envelope's, e.g. Docker's ``{"log": "{...}", "stream": ...}`` or a shipper's
+  ``{"message": "{...}", "host": ...}``). When the JSON has no message-like key the original
+  line stays the message, so full-text search still finds it.
+* **Configured regexes** (``{"pattern": ..., "log_type": ...}``): named groups become fields
+  (normalize then maps aliases such as ``level`` or ``ts``). A ``__`` in a group name becomes a
+  dot (``http__status`` -> ``http.status``). Group values that are plain integers or decimals
+  become numbers, so ``duration_ms:>500`` queries work. Without a ``message``/``msg`` group the
+  whole line is the message.
+* **nginx/Apache access logs** (common and combined formats, optionally followed by
+  nginx's ``$request_time`` as a bare number or ``rt=``/``request_time=``), producing
+  ``log_type`` "web" and these attributes:
+
+  =======================  ==================================================
+  ``client.ip``            ``$remote_addr``
+  ``user.name``            ``$remote_user`` (absent when ``-``)
+  ``http.method``          from the request line
+  ``http.path``            the URL path, without the query string
+  ``http.query``           the query string, when there is one
+  ``http.protocol``        ``HTTP/1.1``...
+  ``http.request``         the raw request line, only when it is not parseable
+  ``http.status_code``     int
+  ``http.response_size``   int bytes (0 for ``-``)
+  ``http.referer``         absent when ``-``
+  ``http.user_agent``      absent when ``-``
+  ``http.request_time``    float seconds, when present
+  =======================  ==================================================
+
+  Severity comes from the status: 5xx ERROR, 4xx WARN, else INFO.
+* **syslog** (RFC 5424 and RFC 3164, with or without ``<PRI>``), see
+  :func:`parse_syslog_line`.
+
+Events matching nothing pass through unchanged: normalize keeps their text as the message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from stackwatch.model.logs import LOG_TYPES
+from stackwatch.pipeline.stage import BatchContext, mark_error
+
+__all__ = [
+    "ParseConfig",
+    "Parser",
+    "RegexRule",
+    "parse_access_log_line",
+    "parse_syslog_line",
+]
+
+_BODY_KEYS: Final = ("message", "line", "log", "msg")
+_MESSAGE_KEYS: Final = frozenset({"message", "msg", "body", "@message", "log", "text", "event"})
+#: Regex groups kept as text even when they look numeric (a level "30", an id "0042").
+_TEXT_GROUPS: Final = frozenset(
+    {"message", "msg", "level", "lvl", "severity", "levelname", "trace_id", "span_id", "request_id",
+     "host", "hostname", "service", "logger", "function", "source"}
+)  # fmt: skip
+
+_FACILITIES: Final = (
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "security", "console", "solaris-cron",
+    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+)  # fmt: skip
+_SECURITY_FACILITIES: Final = frozenset({4, 10, 13})  # auth, authpriv, log audit
+#: Syslog severity 0..7 spelled so that severity_from_text maps them (EMERG->FATAL...).
+_SYSLOG_LEVELS: Final = ("EMERG", "ALERT", "CRIT", "ERR", "WARNING", "NOTICE", "INFO", "DEBUG")
+
+_SD_ELEMENT = r'\[(?:[^\]"\\]|"(?:[^"\\]|\\.)*")*\]'
+_RFC5424 = re.compile(
+    rf"<(\d{{1,3}})>([1-9]\d?) (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:{_SD_ELEMENT})+)(?: (.*))?$",
+    re.DOTALL,
+)
+_SD_PARTS = re.compile(r'\[([^\s\]=]+)|([^\s=\]]+)="((?:[^"\\]|\\.)*)"')
+_RFC3164_TIME = (
+    r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"
+)
+_RFC3164 = re.compile(
+    rf"(?:<(\d{{1,3}})>)?({_RFC3164_TIME}) (?:(\S+) )?([^\s:\[\]]+)(?:\[(\d+)\])?: ?(.*)$",
+    re.DOTALL,
+)
+_RFC3164_NO_TAG = re.compile(rf"(?:<(\d{{1,3}})>)?({_RFC3164_TIME}) (\S+) (.*)$", re.DOTALL)
+_PRI_ONLY = re.compile(r"<(\d{1,3})>(.*)$", re.DOTALL)
+
+_ACCESS = re.compile(
+    r'(\S+) (\S+) (\S+|"[^"]*") \[([^\]]+)\] "((?:[^"\\]|\\.)*)" (\d{3}) (\d+|-)'
+    r'(?: "((?:[^"\\]|\\.)*)" "((?:[^"\\]|\\.)*)")?(.*)$',
+    re.DOTALL,
+)
+_REQUEST_TIME = re.compile(r'(?:^|\s)(?:rt=|request_time=)?"?(\d+\.\d+)"?(?=\s|$)')
+_REQUEST_LINE = re.compile(r"([A-Z][A-Z_-]{1,19}) (\S+)(?: (HTTP/[\d.]+))?$")
+_INT = re.compile(r"-?(?:0|[1-9]\d{0,17})")
+_DECIMAL = re.compile(r"-?\d{1,15}\.\d{1,15}")
+
+
+@dataclass(frozen=True)
+class RegexRule:
+    """A user's plain-text format: a regex with named groups, and the log type of its lines."""
+
+    pattern: re.Pattern[str]
+    log_type: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RegexRule:
+        """Build from ``{"pattern": "...", "log_type": "..."}``; raises ValueError naming the problem."""
+        if not isinstance(data, Mapping) or "pattern" not in data:
+            raise ValueError(f"a regex rule needs a 'pattern', got {data!r}")
+        unknown = sorted(set(data) - {"pattern", "log_type"})
+        if unknown:
+            raise ValueError(f"unknown regex rule setting(s) {unknown}")
+        try:
+            pattern = re.compile(str(data["pattern"]))
+        except re.error as exc:
+            raise ValueError(f"pattern {data['pattern']!r} is not a valid regex: {exc}") from None
+        if not pattern.groupindex:
+            raise ValueError(f"pattern {data['pattern']!r} has no named groups (?P<name>...)")
+        log_type = data.get("log_type")
+        if log_type is not None and log_type not in LOG_TYPES:
+            raise ValueError(f"log_type {log_type!r} is not one of {list(LOG_TYPES)}")
+        return cls(pattern, log_type)
+
+
+@dataclass(frozen=True)
+class ParseConfig:
+    """Which formats the parse stage recognizes; all on by default."""
+
+    json: bool = True
+    access_log: bool = True
+    syslog: bool = True
+    regex: tuple[RegexRule, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ParseConfig:
+        """Build from the ``parse`` section of the pipeline config; ValueError names the bad key."""
+        if not data:
+            return cls()
+        unknown = sorted(set(data) - {"json", "access_log", "syslog", "regex"})
+        if unknown:
+            raise ValueError(f"unknown parse setting(s) {unknown}")
+        for key in ("json", "access_log", "syslog"):
+            if key in data and not isinstance(data[key], bool):
+                raise ValueError(f"{key} must be true or false, not {data[key]!r}")
+        rules = data.get("regex") or ()
+        if not isinstance(rules, Iterable) or isinstance(rules, str | Mapping):
+            raise ValueError(f"regex must be a list of rules, not {rules!r}")
+        return cls(
+            json=data.get("json", True),
+            access_log=data.get("access_log", True),
+            syslog=data.get("syslog", True),
+            regex=tuple(r if isinstance(r, RegexRule) else RegexRule.from_dict(r) for r in rules),
+        )
+
+
+def _number_or_text(value: str) -> Any:
+    if _INT.fullmatch(value):
+        return int(value)
+    if _DECIMAL.fullmatch(value):
+        return float(value)
+    return value
+
+
+def parse_access_log_line(line: str) -> dict[str, Any] | None:
+    """Parse an nginx/Apache common or combined log line into a raw event, or None."""
+    match = _ACCESS.match(line)
+    if match is None:
+        return None
+    ip, _ident, user, when, request, status, size, referer, agent, rest = match.groups()
+    code = int(status)
+    event: dict[str, Any] = {
+        "message": line,
+        "timestamp": when,
+        "level": "ERROR" if code >= 500 else "WARN" if code >= 400 else "INFO",
+        "log_type": "web",
+        "client.ip": ip,
+        "http.status_code": code,
+        "http.response_size": 0 if size == "-" else int(size),
+    }
+    user = user.strip('"')
+    if user and user != "-":
+        event["user.name"] = user
+    request_line = _REQUEST_LINE.match(request)
+    if request_line is not None:
+        method, target, protocol = request_line.groups()
+        path, _, query = target.partition("?")
+        event["http.method"] = method
+        event["http.path"] = path
+        if query:
+            event["http.query"] = query
+        if protocol:
+            event["http.protocol"] = protocol
+    elif request and request != "-":
+        event["http.request"] = request
+    if referer and referer != "-":
+        event["http.referer"] = referer
+    if agent and agent != "-":
+        event["http.user_agent"] = agent
+    if rest:
+        timing = _REQUEST_TIME.search(rest)
+        if timing is not None:
+            event["http.request_time"] = float(timing.group(1))
+    return event
+
+
+def _from_pri(pri: str | None, event: dict[str, Any]) -> None:
+    if pri is None:
+        return
+    value = int(pri)
+    if value > 191:
+        return
+    facility, severity = divmod(value, 8)
+    event["level"] = _SYSLOG_LEVELS[severity]
+    event["syslog.facility"] = _FACILITIES[facility]
+    event["syslog.severity"] = severity
+    if facility in _SECURITY_FACILITIES:
+        event["log_type"] = "security"
+
+
+def _syslog_5424(line: str) -> dict[str, Any] | None:
+    match = _RFC5424.match(line)
+    if match is None:
+        return None
+    pri, _version, when, host, app, procid, msgid, structured, message = match.groups()
+    event: dict[str, Any] = {"message": (message or "").removeprefix("\ufeff"), "log_type": "system"}
+    _from_pri(pri, event)
+    if when != "-":
+        event["timestamp"] = when
+    if host != "-":
+        event["host"] = host
+    if app != "-":
+        event["service"] = app
+    if procid != "-":
+        event["process.pid"] = int(procid) if procid.isdigit() else procid
+    if msgid != "-":
+        event["syslog.msgid"] = msgid
+    if structured != "-":
+        element = ""
+        for part in _SD_PARTS.finditer(structured):
+            if part.group(1):
+                element = part.group(1)
+            elif element:
+                value = re.sub(r"\\([\"\\\]])", r"\1", part.group(3))
+                event[f"syslog.sd.{element}.{part.group(2)}"] = value
+    return event
+
+
+def _syslog_3164(line: str) -> dict[str, Any] | None:
+    match = _RFC3164.match(line)
+    if match is not None:
+        pri, when, host, tag, pid, message = match.groups()
+    else:
+        match = _RFC3164_NO_TAG.match(line)
+        if match is None:
+            return None
+        pri, when, host, message = match.groups()
+        tag = pid = None
+    event: dict[str, Any] = {"message": message, "timestamp": when, "log_type": "system"}
+    _from_pri(pri, event)
+    if host:
+        event["host"] = host
+    if tag:
+        event["service"] = tag
+    if pid:
+        event["process.pid"] = int(pid)
+    return event
+
+
+def _match_syslog(line: str) -> dict[str, Any] | None:
+    if line[:1] == "<":
+        return _syslog_5424(line) or _syslog_3164(line)
+    if line[:1].isalpha() or line[:1].isdigit():
+        return _syslog_3164(line)
+    return None
+
+
+def parse_syslog_line(line: str) -> dict[str, Any]:
+    """Parse one syslog line (RFC 5424 or RFC 3164, ``<PRI>`` optional) into a raw event.
+
+    Always returns an event, so a network listener can hand every datagram to the pipeline:
+    a line that is not syslog becomes ``{"message": line, "log_type": "system"}`` (with the
+    severity of a leading ``<PRI>`` when there is one). Fields: ``message``, ``timestamp``
+    (as sent; normalize converts it), ``host``, ``service`` (APP-NAME / tag), ``level`` (from
+    PRI), ``log_type`` ("system", or "security" for the auth/authpriv/audit facilities), and
+    attributes ``syslog.facility``, ``syslog.severity``, ``process.pid``, ``syslog.msgid`` and
+    ``syslog.sd.<SD-ID>.<PARAM>`` for RFC 5424 structured data.
+    """
+    line = line.rstrip("\r\n\x00")
+    event = _match_syslog(line)
+    if event is not None:
+        return event
+    fallback: dict[str, Any] = {"message": line, "log_type": "system"}
+    pri_only = _PRI_ONLY.match(line)
+    if pri_only is not None:
+        fallback["message"] = pri_only.group(2)
+        _from_pri(pri_only.group(1), fallback)
+    return fallback
+
+
+def _loads_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if value.__class__ is dict else None
+
+
+class Parser:
+    """The parse stage (see the module docstring): raw events in, raw events out."""
+
+    name = "parse"
+
+    def __init__(self, config: ParseConfig | None = None) -> None:
+        self.config = config or ParseConfig()
+        self._json = self.config.json
+        self._access = self.config.access_log
+        self._syslog = self.config.syslog
+        self._regex = self.config.regex
+
+    def __call__(self, batch: list[dict[str, Any]], context: BatchContext) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        append = out.append
+        parse = self.parse_event
+        for raw in batch:
+            try:
+                append(parse(raw))
+            except Exception as exc:  # leave the event as it came, marked
+                mark_error(raw, self.name, exc)
+                append(raw)
+        return out
+
+    def parse_event(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Return the event with its body parsed into fields, or the event itself."""
+        if "attributes" in raw:
+            return raw  # canonical records (OTLP) are structured already
+        body_key = None
+        text = ""
+        for key in _BODY_KEYS:
+            value = raw.get(key)
+            if value.__class__ is str:
+                body_key, text = key, value
+                break
+        if body_key is None or not text:
+            return raw
+        fields = self.parse_text(text)
+        if fields is None:
+            return raw
+        if len(raw) == 1:
+            return fields
+        merged = {k: v for k, v in raw.items() if k != body_key}
+        merged.update(fields)
+        return merged
+
+    def parse_text(self, text: str) -> dict[str, Any] | None:
+        """Parse one line with the enabled formats; None when no format matches."""
+        first = text[:1]
+        if first.isspace():
+            text = text.strip()
+            first = text[:1]
+        if first == "{" and self._json:
+            parsed = _loads_object(text)
+            if parsed is not None:
+                if _MESSAGE_KEYS.isdisjoint(parsed):
+                    parsed["message"] = text
+                return parsed
+        for rule in self._regex:
+            match = rule.pattern.search(text)
+            if match is not None:
+                return self._from_regex(rule, match, text)
+        if self._access and '] "' in text:
+            event = parse_access_log_line(text)
+            if event is not None:
+                return event
+        if self._syslog:
+            event = _match_syslog(text)
+            if event is not None:
+                body = event.get("message", "")
+                if self._json and body[:1] == "{":
+                    inner = _loads_object(body)
+                    if inner is not None:
+                        if _MESSAGE_KEYS.isdisjoint(inner):
+                            inner["message"] = body
+                        event.update(inner)
+                return event
+        return None
+
+    @staticmethod
+    def _from_regex(rule: RegexRule, match: re.Match[str], text: str) -> dict[str, Any]:
+        event: dict[str, Any] = {}
+        for name, value in match.groupdict().items():
+            if value is None:
+                continue
+            event[name.replace("__", ".")] = value if name in _TEXT_GROUPS else _number_or_text(value)
+        if "message" not in event and "msg" not in event:
+            event["message"] = text
+        if rule.log_type is not None:
+            event.setdefault("log_type", rule.log_type)
+        return event
