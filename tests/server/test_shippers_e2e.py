@@ -157,3 +157,29 @@ action(type="omelasticsearch" server="127.0.0.1" serverport="{server.port}" useh
     assert len(hits) == 1
     assert (hits[0]["service"], hits[0]["host"], hits[0]["level"]) == ("postgres", "db-1", "ERROR")
     assert hits[0]["timestamp"] == "2026-01-01T12:00:03.000000000Z"
+
+
+def test_syslog_listener_when_enabled(tmp_path: Path) -> None:
+    import logging.handlers
+
+    port = free_port()
+    srv = ServerProcess(tmp_path / "data", env={
+        "STACKWATCH_SYSLOG_ENABLED": "true", "STACKWATCH_SYSLOG_TCP_PORT": str(port),
+        "STACKWATCH_SYSLOG_UDP_PORT": str(port)}).start()
+    try:
+        handler = logging.handlers.SysLogHandler(address=("127.0.0.1", port))  # UDP, as apps default to
+        handler.ident = "billing: "
+        logger = logging.getLogger("syslog-e2e")
+        logger.addHandler(handler)
+        try:
+            logger.warning("disk almost full on /var")
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+        assert srv.wait_for_count('message:"disk almost full"', 1) == 1
+        with srv.client() as c:
+            hit = c.get("/api/v1/logs/search", params={"q": 'message:"disk almost full"', "start": "-1h"}).json()
+        h = hit["hits"][0]
+        assert (h["level"], h["service"], h["log_type"]) == ("WARN", "billing", "system")
+    finally:
+        srv.stop()

@@ -32,12 +32,30 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
-        app.state.rt = runtime or Runtime.open(settings)
+        rt: Runtime = runtime or Runtime.open(settings)
+        app.state.rt = rt
+        syslog = None
+        if settings.syslog_enabled:
+            from stackwatch.ingest.syslog import SyslogServer
+
+            async def sink(events: list[dict[str, Any]]) -> None:
+                # Syslog carries no token: it writes to the default project, and is off by
+                # default so that an open port is an operator's explicit choice.
+                await rt.batcher.submit("logs", "default", events)
+
+            syslog = SyslogServer(
+                settings.syslog_host, settings.syslog_tcp_port or None, settings.syslog_udp_port or None, sink
+            )
+            await syslog.start()
+            log.info("syslog listening on %s (tcp %s, udp %s)", settings.syslog_host,
+                     settings.syslog_tcp_port, settings.syslog_udp_port)
         try:
             yield
         finally:
+            if syslog is not None:
+                await syslog.stop()
             if owned:
-                app.state.rt.close()
+                rt.close()
 
     app = FastAPI(
         title="Stackwatch",
