@@ -63,6 +63,7 @@ def server(
         fail(str(exc), 2)
         return
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         rt = Runtime.open(settings)
     except ConfigError as exc:

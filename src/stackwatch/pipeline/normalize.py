@@ -43,6 +43,7 @@ and ``resource`` dicts, canonical names only) take a fast path that only checks 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -143,12 +144,24 @@ def _epoch_to_ns(value: float) -> int:
     """Epoch number to ns, the unit guessed from the magnitude (valid for years 1973..5138)."""
     magnitude = abs(value)
     if magnitude < 1e11:
-        return round(value * _NS_PER_S)
-    if magnitude < 1e14:
-        return round(value * 1_000_000)
-    if magnitude < 1e17:
-        return round(value * 1_000)
-    return int(value)
+        scale = _NS_PER_S
+    elif magnitude < 1e14:
+        scale = 1_000_000
+    elif magnitude < 1e17:
+        scale = 1_000
+    else:
+        return int(value)
+    whole = int(value)
+    # Scale the whole and fractional parts apart: 1759752000.25 * 1e9 is not exact in a float.
+    return whole * scale + round((value - whole) * scale)
+
+
+def _json(value: Any) -> str:
+    """Compact JSON for values stored as strings; stdlib json for what orjson refuses (huge ints)."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return json.dumps(value, default=str, separators=(",", ":"))
 
 
 def _offset_seconds(sign: str, hours: str, minutes: str) -> int | None:
@@ -352,7 +365,7 @@ def _attribute_value(value: Any, attributes: dict[str, Any]) -> Any:
     if value is None:
         return None
     if cls is list or cls is tuple:
-        encoded = orjson.dumps(value, default=str).decode()
+        encoded = _json(value)
         return _cut(encoded, MAX_ATTRIBUTE_CHARS, attributes)
     if cls is bytes:
         return base64.b64encode(value).decode()
@@ -364,7 +377,7 @@ def _flatten_into(prefix: str, value: Mapping[Any, Any], out: list[tuple[str, An
         name = f"{prefix}.{key}" if prefix else str(key)
         if item.__class__ is dict or (item.__class__ not in _SCALARS and isinstance(item, Mapping)):
             if depth >= MAX_DEPTH:
-                out.append((name, orjson.dumps(item, default=str).decode()))
+                out.append((name, _json(item)))
             else:
                 _flatten_into(name, item, out, depth + 1)
         else:
@@ -374,7 +387,7 @@ def _flatten_into(prefix: str, value: Mapping[Any, Any], out: list[tuple[str, An
 def _flat_resource(resource: Mapping[Any, Any]) -> dict[str, str]:
     flat: list[tuple[str, Any]] = []
     _flatten_into("", resource, flat, 0)
-    return {key[:MAX_FIELD_CHARS]: (v if v.__class__ is str else orjson.dumps(v, default=str).decode()) for key, v in flat if v is not None}  # fmt: skip
+    return {key[:MAX_FIELD_CHARS]: (v if v.__class__ is str else _json(v)) for key, v in flat if v is not None}  # fmt: skip
 
 
 def _clean_id(value: Any) -> str:
@@ -408,8 +421,30 @@ def _infer_log_type(logger: str, service: str, attributes: Mapping[str, Any]) ->
     return cached
 
 
+_CANONICAL_TEXT: Final = (
+    "service",
+    "severity_text",
+    "trace_id",
+    "span_id",
+    "source",
+    "logger",
+    "function",
+    "host",
+    "log_type",
+)
+
+
 def _is_canonical(raw: Mapping[str, Any]) -> bool:
-    return raw.get("attributes").__class__ is dict and raw.keys() <= _CANONICAL_KEYS
+    """Canonical names only, with canonical types (anything else takes the general path)."""
+    if raw.get("attributes").__class__ is not dict or not raw.keys() <= _CANONICAL_KEYS:
+        return False
+    for name in _CANONICAL_TEXT:
+        value = raw.get(name)
+        if value is not None and value.__class__ is not str:
+            return False
+    number = raw.get("severity_number")
+    resource = raw.get("resource")
+    return (number is None or number.__class__ is int) and (resource is None or resource.__class__ is dict)
 
 
 def _normalize_canonical(
@@ -444,7 +479,7 @@ def _normalize_canonical(
     severity_text, severity_number = _severity(text if text else None, None, number)
     message = raw.get("message", "")
     if message.__class__ is not str:
-        message = "" if message is None else orjson.dumps(message, default=str).decode()
+        message = "" if message is None else _json(message)
     service = raw.get("service") or resource.get("service.name") or defaults.get("service") or "unknown"
     host = raw.get("host") or resource.get("host.name") or defaults.get("host") or ""
     logger = raw.get("logger") or ""
@@ -503,12 +538,19 @@ def _check_slot(slot: str, cls: type, value: Any) -> str | None:
             return slot if value.isdigit() else "message"  # a raw 'line' of text, not a number
         return None
     if slot == "log_type":
-        return slot if value in _LOG_TYPES else None
+        return slot if cls is str and value in _LOG_TYPES else None
+    if slot == "level":
+        return slot if cls is str or cls is int else None
+    if slot == "levelno" or slot == "severity_number":
+        return slot if cls is int else None
     return slot if cls is str else None  # e.g. "name": 42 is not a logger name
 
 
 #: Slots whose values need _check_slot; the others take any value (FREE) or any string (TEXT).
-_FREE_SLOTS: Final = frozenset({"message", "timestamp", "level", "levelno", "severity_number"})
+_FREE_SLOTS: Final = frozenset({"message", "timestamp"})
+#: Message aliases whose mapping value is a structured body (OTel style), not nested fields
+#: ("log" and "event" objects are ECS field groups: log.level, event.dataset).
+_STRUCTURED_BODY_KEYS: Final = frozenset({"message", "msg", "body"})
 _TEXT_SLOTS: Final = frozenset({"service", "source", "file", "logger", "function", "host"})
 
 
@@ -585,6 +627,8 @@ def _normalize(raw: Mapping[str, Any], template: dict[str, Any], defaults: Mappi
     for key, value in raw.items():
         alias = aliases_get(key)
         cls = value.__class__
+        if cls is dict and key in _STRUCTURED_BODY_KEYS:
+            cls = str  # a structured body: JSON-encoded below, not flattened
         if alias is None:
             if cls is str:
                 attributes[key] = (
@@ -670,7 +714,7 @@ def _normalize(raw: Mapping[str, Any], template: dict[str, Any], defaults: Mappi
         value = picked[2]
         if slot == "message":
             if value.__class__ is not str:
-                value = orjson.dumps(value, default=str).decode()
+                value = _json(value)
             elif len(value) > MAX_MESSAGE_CHARS:
                 value = _cut(value, MAX_MESSAGE_CHARS, attributes)
             record["message"] = value
@@ -721,7 +765,7 @@ def _fallback_record(raw: Any, context: BatchContext) -> LogRecord:
     """A record for an event normalize could not handle: its text is kept, nothing else guessed."""
     message = raw.get("message") if isinstance(raw, Mapping) else None
     if not isinstance(message, str):
-        message = orjson.dumps(raw, default=str).decode() if isinstance(raw, Mapping) else str(raw)
+        message = _json(raw) if isinstance(raw, Mapping) else str(raw)
     return {
         "timestamp": context.observed_ns,
         "observed_timestamp": context.observed_ns,
