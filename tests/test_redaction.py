@@ -94,10 +94,19 @@ POSITIVE = [
         "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 sent",
         "SG.[REDACTED] sent",
     ),
-    ("twilio SKabcdefabcdefabcdefabcdefabcdefab / ACabcdefabcdefabcdefabcdefabcdefab", "twilio SK[REDACTED] / AC[REDACTED]"),
+    (
+        "twilio SKabcdefabcdefabcdefabcdefabcdefab / ACabcdefabcdefabcdefabcdefabcdefab",
+        "twilio SK[REDACTED] / AC[REDACTED]",
+    ),
     # private keys
-    (f"loaded key {PEM} ok", "loaded key -----BEGIN RSA PRIVATE KEY-----[REDACTED]-----END RSA PRIVATE KEY----- ok"),
-    ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B (truncated", "-----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----"),
+    (
+        f"loaded key {PEM} ok",
+        "loaded key -----BEGIN RSA PRIVATE KEY-----[REDACTED]-----END RSA PRIVATE KEY----- ok",
+    ),
+    (
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B (truncated",
+        "-----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----",
+    ),
     # generic key=value pairs: .env, JSON, YAML, Python repr, Rails params, headers
     ("DB_PASSWORD=hunter2", "DB_PASSWORD=[REDACTED]"),
     ("SECRET_KEY='django-insecure-abc'", "SECRET_KEY='[REDACTED]'"),
@@ -107,7 +116,10 @@ POSITIVE = [
     ("login failed: token: abc123xyz, retry", "login failed: token: [REDACTED], retry"),
     ("X-Api-Key: 9f8e7d6c5b4a", "X-Api-Key: [REDACTED]"),
     ("Cookie: sessionid=abc; csrftoken=xyz", "Cookie: [REDACTED]"),
-    ("client_secret=abc&grant_type=client_credentials", "client_secret=[REDACTED]&grant_type=client_credentials"),
+    (
+        "client_secret=abc&grant_type=client_credentials",
+        "client_secret=[REDACTED]&grant_type=client_credentials",
+    ),
     ('msg {\\"password\\": \\"hunter2\\"}', 'msg {\\"password\\": \\"[REDACTED]\\"}'),
     ("mysql --user=root --password=Pa55w0rd db", "mysql --user=root --password=[REDACTED] db"),
     # Sentry DSN
@@ -197,7 +209,11 @@ def test_redact_mapping_masks_credential_keys_recursively() -> None:
         "session_id": "s-1",
         "token_count": 10,
         "enabled": True,
-        "nested": {"Authorization": "Bearer abc", "email": "john.doe@example.com", "items": [{"secret": "x"}, "a@b.io"]},
+        "nested": {
+            "Authorization": "Bearer abc",
+            "email": "john.doe@example.com",
+            "items": [{"secret": "x"}, "a@b.io"],
+        },
         "password": None,
         "refresh_token": {"value": "x"},
     }
@@ -210,7 +226,11 @@ def test_redact_mapping_masks_credential_keys_recursively() -> None:
         "session_id": "s-1",
         "token_count": 10,
         "enabled": True,
-        "nested": {"Authorization": REDACTED, "email": "j***@example.com", "items": [{"secret": REDACTED}, "a***@b.io"]},
+        "nested": {
+            "Authorization": REDACTED,
+            "email": "j***@example.com",
+            "items": [{"secret": REDACTED}, "a***@b.io"],
+        },
         "password": None,
         "refresh_token": REDACTED,
     }
@@ -295,13 +315,20 @@ def test_disabled_redactor_changes_nothing() -> None:
 
 def test_only_selected_rules_run() -> None:
     redactor = Redactor(RedactionConfig(rules={"email"}))
-    assert redactor.redact_text("john@example.com 4242 4242 4242 4242") == "j***@example.com 4242 4242 4242 4242"
+    assert (
+        redactor.redact_text("john@example.com 4242 4242 4242 4242") == "j***@example.com 4242 4242 4242 4242"
+    )
 
 
 def test_allow_list_keeps_matching_values() -> None:
-    redactor = Redactor(RedactionConfig(allow=[r"support@example\.com", r".*@internal\.test", "+14155552671"]))
+    redactor = Redactor(
+        RedactionConfig(allow=[r"support@example\.com", r".*@internal\.test", "+14155552671"])
+    )
     text = "support@example.com bob@internal.test eve@evil.com +14155552671 +14155550000"
-    assert redactor.redact_text(text) == "support@example.com bob@internal.test e***@evil.com +14155552671 +*******0000"
+    assert (
+        redactor.redact_text(text)
+        == "support@example.com bob@internal.test e***@evil.com +14155552671 +*******0000"
+    )
 
 
 def test_deny_patterns_and_extra_and_safe_keys() -> None:
@@ -345,7 +372,26 @@ def test_module_imports_only_the_standard_library() -> None:
 # ---------------------------------------------------------------- properties
 
 SECRETS = [s for s, _ in POSITIVE] + ["4111 1111 1111 1111", "jane@x.io", "token=abc", "Bearer abcdef123456"]
-NOISE = NEGATIVE + ["", " ", ":", "=", "\n", '"', "'", "-", "_", "@", "+1", "(", "12", "AKIA", "sk-", "eyJ", "password"]
+NOISE = [
+    *NEGATIVE,
+    "",
+    " ",
+    ":",
+    "=",
+    "\n",
+    '"',
+    "'",
+    "-",
+    "_",
+    "@",
+    "+1",
+    "(",
+    "12",
+    "AKIA",
+    "sk-",
+    "eyJ",
+    "password",
+]
 fragments = st.lists(st.sampled_from(SECRETS + NOISE), min_size=1, max_size=6)
 joiners = st.sampled_from(["", " ", "\n", ", ", "=", ": ", '"', "&"])
 
@@ -385,8 +431,14 @@ def test_safe_text_is_never_changed(parts: list[str]) -> None:
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=40) | st.sampled_from(SECRETS),
-        lambda children: st.lists(children, max_size=4)
-        | st.dictionaries(st.sampled_from(["password", "user_id", "email", "note", "token", "cfg"]), children, max_size=4),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(["password", "user_id", "email", "note", "token", "cfg"]),
+                children,
+                max_size=4,
+            )
+        ),
         max_leaves=15,
     )
 )
@@ -404,3 +456,31 @@ def test_redact_mapping_never_leaks_values_of_credential_keys(data: object) -> N
                 walk(item)
 
     walk(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(SECRETS + NOISE),
+    st.dictionaries(
+        st.sampled_from(
+            ["note", "context.email", "http.path", "db_password", "request_id", "user.name", "x"]
+        ),
+        st.sampled_from(SECRETS + NOISE) | st.integers() | st.booleans(),
+        max_size=6,
+    ),
+)
+def test_record_path_matches_per_string_redaction(message: str, attributes: dict[str, object]) -> None:
+    """The batched prefilter over message + attributes gives what redacting each string would."""
+    redactor = Redactor()
+    record = {"message": message, "attributes": dict(attributes)}
+    redactor.redact_record_inplace(record)
+    fresh = Redactor()
+    assert record["message"] == fresh.redact_text(message)
+    for key, value in attributes.items():
+        if key == "db_password":
+            expected: object = REDACTED if not isinstance(value, bool) else value
+        elif key == "request_id" or not isinstance(value, str):
+            expected = value
+        else:
+            expected = fresh.redact_text(value)
+        assert record["attributes"][key] == expected, key

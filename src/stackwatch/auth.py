@@ -607,14 +607,24 @@ class AuthService:
                 raise Unauthorized("user disabled")
             if self._hasher.check_needs_rehash(user.password_hash):
                 user.password_hash = self._hasher.hash(password)
-            now = self._now()
-            s.execute(delete(LoginSession).where(LoginSession.expires_at <= now))
-            token = _new_token(SESSION_TOKEN_PREFIX)
-            s.add(
-                LoginSession(
-                    id=hash_token(token), user_id=user.id, created_at=now, expires_at=now + self.session_ttl
-                )
-            )
+            return self._open_session(s, user.id)
+
+    def create_session(self, user_id: int) -> str:
+        """Open a browser session for a user already authenticated another way (an API token).
+
+        The browser then holds only the session cookie, never the API token itself.
+        """
+        with self.store.session() as s:
+            user = s.get(User, user_id)
+            if user is None or user.disabled:
+                raise Unauthorized("unknown or disabled user")
+            return self._open_session(s, user.id)
+
+    def _open_session(self, s: Session, user_id: int) -> str:
+        now = self._now()
+        s.execute(delete(LoginSession).where(LoginSession.expires_at <= now))
+        token = _new_token(SESSION_TOKEN_PREFIX)
+        s.add(LoginSession(id=hash_token(token), user_id=user_id, created_at=now, expires_at=now + self.session_ttl))
         return token
 
     def _password_matches(self, password_hash: str, password: str) -> bool:

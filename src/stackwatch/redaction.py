@@ -5,29 +5,36 @@ pulling in server code (or any third-party package) would be a cost they did not
 
 What is masked, and how (each mask keeps enough to debug with):
 
-=================  ==========================================  ================================
-rule               example                                     becomes
-=================  ==========================================  ================================
-``private_key``    ``-----BEGIN RSA PRIVATE KEY-----...``      header/footer kept, body masked
-``jwt``            ``eyJhbGciOi...``                           ``[REDACTED_JWT]``
-``auth_header``    ``Bearer abc123...``, ``Basic dXNl...``     ``Bearer [REDACTED]``
-``url_credentials````postgres://user:pass@host/db``            ``postgres://user:***@host/db``
-``sentry_dsn``     ``https://<32 hex>@o1.ingest.sentry.io/2``  ``https://[REDACTED]@o1...``
-``aws``            ``AKIA...`` ids, ``aws_secret_access_key=``  ``AKIA[REDACTED]``
-``github``         ``ghp_...``, ``github_pat_...``             ``ghp_[REDACTED]``
-``slack``          ``xoxb-...``, hooks.slack.com webhook URLs  ``xoxb-[REDACTED]``
-``stripe``         ``sk_live_...``, ``rk_test_...``, ``whsec_``  ``sk_live_[REDACTED]`` (``pk_`` stays)
-``anthropic``      ``sk-ant-...``                              ``sk-ant-[REDACTED]``
-``openai``         ``sk-...``, ``sk-proj-...``                 ``sk-proj-[REDACTED]``
-``google``         ``AIza...`` (39 chars)                      ``AIza[REDACTED]``
-``sendgrid``       ``SG.xxx.yyy``                              ``SG.[REDACTED]``
-``twilio``         ``SK`` / ``AC`` + 32 hex                    ``SK[REDACTED]``
-``key_value``      ``password=hunter2``, ``"api_key": "x"``    ``password=[REDACTED]``
-``email``          ``john.doe@example.com``                    ``j***@example.com``
-``card``           ``4242 4242 4242 4242`` (Luhn-valid only)   ``**** **** **** 4242``
-``iban``           ``DE89 3704 0044 0532 0130 00`` (mod 97)    ``DE** **** **** **** **30 00``
-``phone``          ``+14155552671``, ``(415) 555-2671``        ``+*******2671``, ``(***) ***-2671``
-=================  ==========================================  ================================
+====================  =============================================  ===========================
+rule                  example                                        becomes
+====================  =============================================  ===========================
+``private_key``       ``-----BEGIN RSA PRIVATE KEY-----...``         header/footer kept
+``jwt``               ``eyJhbGciOi...``                              ``[REDACTED_JWT]``
+``auth_header``       ``Bearer abc123...``, ``Basic dXNl...``        ``Bearer [REDACTED]``
+``url_credentials``   ``postgres://user:pass@host/db``               ``postgres://user:***@host/db``
+``sentry_dsn``        ``https://<32 hex>@o1.ingest.sentry.io/2``     ``https://[REDACTED]@o1...``
+``aws``               ``AKIA...`` ids, ``aws_secret_access_key=``    ``AKIA[REDACTED]``
+``github``            ``ghp_...``, ``github_pat_...``                ``ghp_[REDACTED]``
+``slack``             ``xoxb-...``, hooks.slack.com webhook URLs     ``xoxb-[REDACTED]``
+``stripe``            ``sk_live_...``, ``rk_test_...``, ``whsec_``   ``sk_live_[REDACTED]``
+``anthropic``         ``sk-ant-...``                                 ``sk-ant-[REDACTED]``
+``openai``            ``sk-...``, ``sk-proj-...``                    ``sk-proj-[REDACTED]``
+``google``            ``AIza...`` (39 chars)                         ``AIza[REDACTED]``
+``sendgrid``          ``SG.xxx.yyy``                                 ``SG.[REDACTED]``
+``twilio``            ``SK`` / ``AC`` + 32 hex                       ``SK[REDACTED]``
+``key_value``         ``password=hunter2``, ``"api_key": "x"``       ``password=[REDACTED]``
+``email``             ``john.doe@example.com``                       ``j***@example.com``
+``card``              ``4242 4242 4242 4242`` (Luhn-valid only)      ``**** **** **** 4242``
+``iban``              ``DE89 3704 0044 0532 0130 00`` (mod 97)       ``DE** **** ... **30 00``
+``phone``             ``+14155552671``, ``(415) 555-2671``           ``+*******2671``
+====================  =============================================  ===========================
+
+Stripe publishable keys (``pk_live_``) are public by design and stay. In free text, a
+``key=value`` / ``key: value`` pair is masked when the key *ends* with a credential word
+(``DB_PASSWORD=``, ``X-Api-Key:``, ``"client_secret":``); ``Cookie:`` and ``Authorization:``
+lose their whole value. In mappings (and flattened record attributes), a key is credential-
+named when one of its words is (``password_confirmation``, ``authToken``), unless its last
+word says it only describes one (``token_count``, ``password_length``, ``auth_method``).
 
 Identifiers are left alone on purpose: user ids, order ids, trace ids, UUIDs, timestamps, IPs,
 versions and durations are what people search logs by (the guides allow "user IDs for
@@ -324,12 +331,35 @@ class Redactor:
         """
         if not self.enabled:
             return
+        clean = self._clean
         message = record.get("message")
-        if message and message.__class__ is str and message not in self._clean:
-            record["message"] = self.redact_text(message)
+        pending: list[str] = []  # attribute keys whose strings are new
         attributes = record.get("attributes")
         if attributes:
-            self._redact_flat_attributes(attributes)
+            pending = self._mask_keys_and_list_strings(attributes)
+        scan_message = message.__class__ is str and message and message not in clean
+        if not pending:
+            if scan_message:
+                record["message"] = self._redact_new_text(message)
+            return
+        values = [attributes[k] for k in pending]  # type: ignore[index]
+        if scan_message:
+            values.append(message)
+        if len(values) == 1:
+            attributes[pending[0]] = self._redact_new_text(values[0])  # type: ignore[index]
+            return
+        # One prefilter pass over all new strings; '\n' keeps each string's own boundaries.
+        if self._candidate_rules("\n".join(values)) is None:
+            if len(clean) >= _CLEAN_CACHE_MAX:
+                clean.clear()
+            for value in values:
+                if len(value) <= _CLEAN_CACHE_MAX_LEN:
+                    clean.add(value)
+            return
+        for key, value in zip(pending, values, strict=False):
+            attributes[key] = self._redact_new_text(value)  # type: ignore[index]
+        if scan_message:
+            record["message"] = self._redact_new_text(message)
 
     def is_sensitive_key(self, key: str) -> bool:
         """True when a key names a credential (``db_password``, ``X-Api-Key``, ``authToken``)."""
@@ -343,7 +373,8 @@ class Redactor:
 
     # ------------------------------------------------------------------ records and mappings
 
-    def _redact_flat_attributes(self, attributes: dict[str, Any]) -> None:
+    def _mask_keys_and_list_strings(self, attributes: dict[str, Any]) -> list[str]:
+        """Mask credential-named attributes; return the keys of strings not yet known clean."""
         # Events from one source share their key set, so the per-key decisions are cached
         # per key tuple: (keys to mask whole, keys whose strings go through the text rules).
         keys = tuple(attributes)
@@ -363,23 +394,16 @@ class Redactor:
             attributes[key] = REDACTED
         clean = self._clean
         if scanned is None:
-            pending = [k for k, v in attributes.items() if v.__class__ is str and v not in clean]
-        else:
-            pending = [k for k in scanned if (v := attributes[k]).__class__ is str and v not in clean]
-        if not pending:
-            return
-        if len(pending) == 1:
-            key = pending[0]
-            attributes[key] = self.redact_text(attributes[key])
-            return
-        # One prefilter pass over all new strings; '\n' keeps each string's own boundaries.
-        values = [attributes[k] for k in pending]
-        if self._candidate_rules("\n".join(values)) is None:
-            for value in values:
-                self._remember_clean(value)
-            return
-        for key, value in zip(pending, values, strict=True):
-            attributes[key] = self.redact_text(value)
+            return [k for k, v in attributes.items() if v.__class__ is str and v and v not in clean]
+        return [k for k in scanned if (v := attributes[k]).__class__ is str and v and v not in clean]
+
+    def _redact_new_text(self, text: str) -> str:
+        """redact_text for a string already known not to be in the clean cache."""
+        groups = self._candidate_rules(text)
+        if groups is None:
+            self._remember_clean(text)
+            return text
+        return self._apply(text, groups)
 
     @staticmethod
     def _is_id_key(key: str) -> bool:

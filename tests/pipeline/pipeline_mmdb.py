@@ -89,7 +89,10 @@ def write_mmdb(path: Path, networks: dict[str, dict[str, Any]]) -> Path:
         kind, value = entry
         return value if kind == "node" else count + 16 + value
 
-    tree = b"".join(record_value(left).to_bytes(3, "big") + record_value(right).to_bytes(3, "big") for left, right in nodes)
+    tree = b"".join(
+        record_value(left).to_bytes(3, "big") + record_value(right).to_bytes(3, "big")
+        for left, right in nodes
+    )
     metadata = {
         "node_count": count,
         "record_size": U16(24),

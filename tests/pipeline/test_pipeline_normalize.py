@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -66,7 +66,10 @@ def test_yearless_syslog_timestamp_from_december_read_in_january_is_last_year() 
     assert parse_timestamp("Dec 31 23:59:00", january) == ns("2025-12-31T23:59:00+00:00")
 
 
-@pytest.mark.parametrize("value", ["yesterday", "2025-13-45T99:00:00Z", "", "2025-10-06T12:00:00.12x", True, None, float("nan"), [1]])
+@pytest.mark.parametrize(
+    "value",
+    ["yesterday", "2025-13-45T99:00:00Z", "", "2025-10-06T12:00:00.12x", True, None, float("nan"), [1]],
+)
 def test_unparseable_timestamps(value: object) -> None:
     assert parse_timestamp(value, OBSERVED) is None
 
@@ -83,7 +86,9 @@ def test_record_has_exactly_the_canonical_fields_and_types() -> None:
     for name, kind in LOG_FIELDS.items():
         assert isinstance(record[name], kind), name
     assert record["observed_timestamp"] == OBSERVED and record["timestamp"] == OBSERVED
-    assert record["project"] == "proj" and record["service"] == "unknown" and record["log_type"] == "application"
+    assert (
+        record["project"] == "proj" and record["service"] == "unknown" and record["log_type"] == "application"
+    )
 
 
 def test_guide_two_production_json() -> None:
@@ -95,7 +100,12 @@ def test_guide_two_production_json() -> None:
         "module": "leads",
         "function": "create_lead",
         "line": 45,
-        "request": {"method": "POST", "path": "/api/leads", "remote_addr": "192.168.1.1", "user_agent": "Mozilla/5.0..."},
+        "request": {
+            "method": "POST",
+            "path": "/api/leads",
+            "remote_addr": "192.168.1.1",
+            "user_agent": "Mozilla/5.0...",
+        },
     }
     record = norm(raw, service="crm-api")
     assert record["timestamp"] == ns("2025-10-06T12:00:00+00:00")
@@ -164,10 +174,27 @@ def test_trace_id_wins_over_request_id_which_stays_an_attribute() -> None:
 
 
 def test_losing_aliases_and_odd_values_stay_attributes() -> None:
-    record = norm({"message": "m", "msg": "other", "timestamp": 1759752000, "date": "2025-01-01", "type": "click", "name": 42, "line": 3, "source": "a.py:1"})
+    record = norm(
+        {
+            "message": "m",
+            "msg": "other",
+            "timestamp": 1759752000,
+            "date": "2025-01-01",
+            "type": "click",
+            "name": 42,
+            "line": 3,
+            "source": "a.py:1",
+        }
+    )
     assert record["message"] == "m"
     assert record["source"] == "a.py:1"
-    assert record["attributes"] == {"msg": "other", "date": "2025-01-01", "type": "click", "name": 42, "line": 3}
+    assert record["attributes"] == {
+        "msg": "other",
+        "date": "2025-01-01",
+        "type": "click",
+        "name": 42,
+        "line": 3,
+    }
 
 
 def test_attribute_flattening_and_types() -> None:
@@ -194,7 +221,9 @@ def test_attribute_flattening_and_types() -> None:
 
 
 def test_resource_and_fallbacks_for_service_and_host() -> None:
-    record = norm({"message": "x", "resource": {"service.name": "billing", "host": {"name": "h1"}, "k8s.pod.uid": 7}})
+    record = norm(
+        {"message": "x", "resource": {"service.name": "billing", "host": {"name": "h1"}, "k8s.pod.uid": 7}}
+    )
     assert record["resource"] == {"service.name": "billing", "host.name": "h1", "k8s.pod.uid": "7"}
     assert record["service"] == "billing" and record["host"] == "h1"
     assert norm({"message": "x"}, service="from-defaults", host="agent-1")["service"] == "from-defaults"
@@ -265,7 +294,9 @@ def test_stage_keeps_every_event_and_marks_failures() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
+    ),
     max_leaves=10,
 )
 alias_keys = st.sampled_from(
@@ -288,3 +319,74 @@ def test_any_json_object_normalizes_to_a_valid_record(raw: dict[str, Any]) -> No
         assert isinstance(value, str | int | float | bool)
     for key, value in record["resource"].items():
         assert isinstance(key, str) and isinstance(value, str)
+
+
+# ---------------------------------------------------------------- batch (columnar) path
+
+KEY_NAMES = st.sampled_from(
+    ["timestamp", "time", "level", "lvl", "levelno", "severity_number", "message", "msg", "service", "app",
+     "trace_id", "request_id", "span_id", "source", "module", "line", "logger", "name", "function", "host",
+     "type", "log_type", "context", "request", "user_id", "duration_ms", "ok", "note", "http.method", "http.status_code"]
+)  # fmt: skip
+KINDS = ["str", "int", "float", "bool", "none", "dict", "ts", "level", "id", "mixed", "logtype"]
+
+
+def values_of(kind: str, inner: list[str]) -> st.SearchStrategy[Any]:
+    return {
+        "str": st.text(max_size=12),
+        "int": st.integers(-(2**65), 2**65),
+        "float": st.floats(allow_nan=False, allow_infinity=False),
+        "bool": st.booleans(),
+        "none": st.none(),
+        "dict": st.fixed_dictionaries({k: st.text(max_size=5) | st.integers(0, 9) for k in inner}),
+        "ts": st.sampled_from(["2025-10-06T12:00:00Z", "2025-10-06T12:00:00.5+02:00", "nope", "1759752000"]),
+        "level": st.sampled_from(["INFO", "warn", "ERROR", "odd"]),
+        "id": st.sampled_from(["abc123", "ABC-123", "unknown", "req_1", "  x "]),
+        "mixed": st.none() | st.integers(0, 3) | st.text(max_size=4),
+        "logtype": st.sampled_from(["web", "system", "click"]),
+    }[kind]
+
+
+@st.composite
+def uniform_batches(draw: st.DrawFn) -> list[dict[str, Any]]:
+    keys = draw(st.lists(KEY_NAMES, min_size=1, max_size=7, unique=True))
+    kinds = {key: draw(st.sampled_from(KINDS)) for key in keys}
+    inner = {
+        key: draw(st.lists(st.sampled_from(["method", "ip", "level", "n"]), unique=True, max_size=3))
+        for key in keys
+    }
+    size = draw(st.integers(8, 12))
+    return [{key: draw(values_of(kinds[key], inner[key])) for key in keys} for _ in range(size)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(uniform_batches())
+def test_batch_path_agrees_with_event_path(batch: list[dict[str, Any]]) -> None:
+    ctx = BatchContext("proj", OBSERVED, {"host": "h"})
+    expected = [normalize(raw, project="proj", observed_ns=OBSERVED, defaults={"host": "h"}) for raw in batch]
+    assert Normalizer()(batch, ctx) == expected
+
+
+def test_uniform_guide_batch_takes_the_columnar_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stackwatch.pipeline import normalize as module
+
+    batch = [
+        {
+            "timestamp": f"2025-10-06T12:00:{i:02d}.000Z",
+            "level": "INFO",
+            "logger": "app.routes.leads",
+            "message": f"Lead {i} created",
+            "module": "leads",
+            "function": "create_lead",
+            "line": 45,
+            "request": {"method": "POST", "path": "/api/leads"},
+        }
+        for i in range(10)
+    ]
+    expected = [normalize(raw, project="proj", observed_ns=OBSERVED, defaults={}) for raw in batch]
+
+    def no_per_event(*args: Any) -> None:
+        raise AssertionError("per-event path used")
+
+    monkeypatch.setattr(module, "_normalize", no_per_event)
+    assert Normalizer()(batch, BatchContext("proj", OBSERVED, {})) == expected

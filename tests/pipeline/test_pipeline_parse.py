@@ -84,9 +84,17 @@ def test_nginx_combined_with_request_time() -> None:
 @pytest.mark.parametrize(
     ("line", "level", "extra"),
     [
-        ('::1 - - [10/Oct/2025:13:55:36 +0000] "POST /login HTTP/2.0" 401 -', "WARN", {"http.response_size": 0}),
+        (
+            '::1 - - [10/Oct/2025:13:55:36 +0000] "POST /login HTTP/2.0" 401 -',
+            "WARN",
+            {"http.response_size": 0},
+        ),
         ('10.0.0.1 - - [10/Oct/2025:13:55:36 +0000] "GET / HTTP/1.0" 200 5 "-" "-"', "INFO", {}),
-        ('10.0.0.1 - - [10/Oct/2025:13:55:36 +0000] "\\x16\\x03\\x01" 400 157 "-" "-" rt=0.001', "WARN", {"http.request_time": 0.001}),
+        (
+            '10.0.0.1 - - [10/Oct/2025:13:55:36 +0000] "\\x16\\x03\\x01" 400 157 "-" "-" rt=0.001',
+            "WARN",
+            {"http.request_time": 0.001},
+        ),
     ],
 )
 def test_access_log_variants(line: str, level: str, extra: dict[str, object]) -> None:
@@ -105,7 +113,7 @@ def test_unparseable_request_line_is_kept_raw() -> None:
 
 def test_rfc5424_with_structured_data() -> None:
     line = (
-        '<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 '
+        "<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 "
         '[exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"][ex@1 q="a\\"b"] \ufeffAn application event'
     )
     assert parse_syslog_line(line) == {
@@ -126,7 +134,9 @@ def test_rfc5424_with_structured_data() -> None:
 
 
 def test_rfc3164_auth_facility_is_security() -> None:
-    event = parse_syslog_line("<34>Oct 11 22:14:15 mymachine su[230]: 'su root' failed for lonvick on /dev/pts/8")
+    event = parse_syslog_line(
+        "<34>Oct 11 22:14:15 mymachine su[230]: 'su root' failed for lonvick on /dev/pts/8"
+    )
     assert event == {
         "message": "'su root' failed for lonvick on /dev/pts/8",
         "timestamp": "Oct 11 22:14:15",
@@ -144,7 +154,12 @@ def test_rfc3164_auth_facility_is_security() -> None:
     ("line", "host", "service", "message"),
     [
         ("<13>Oct  1 02:03:04 cron: job done", None, "cron", "job done"),
-        ("Oct 11 22:14:15 web-1 sshd[99]: Accepted publickey for bob", "web-1", "sshd", "Accepted publickey for bob"),
+        (
+            "Oct 11 22:14:15 web-1 sshd[99]: Accepted publickey for bob",
+            "web-1",
+            "sshd",
+            "Accepted publickey for bob",
+        ),
         ("<14>2025-10-06T12:00:00.123+02:00 api-1 app[7]: started", "api-1", "app", "started"),
         ("<14>Oct 11 22:14:15 web-1 plain text without tag", "web-1", None, "plain text without tag"),
     ],

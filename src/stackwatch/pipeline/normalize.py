@@ -43,9 +43,10 @@ and ``resource`` dicts, canonical names only) take a fast path that only checks 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
@@ -206,6 +207,10 @@ def _iso_to_ns(text: str) -> int | None:
         base = _iso_base(text[:19])
         if base is None:
             return None
+    if text[-1] == "Z" and text[19:20] == ".":  # the most common shape: ...SS.fffZ
+        fraction = text[20:-1]
+        if 0 < len(fraction) <= 9 and fraction.isdecimal():
+            return base * _NS_PER_S + int(fraction) * _FRACTION_SCALE[len(fraction)]
     rest = text[19:]
     if not rest:
         return base * _NS_PER_S
@@ -786,6 +791,247 @@ def _fallback_record(raw: Any, context: BatchContext) -> LogRecord:
     }
 
 
+_FIELD_ORDER: Final = tuple(LOG_FIELDS)
+_COLUMNAR_MIN_GROUP: Final = 8
+_SCALAR_CLASSES: Final = (str, int, float, bool)
+
+
+def _column_class(column: Sequence[Any]) -> type | None:
+    classes = set(map(type, column))
+    return classes.pop() if len(classes) == 1 else None
+
+
+def _attribute_column_ok(cls: type, column: Sequence[Any]) -> bool:
+    """Whether a column can be stored as attributes as is (what _put would do unchanged)."""
+    if cls is str:
+        return max(map(len, column)) <= MAX_ATTRIBUTE_CHARS
+    if cls is int:
+        return min(column) >= -_INT64_MAX - 1 and max(column) <= _INT64_MAX
+    return cls is float or cls is bool
+
+
+def _normalize_group(
+    rows: list[Any], keys: tuple[str, ...], template: dict[str, Any]
+) -> list[LogRecord] | None:
+    """Normalize events that share one key tuple column by column, or None to go event by event.
+
+    A JSON formatter emits the same keys in the same order on every line, so a batch is a few
+    such groups. Working on columns moves the per-event Python work into comprehensions and
+    ``dict(zip(...))``. Only the common shapes are handled here (homogeneous scalar columns,
+    one level of nesting, no resource); anything else returns None and takes the per-event
+    path, which defines the semantics (a property test checks both agree).
+    """
+    n = len(rows)
+    columns = list(zip(*[row.values() for row in rows], strict=True))
+    attr_keys: list[str] = []
+    attr_cols: list[Sequence[Any]] = []
+    nested_keys: list[str] = []
+    nested_cols: list[Sequence[Any]] = []
+    slots: dict[str, tuple[int, str, Sequence[Any]]] = {}
+    for key, column in zip(keys, columns, strict=True):
+        cls = _column_class(column)
+        if cls is None:
+            return None
+        if cls is type(None):
+            continue
+        if cls is dict:
+            if key in ("resource", "attributes") or key in _STRUCTURED_BODY_KEYS:
+                return None
+            inner_shapes = set(map(tuple, column))
+            if len(inner_shapes) != 1:
+                return None
+            inner_keys = inner_shapes.pop()
+            inner_cols = list(zip(*[d.values() for d in column], strict=True)) if inner_keys else []
+            for inner_key, inner_col in zip(inner_keys, inner_cols, strict=True):
+                inner_cls = _column_class(inner_col)
+                flat_key = f"{key}.{inner_key}"
+                if (
+                    inner_key.__class__ is not str
+                    or inner_cls not in _SCALAR_CLASSES
+                    or flat_key in _ALIASES
+                    or not _attribute_column_ok(inner_cls, inner_col)
+                ):
+                    return None
+                nested_keys.append(flat_key)
+                nested_cols.append(inner_col)
+            continue
+        if cls not in _SCALAR_CLASSES:
+            return None
+        alias = _ALIASES.get(key)
+        if alias is None:
+            if not _attribute_column_ok(cls, column):
+                return None
+            attr_keys.append(key)
+            attr_cols.append(column)
+            continue
+        slot, rank = alias
+        if slot in _TEXT_SLOTS or slot == "message":
+            valid = cls is str
+        elif slot == "timestamp":
+            valid = cls is not bool
+        elif slot == "level":
+            valid = cls is str or cls is int
+        elif slot == "levelno" or slot == "severity_number" or slot == "lineno":
+            valid = cls is int
+        elif slot == "trace_id" or slot == "span_id":
+            if cls is not str or any(v.strip().lower() in _ID_PLACEHOLDERS for v in column):
+                return None
+            valid = True
+        elif slot == "log_type":
+            valid = cls is str and _LOG_TYPES.issuperset(column)
+        else:
+            return None
+        if not valid:
+            if slot in ("message", "timestamp", "lineno", "log_type") or not _attribute_column_ok(
+                cls, column
+            ):
+                return None
+            attr_keys.append(key)
+            attr_cols.append(column)
+            continue
+        previous = slots.get(slot)
+        if previous is None or rank < previous[0]:
+            slots[slot] = (rank, key, column)
+        if previous is not None:
+            loser_key, loser_col = (previous[1], previous[2]) if rank < previous[0] else (key, column)
+            if not _attribute_column_ok(_column_class(loser_col) or object, loser_col):
+                return None
+            attr_keys.append(loser_key)
+            attr_cols.append(loser_col)
+
+    observed_ns: int = template["observed_timestamp"]
+    repeat = itertools.repeat
+    timestamps: list[Any] = [observed_ns] * n
+    failed: list[int] = []
+    raw_timestamps: Sequence[Any] = ()
+    picked = slots.get("timestamp")
+    if picked is not None:
+        raw_timestamps = picked[2]
+        timestamps = [
+            (_iso_to_ns(v) if v.__class__ is str else None) or parse_timestamp(v, observed_ns)
+            for v in raw_timestamps
+        ]
+        failed = [i for i, ts in enumerate(timestamps) if ts is None]
+        for i in failed:
+            timestamps[i] = observed_ns
+    level, levelno, number = slots.get("level"), slots.get("levelno"), slots.get("severity_number")
+    if level is None and levelno is None and number is None:
+        severities: Sequence[tuple[str, int]] = [("INFO", 9)] * n
+    elif levelno is None and number is None and level is not None:
+        cache_get = _severity_cache.get
+        severities = [cache_get(v) or _severity(v, None, None) for v in level[2]]
+    else:
+        severities = [
+            _severity(lv, ln, nb)
+            for lv, ln, nb in zip(
+                level[2] if level else repeat(None, n),
+                levelno[2] if levelno else repeat(None, n),
+                number[2] if number else repeat(None, n),
+                strict=True,
+            )
+        ]
+
+    def text_column(slot: str, default: str) -> Iterable[str]:
+        found = slots.get(slot)
+        if found is None:
+            return repeat(default, n)
+        column = found[2]
+        if max(map(len, column)) > (MAX_MESSAGE_CHARS if slot == "message" else MAX_FIELD_CHARS):
+            raise _NotColumnar
+        return column
+
+    messages = text_column("message", "")
+    services = text_column("service", template["service"])
+    hosts = text_column("host", template["host"])
+    loggers = text_column("logger", "")
+    functions = text_column("function", "")
+    picked = slots.get("trace_id")
+    traces: Iterable[str] = [_clean_id(v) for v in picked[2]] if picked else repeat("", n)
+    picked = slots.get("span_id")
+    spans: Iterable[str] = [_clean_id(v) for v in picked[2]] if picked else repeat("", n)
+    file_pick, line_pick = slots.get("file"), slots.get("lineno")
+    if "source" in slots or (file_pick is None and line_pick is not None):
+        sources = text_column("source", "")
+        for extra in (file_pick, line_pick):
+            if extra is not None:
+                attr_keys.append(extra[1])
+                attr_cols.append(extra[2])
+    elif file_pick is not None:
+        if line_pick is not None:
+            sources = [f"{f}:{ln}" for f, ln in zip(file_pick[2], line_pick[2], strict=True)]
+        else:
+            sources = list(file_pick[2])
+        if max(map(len, sources)) > MAX_FIELD_CHARS:
+            return None
+    else:
+        sources = repeat("", n)
+    attr_keys += nested_keys
+    attr_cols += nested_cols
+    if len(attr_keys) > MAX_ATTRIBUTES:
+        return None
+    if attr_keys:
+        attributes = [dict(zip(attr_keys, row, strict=True)) for row in zip(*attr_cols, strict=True)]
+    else:
+        attributes = [{} for _ in range(n)]
+    picked = slots.get("log_type")
+    if picked is not None:
+        log_types: Iterable[str] = picked[2]
+    elif template["log_type"]:
+        log_types = repeat(template["log_type"], n)
+    elif "http.status_code" in attr_keys and "http.method" in attr_keys:
+        log_types = repeat("web", n)
+    else:
+        services = list(services)
+        loggers = list(loggers)
+        pairs = list(zip(loggers, services, strict=True))
+        inferred = {pair: _infer_log_type(pair[0], pair[1], {}) for pair in set(pairs)}
+        log_types = [inferred[pair] for pair in pairs]
+    project = template["project"]
+    # A dict display builds a record faster than dict(zip(names, row)).
+    records = [
+        {
+            "timestamp": timestamp,
+            "observed_timestamp": observed_ns,
+            "project": project,
+            "service": service,
+            "severity_text": severity[0],
+            "severity_number": severity[1],
+            "message": message,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "source": source,
+            "logger": logger,
+            "function": function,
+            "host": host,
+            "log_type": log_type,
+            "attributes": attrs,
+            "resource": {},
+        }
+        for timestamp, service, severity, message, trace_id, span_id, source, logger, function, host, log_type, attrs in zip(
+            timestamps,
+            services,
+            severities,
+            messages,
+            traces,
+            spans,
+            sources,
+            loggers,
+            functions,
+            hosts,
+            log_types,
+            attributes,
+            strict=True,
+        )
+    ]
+    for i in failed:
+        records[i]["attributes"]["timestamp_raw"] = str(raw_timestamps[i])[:MAX_FIELD_CHARS]
+    return records
+
+
+class _NotColumnar(Exception):
+    """A group turned out not to fit the columnar path halfway through."""
+
+
 class Normalizer:
     """The normalize stage: raw events in, canonical log records out, one for one."""
 
@@ -794,13 +1040,27 @@ class Normalizer:
     def __call__(self, batch: list[dict[str, Any]], context: BatchContext) -> list[dict[str, Any]]:
         defaults = context.defaults
         template = _template(context.project, context.observed_ns, defaults)
-        out: list[dict[str, Any]] = []
-        append = out.append
-        for raw in batch:
-            try:
-                append(_normalize(raw, template, defaults))
-            except Exception as exc:  # one bad event must not cost the batch
-                record = _fallback_record(raw, context)
-                mark_error(record, self.name, exc)
-                append(record)
+        out: list[Any] = [None] * len(batch)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for index, raw in enumerate(batch):
+            keys = tuple(raw) if raw.__class__ is dict and "attributes" not in raw else ()
+            groups.setdefault(keys, []).append(index)
+        for keys, indices in groups.items():
+            if keys and len(indices) >= _COLUMNAR_MIN_GROUP:
+                try:
+                    records = _normalize_group([batch[i] for i in indices], keys, template)
+                except (_NotColumnar, TypeError, ValueError, AttributeError):
+                    records = None  # the per-event path below handles (and marks) anything odd
+                if records is not None:
+                    for i, record in zip(indices, records, strict=True):
+                        out[i] = record
+                    continue
+            for i in indices:
+                raw = batch[i]
+                try:
+                    out[i] = _normalize(raw, template, defaults)
+                except Exception as exc:  # one bad event must not cost the batch
+                    record = _fallback_record(raw, context)
+                    mark_error(record, self.name, exc)
+                    out[i] = record
         return out

@@ -329,7 +329,21 @@ class Parser:
         out: list[dict[str, Any]] = []
         append = out.append
         parse = self.parse_event
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        message_keys = _MESSAGE_KEYS
+        json_enabled = self._json
         for raw in batch:
+            # Fast path for the most common event, a lone JSON line: {"message": "{...}"}.
+            if json_enabled and len(raw) == 1:
+                text = raw.get("message")
+                if text.__class__ is str and text[:1] == "{":
+                    try:
+                        parsed = loads(text)
+                    except decode_error:
+                        parsed = None
+                    if parsed.__class__ is dict and not message_keys.isdisjoint(parsed):
+                        append(parsed)
+                        continue
             try:
                 append(parse(raw))
             except Exception as exc:  # leave the event as it came, marked

@@ -97,7 +97,7 @@ class Pipeline:
             return
         try:
             enricher = Enricher(self.config.enrich)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # missing file, not a MaxMind DB, unreadable: all stop start-up
             raise ConfigError(
                 f"pipeline.enrich.geoip_db: cannot open {self.config.enrich.geoip_db!r}: {exc}"
             ) from None
