@@ -91,6 +91,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest a record waits in the batcher before being inserted (bounds time-to-searchable).",
     ),
     Setting("max_body_bytes", int, 32 * 1024 * 1024, "Largest accepted ingest body, after decompression."),
+    Setting(
+        "pipeline_workers",
+        int,
+        -1,
+        "Processes that run the log pipeline beside the server (-1: one per CPU core; 0: in the server process).",
+    ),
     Setting("pipeline_file", str, "", "YAML file with the log pipeline configuration (parse, redact, enrich)."),
     Setting("syslog_enabled", bool, False, "Listen for syslog (RFC 5424 / 3164)."),
     Setting("syslog_host", str, "127.0.0.1", "Address of the syslog listeners."),
@@ -123,6 +129,7 @@ class Settings:
     batch_max_rows: int = 200_000
     batch_max_delay_ms: int = 400
     max_body_bytes: int = 32 * 1024 * 1024
+    pipeline_workers: int = -1
     pipeline_file: str = ""
     syslog_enabled: bool = False
     syslog_host: str = "127.0.0.1"

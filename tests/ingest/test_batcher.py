@@ -28,7 +28,7 @@ class RecordingStore:
             return
         self.tokens.append(token)
         for e in entries:
-            self.rows.extend(e.events)
+            self.rows.extend(e.body()["e"])
 
 
 def make(tmp_path: Path, store: RecordingStore, **kw: object) -> Batcher:

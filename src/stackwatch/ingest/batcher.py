@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +36,39 @@ log = logging.getLogger("stackwatch.ingest")
 
 @dataclass
 class Entry:
-    """One acknowledged ingest request: what the WAL holds, decoded once."""
+    """One acknowledged ingest request, as the WAL holds it.
+
+    Only the encoded payload is kept in memory (not the decoded events): it is what the WAL
+    replays, what pipeline worker processes receive, and several times smaller than the
+    Python objects it decodes to.
+    """
 
     kind: str
     project: str
     observed_ns: int
-    events: list[Any]
-    defaults: dict[str, Any] = field(default_factory=dict)
-    nbytes: int = 0
+    count: int
+    payload: bytes
     lsn: int = 0
 
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            {"k": self.kind, "p": self.project, "o": self.observed_ns, "d": self.defaults, "e": self.events}
-        )
+    @classmethod
+    def create(
+        cls, kind: str, project: str, events: list[Any], observed_ns: int, defaults: dict[str, Any] | None
+    ) -> Entry:
+        payload = orjson.dumps({"k": kind, "p": project, "o": observed_ns, "d": defaults or {}, "e": events})
+        return cls(kind, project, observed_ns, len(events), payload)
 
     @classmethod
     def decode(cls, lsn: int, payload: bytes) -> Entry:
         obj = orjson.loads(payload)
-        return cls(obj["k"], obj["p"], obj["o"], obj["e"], obj.get("d") or {}, len(payload), lsn)
+        return cls(obj["k"], obj["p"], obj["o"], len(obj["e"]), payload, lsn)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload)
+
+    def body(self) -> dict[str, Any]:
+        """The decoded payload: ``e`` events, ``d`` defaults, ``p`` project, ``o`` observed ns."""
+        return orjson.loads(self.payload)  # type: ignore[no-any-return]
 
 
 #: A sink stores the entries of one kind from one block; ``token`` makes a repeat a no-op.
@@ -154,17 +168,13 @@ class Batcher:
         """Make ``events`` durable; returns once they are in the WAL (then the caller may ack)."""
         if not events:
             return 0
-        entry = Entry(kind, project, observed_ns or time.time_ns(), events, defaults or {})
-        payload = entry.encode()
-        entry.nbytes = len(payload)
-        self._reserve(entry.nbytes)
+        entry = self._prepare(kind, project, events, observed_ns, defaults)
         try:
-            await self.wal.append(payload, lambda lsn: self._durable(entry, lsn))
+            await self.wal.append(entry.payload, lambda lsn: self._durable(entry, lsn))
         except BaseException:
-            if entry.lsn == 0:
-                self._release(entry.nbytes)
+            self._abandon(entry)
             raise
-        return len(events)
+        return entry.count
 
     def submit_sync(
         self,
@@ -175,19 +185,29 @@ class Batcher:
         observed_ns: int | None = None,
         defaults: dict[str, Any] | None = None,
     ) -> int:
+        """:meth:`submit` for threads without an event loop."""
         if not events:
             return 0
-        entry = Entry(kind, project, observed_ns or time.time_ns(), events, defaults or {})
-        payload = entry.encode()
-        entry.nbytes = len(payload)
-        self._reserve(entry.nbytes)
+        entry = self._prepare(kind, project, events, observed_ns, defaults)
         try:
-            self.wal.append_sync(payload, lambda lsn: self._durable(entry, lsn))
+            self.wal.append_sync(entry.payload, lambda lsn: self._durable(entry, lsn))
         except BaseException:
-            if entry.lsn == 0:
-                self._release(entry.nbytes)
+            self._abandon(entry)
             raise
-        return len(events)
+        return entry.count
+
+    def _prepare(
+        self, kind: str, project: str, events: list[Any], observed_ns: int | None, defaults: dict[str, Any] | None
+    ) -> Entry:
+        entry = Entry.create(kind, project, events, observed_ns or time.time_ns(), defaults)
+        self._reserve(entry.nbytes)
+        return entry
+
+    def _abandon(self, entry: Entry) -> None:
+        # Written to the WAL or not? Only a record that reached on_durable holds buffer space
+        # that the batcher will release; anything else is released here.
+        if entry.lsn == 0:
+            self._release(entry.nbytes)
 
     def _reserve(self, nbytes: int) -> None:
         with self._cond:
@@ -210,7 +230,7 @@ class Batcher:
     def _enqueue(self, entry: Entry) -> None:
         with self._cond:
             self._queue.append((time.monotonic(), entry))
-            self._queued_rows += len(entry.events)
+            self._queued_rows += entry.count
             self._cond.notify_all()
 
     # -- the loop ----------------------------------------------------------------------------
@@ -242,7 +262,7 @@ class Batcher:
             while self._queue and (rows < self.max_rows or not block):
                 _, entry = self._queue.popleft()
                 block.append(entry)
-                rows += len(entry.events)
+                rows += entry.count
             self._queued_rows -= rows
             if not self._queue:
                 self._urgent = False
@@ -284,7 +304,7 @@ class Batcher:
         cp.write(b, None)
         self.wal.trim(b)
         nbytes = sum(e.nbytes for e in block)
-        self.stored_events += sum(len(e.events) for e in block)
+        self.stored_events += sum(e.count for e in block)
         self._release(nbytes)
 
     # -- observing ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ can build a runtime over a temporary directory and drive the real app.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from stackwatch.auth import AuthService
 from stackwatch.errors import ConfigError
 from stackwatch.ingest.batcher import Batcher, Entry
 from stackwatch.ingest.wal import WAL
-from stackwatch.pipeline.pipeline import Pipeline, PipelineConfig
+from stackwatch.ingest.workers import BlockBuilder
+from stackwatch.pipeline.pipeline import PipelineConfig
 from stackwatch.storage.executor import Executor, open_executor
 from stackwatch.storage.logs import LogStore
 from stackwatch.storage.meta.db import MetaStore
@@ -29,7 +31,7 @@ __all__ = ["Runtime"]
 log = logging.getLogger("stackwatch.server")
 
 
-def _pipeline_config(settings: Any) -> PipelineConfig:
+def _pipeline_config(settings: Any) -> dict[str, Any]:
     raw: dict[str, Any] = dict(settings.extra.get("pipeline") or {})
     if settings.pipeline_file:
         try:
@@ -40,9 +42,10 @@ def _pipeline_config(settings: Any) -> PipelineConfig:
             raise ConfigError(f"setting 'pipeline_file': {settings.pipeline_file!r} must hold a mapping")
         raw.update(loaded.get("pipeline", loaded))
     try:
-        return PipelineConfig.from_dict(raw)
+        PipelineConfig.from_dict(raw)  # validate now: a bad pipeline stops start-up
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"pipeline configuration: {exc}") from None
+    return raw
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Runtime:
     logs: LogStore
     meta: MetaStore
     auth: AuthService
-    pipeline: Pipeline
+    blocks: BlockBuilder
     wal: WAL
     batcher: Batcher
     retention: RetentionManager
@@ -78,16 +81,13 @@ class Runtime:
 
         retention = RetentionManager(executor, data / "cold" / "logs", policies)
         bootstrap = auth.bootstrap(settings.admin_token or None, settings.ingest_token or None)
-        pipeline = Pipeline(_pipeline_config(settings))
+        workers = settings.pipeline_workers if settings.pipeline_workers >= 0 else (os.cpu_count() or 1)
+        blocks = BlockBuilder(_pipeline_config(settings), workers)
         wal = WAL(data / "wal", segment_bytes=settings.wal_segment_bytes, fsync=settings.wal_fsync)
 
         def store_logs(entries: list[Entry], token: str) -> None:
-            records = []
-            for e in entries:
-                records.extend(
-                    pipeline.process(e.events, project=e.project, observed_ns=e.observed_ns, defaults=e.defaults)
-                )
-            logs.insert(records, dedup_token=token)
+            block = blocks.build([e.payload for e in entries], [e.count for e in entries])
+            logs.insert_block(block, dedup_token=token)
 
         batcher = Batcher(
             wal,
@@ -100,12 +100,13 @@ class Runtime:
         batcher.recover()
         batcher.start()
         retention.start(settings.retention_interval_s)
-        return cls(settings, executor, logs, meta, auth, pipeline, wal, batcher, retention, bootstrap=bootstrap)
+        return cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap)
 
     def close(self) -> None:
         self.retention.stop()
         self.batcher.flush(timeout=30)
         self.batcher.stop()
         self.wal.close()
+        self.blocks.close()
         self.executor.close()
         self.meta.close()

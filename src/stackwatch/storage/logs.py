@@ -189,8 +189,13 @@ class LogStore:
     def insert(self, records: Sequence[LogRecord], *, dedup_token: str | None = None) -> int:
         if not records:
             return 0
-        self.ex.insert_arrow("logs_hot", records_to_arrow(records), dedup_token=dedup_token)
-        return len(records)
+        return self.insert_block(records_to_arrow(records), dedup_token=dedup_token)
+
+    def insert_block(self, block: pa.Table, *, dedup_token: str | None = None) -> int:
+        """Insert a block already in the table's columns (see :func:`records_to_arrow`)."""
+        if block.num_rows:
+            self.ex.insert_arrow("logs_hot", block, dedup_token=dedup_token)
+        return int(block.num_rows)
 
     def _scope(self, project: str, start_ns: int, end_ns: int) -> tuple[str, dict[str, Any]]:
         where = (
