@@ -23,6 +23,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[tu
     store = LogStore(ex, cold_dir=tmp_path / "cold")
     store.ensure_schema()
     manager = RetentionManager(ex, tmp_path / "cold", lambda: {"default": {"web": WEB, "application": APP}})
+    store.hot_horizon = manager.hot_horizon_ns
     yield store, manager
     ex.command(f"DROP DATABASE `{ex.database}`")
     ex.close()
@@ -47,11 +48,19 @@ def test_row_moves_through_every_tier_then_is_deleted(env: tuple[LogStore, Reten
 
     assert manager.run_once(T0 + 1 * DAY_NS) == {"to_warm": 0, "to_cold": 0, "deleted": 0}
     assert tier_counts(store) == (2, 0)
+    assert manager.hot_horizon_ns() == 0  # nothing ever left hot: every search may read hot only
 
     # Day 4: the web line is past its 3 hot days, the application line (7) is not.
     assert manager.run_once(T0 + 4 * DAY_NS)["to_warm"] == 1
     assert tier_counts(store) == (1, 1)
+    assert manager.hot_horizon_ns() == T0 + DAY_NS  # the end of the day that moved
     assert searchable(store) == ["app line", "web line"]
+    # A range starting inside the moved day must still find the warm line.
+    page = store.search("default", "1", {}, T0 + 10**9, T0 + DAY_NS)
+    assert sorted(h["message"] for h in page.hits) == ["app line", "web line"]
+    # A fresh manager (a restart) derives the same horizon from what the tiers hold.
+    restarted = RetentionManager(store.ex, manager.cold_dir, manager.policies)
+    assert restarted.hot_horizon_ns() == T0 + DAY_NS
 
     # Day 16: web is past warm (15 days) -> a Parquet file, still searchable; app went warm.
     moved = manager.run_once(T0 + 16 * DAY_NS)

@@ -80,6 +80,7 @@ class Runtime:
             }
 
         retention = RetentionManager(executor, data / "cold" / "logs", policies)
+        logs.hot_horizon = retention.hot_horizon_ns
         bootstrap = auth.bootstrap(settings.admin_token or None, settings.ingest_token or None)
         workers = settings.pipeline_workers if settings.pipeline_workers >= 0 else (os.cpu_count() or 1)
         blocks = BlockBuilder(_pipeline_config(settings), workers)

@@ -98,6 +98,28 @@ class RetentionManager:
         self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._horizon: int | None = None
+
+    def hot_horizon_ns(self) -> int:
+        """Every line at or after this time is in the hot tier.
+
+        It is the end of the newest day ever moved out of hot, raised *before* a day moves,
+        so a search that reads only ``logs_hot`` for ranges starting at or after it never
+        misses a line, whatever the policies were when the day moved.
+        """
+        if self._horizon is None:
+            rows = self.ex.rows(
+                f"SELECT toUnixTimestamp64Nano(max(timestamp)) AS t, count() AS n FROM `{self.db}`.logs_warm"
+            )
+            newest = int(rows[0]["t"]) if rows and int(rows[0]["n"]) else 0
+            days = [int(m.group(1)) for p in self.cold_dir.glob("*/*.parquet") if (m := _FILE_RE.match(p.name))]
+            if days:
+                newest = max(newest, _day_start_ns(max(days)))
+            self._horizon = _day_start_ns(_day(newest)) + DAY_NS if newest else 0
+        return self._horizon
+
+    def _raise_horizon(self, day: int) -> None:
+        self._horizon = max(self.hot_horizon_ns(), _day_start_ns(day) + DAY_NS)
 
     def _days(self, table: str, project: str, log_type: str, before_day: int) -> list[int]:
         rows = self.ex.rows(
@@ -153,6 +175,7 @@ class RetentionManager:
         return f"{int(stats['n']):x}{int(stats['h']):016x}"
 
     def _to_warm(self, project: str, log_type: str, day: int) -> None:
+        self._raise_horizon(day)
         cols = ", ".join(f"`{c.name}`" for c in LOGS_HOT.columns)
         digest = self._day_digest("logs_hot", project, log_type, day)
         token = f"warm-{re.sub(r'[^A-Za-z0-9]', '_', project)}-{log_type}-{day}-{digest}"
