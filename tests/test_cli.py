@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -76,6 +77,8 @@ def test_tail_prints_new_lines(server: ServerProcess) -> None:
         with server.ingest_client() as c:
             c.post("/api/v1/logs", content=b'{"message": "live!", "service": "tailcli"}\n')
         assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "no line from stackwatch logs tail within 20 s"
         line = proc.stdout.readline()
         assert json.loads(line)["message"] == "live!"
     finally:
