@@ -263,3 +263,20 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None
         assert set(per_batch.values()) == {50}
     finally:
         srv2.stop()
+
+
+def test_retention_is_configurable_per_project(server: ServerProcess) -> None:
+    with server.client() as c:
+        r = c.get("/api/v1/projects/default/retention")
+        assert r.status_code == 200
+        assert r.json()["retention"]["web"] == {"hot_days": 3, "warm_days": 15, "cold_days": 90}
+        assert r.json()["retention"]["security"] == {"hot_days": 30, "warm_days": 90, "cold_days": 730}
+        r = c.put("/api/v1/projects/default/retention", json={"web": {"hot_days": 1, "warm_days": 7, "cold_days": 30}})
+        assert r.status_code == 200, r.text
+        assert r.json()["retention"]["web"] == {"hot_days": 1, "warm_days": 7, "cold_days": 30}
+        r = c.put("/api/v1/projects/default/retention", json={"web": {"hot_days": 10, "warm_days": 7}})
+        assert r.status_code == 400
+        assert "web" in r.json()["error"]
+        projects = c.get("/api/v1/projects").json()["projects"]
+        default = next(p for p in projects if p["slug"] == "default")
+        assert default["dsn"] == f"http://{INGEST_TOKEN}@127.0.0.1:{server.port}/{default['id']}"

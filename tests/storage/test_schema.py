@@ -1,0 +1,29 @@
+"""The schema renders to DDL for each deployment from one declaration."""
+
+from __future__ import annotations
+
+from stackwatch.storage.schema import LOGS, LOGS_HOT, render_ddl
+
+
+def test_embedded_and_single_server_use_plain_merge_tree() -> None:
+    (ddl,) = render_ddl(LOGS_HOT, "sw")
+    assert "CREATE TABLE IF NOT EXISTS `sw`.`logs_hot`" in ddl
+    assert "ENGINE = MergeTree()" in ddl
+    assert "ORDER BY (project, toStartOfHour(timestamp), service, severity_number, timestamp)" in ddl
+    assert "PARTITION BY (toYYYYMMDD(timestamp), log_type)" in ddl
+    assert "INDEX `idx_trace_id` trace_id TYPE bloom_filter(0.01)" in ddl
+    assert "non_replicated_deduplication_window = 10000" in ddl
+    assert "`message` String CODEC(ZSTD(3))" in ddl
+
+
+def test_cluster_gets_replicated_local_tables_and_a_distributed_table() -> None:
+    local, distributed = render_ddl(LOGS_HOT, "sw", cluster="prod")
+    assert "`sw`.`logs_hot_local` ON CLUSTER `prod`" in local
+    assert "ReplicatedMergeTree('/clickhouse/tables/{shard}/sw/logs_hot_local', '{replica}')" in local
+    assert "`sw`.`logs_hot` ON CLUSTER `prod` AS `sw`.`logs_hot_local`" in distributed
+    assert "ENGINE = Distributed(`prod`, `sw`, `logs_hot_local`, rand())" in distributed
+
+
+def test_the_search_table_is_a_merge_over_the_tiers() -> None:
+    (ddl,) = render_ddl(LOGS, "sw")
+    assert "ENGINE = Merge('sw', '^logs_(hot|warm)$')" in ddl
