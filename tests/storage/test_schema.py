@@ -9,7 +9,7 @@ def test_embedded_and_single_server_use_plain_merge_tree() -> None:
     (ddl,) = render_ddl(LOGS_HOT, "sw")
     assert "CREATE TABLE IF NOT EXISTS `sw`.`logs_hot`" in ddl
     assert "ENGINE = MergeTree()" in ddl
-    assert "ORDER BY (project, toStartOfHour(timestamp), service, severity_number, timestamp)" in ddl
+    assert "ORDER BY (project, service, severity_number, toStartOfHour(timestamp), timestamp)" in ddl
     assert "PARTITION BY (toYYYYMMDD(timestamp), log_type)" in ddl
     assert "INDEX `idx_trace_id` trace_id TYPE bloom_filter(0.01)" in ddl
     assert "non_replicated_deduplication_window = 10000" in ddl

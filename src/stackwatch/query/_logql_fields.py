@@ -188,7 +188,10 @@ class SeverityField(Field):
         level = self._level(text)
         if level is None:
             return FALSE
-        return f"severity_text = {params.string(level)}"
+        # The level's band of OTel numbers (WARN is 13..16): severity_number is in the sort
+        # key, so this prunes granules where a comparison on severity_text could not.
+        first = SEVERITIES[level]
+        return f"severity_number BETWEEN {params.number(first)} AND {params.number(first + 3)}"
 
     def pattern(self, pattern: Pattern, params: Params, position: int) -> str:
         regex = wildcard_regex(pattern)
