@@ -70,7 +70,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "On first start, becomes the default project's ingest token (and Sentry DSN key).",
     ),
-    Setting("wal_segment_bytes", int, 64 * 1024 * 1024, "Size at which a WAL segment file is rolled."),
+    Setting("wal_segment_bytes", int, 16 * 1024 * 1024, "Size at which a WAL segment file is rolled."),
     Setting(
         "wal_fsync",
         bool,
@@ -123,7 +123,7 @@ class Settings:
     database_url: str = ""
     admin_token: str = ""
     ingest_token: str = ""
-    wal_segment_bytes: int = 64 * 1024 * 1024
+    wal_segment_bytes: int = 16 * 1024 * 1024
     wal_fsync: bool = True
     ingest_buffer_bytes: int = 256 * 1024 * 1024
     batch_max_rows: int = 200_000

@@ -149,8 +149,15 @@ LOGS_HOT = Table(
     order_by=_LOG_ORDER,
     partition_by=_LOG_PARTITION,
     indexes=_LOG_INDEXES,
-    # Insert deduplication by token makes WAL replay idempotent (see ingest.batcher).
-    settings={"non_replicated_deduplication_window": 10000, "index_granularity": 8192},
+    # Insert deduplication by token makes WAL replay idempotent (see ingest.batcher). The WAL
+    # is trimmed once a block is inserted, so the inserted part must itself be on disk:
+    # fsync it, or a power cut could lose lines that were acknowledged.
+    settings={
+        "non_replicated_deduplication_window": 10000,
+        "index_granularity": 8192,
+        "fsync_after_insert": 1,
+        "fsync_part_directory": 1,
+    },
     comment="Logs within their hot tier: fast codecs, all skip indexes.",
 )
 
@@ -160,7 +167,7 @@ LOGS_WARM = Table(
     order_by=_LOG_ORDER,
     partition_by=_LOG_PARTITION,
     indexes=_LOG_INDEXES,
-    settings={"non_replicated_deduplication_window": 10000},
+    settings={"non_replicated_deduplication_window": 10000, "fsync_after_insert": 1, "fsync_part_directory": 1},
     comment="Logs past their hot tier: recompressed harder; same layout, so the same queries.",
 )
 
