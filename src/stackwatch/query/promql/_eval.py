@@ -1,0 +1,383 @@
+"""The evaluator: one method per AST node kind, each evaluating all steps at once.
+
+``Evaluator.eval(node, ts)`` returns the node's value at every evaluation time in
+``ts`` (an int64 array). Selectors resolve lookback with ``np.searchsorted``,
+range functions run the kernels of :mod:`._range_funcs` over every window,
+aggregations and operators work on ``(series, steps)`` arrays. Keeping each node
+kind in its own method is what lets a storage backend later intercept a subtree
+(``sum by (x) (rate(m[5m]))``) and answer it itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _binop
+from ._aggregate import aggregate
+from ._ast import (
+    Aggregate,
+    AtSpec,
+    Binary,
+    Call,
+    MatrixSel,
+    Node,
+    NumberLit,
+    Paren,
+    StringLit,
+    Subquery,
+    Unary,
+    VectorSel,
+)
+from ._range_funcs import KEEPS_NAME, KERNELS, MATRIX_ARG, WindowInput
+from ._values import NAME, Labels, RangeVec, Scalar, String, Vec, make_labels, without_name
+from .errors import EvaluationError, QueryTimeout, TooManySamples
+from .storage import Querier, SeriesSet, is_stale_nan
+
+Value = Vec | Scalar | String | RangeVec
+
+
+@dataclass
+class EvalContext:
+    querier: Querier
+    start_ms: int
+    end_ms: int
+    lookback_ms: int
+    max_samples: int
+    deadline: float
+    delayed_name_removal: bool
+    subquery_step_ms: int
+    step_ms: int = 0
+
+
+class Evaluator:
+    """Evaluates our AST against a :class:`Querier` (see module docstring)."""
+
+    def __init__(self, ctx: EvalContext) -> None:
+        self.ctx = ctx
+        self.samples = 0
+
+    # -- bookkeeping -------------------------------------------------------
+
+    def _check(self) -> None:
+        if time.monotonic() > self.ctx.deadline:
+            raise QueryTimeout()
+
+    def _account(self, n: int) -> None:
+        self.samples += int(n)
+        if self.samples > self.ctx.max_samples:
+            raise TooManySamples()
+
+    def _at_times(self, at: AtSpec | None, offset_ms: int, ts: np.ndarray) -> np.ndarray:
+        if at is None:
+            base = ts
+        elif at.kind == "start":
+            base = np.full(ts.shape, self.ctx.start_ms, dtype=np.int64)
+        elif at.kind == "end":
+            base = np.full(ts.shape, self.ctx.end_ms, dtype=np.int64)
+        else:
+            base = np.full(ts.shape, at.ms, dtype=np.int64)
+        return base - offset_ms
+
+    def _drop_names(self, vec: Vec, mask: np.ndarray) -> Vec:
+        """Mark rows whose ``__name__`` goes; strip it now unless removal is delayed."""
+        if not mask.any():
+            return vec
+        if self.ctx.delayed_name_removal:
+            vec.drop_name = vec.drop_name | mask
+            return vec
+        labels = [without_name(lb) if m else lb for lb, m in zip(vec.labels, mask, strict=True)]
+        vec = Vec(labels, vec.values, vec.present, vec.drop_name.copy(), vec.sample_ts)
+        return merge_same_labels(vec)
+
+    # -- dispatch ------------------------------------------------------------
+
+    def eval(self, node: Node, ts: np.ndarray) -> Value:
+        self._check()
+        if isinstance(node, Paren):
+            return self.eval(node.expr, ts)
+        if isinstance(node, NumberLit):
+            return Scalar(np.full(ts.shape, node.value, dtype=np.float64))
+        if isinstance(node, StringLit):
+            return String(node.value)
+        if isinstance(node, VectorSel):
+            return self.vector_selector(node, ts)
+        if isinstance(node, MatrixSel):
+            return self.matrix_selector(node, ts)
+        if isinstance(node, Subquery):
+            return self.subquery(node, ts)
+        if isinstance(node, Unary):
+            return self.unary(node, ts)
+        if isinstance(node, Binary):
+            return self.binary(node, ts)
+        if isinstance(node, Aggregate):
+            return self.aggregate(node, ts)
+        if isinstance(node, Call):
+            return self.call(node, ts)
+        raise EvaluationError(f"unhandled expression of type {type(node).__name__}")
+
+    def eval_vector(self, node: Node, ts: np.ndarray) -> Vec:
+        v = self.eval(node, ts)
+        assert isinstance(v, Vec), type(v)
+        return v
+
+    def eval_scalar(self, node: Node, ts: np.ndarray) -> np.ndarray:
+        v = self.eval(node, ts)
+        assert isinstance(v, Scalar), type(v)
+        return v.values
+
+    # -- selectors -------------------------------------------------------------
+
+    def _select(self, vs: VectorSel, start: int, end: int) -> SeriesSet:
+        if not vs.or_matchers:
+            return self.ctx.querier.select(list(vs.matchers), start, end)
+        seen: dict[Labels, int] = {}
+        out: SeriesSet = []
+        for group in vs.or_matchers:
+            for s in self.ctx.querier.select(list(group), start, end):
+                key = make_labels(s.labels)
+                if key not in seen:
+                    seen[key] = len(out)
+                    out.append(s)
+        out.sort(key=lambda s: make_labels(s.labels))
+        return out
+
+    def vector_selector(self, vs: VectorSel, ts: np.ndarray) -> Vec:
+        eff = self._at_times(vs.at, vs.offset_ms, ts)
+        lookback = self.ctx.lookback_ms
+        steps = ts.shape[0]
+        series = self._select(vs, int(eff.min()) - lookback + 1, int(eff.max()))
+        labels: list[Labels] = []
+        vals, pres, sts = [], [], []
+        for s in series:
+            self._check()
+            t, v = s.timestamps_ms, s.values
+            idx = np.searchsorted(t, eff, side="right") - 1
+            ok = idx >= 0
+            idx_c = np.where(ok, idx, 0)
+            tt = t[idx_c]
+            vv = v[idx_c]
+            ok &= tt > eff - lookback
+            ok &= ~is_stale_nan(vv)
+            if not ok.any():
+                continue
+            labels.append(make_labels(s.labels))
+            vals.append(vv)
+            pres.append(ok)
+            sts.append(tt)
+        n = len(labels)
+        out = Vec(
+            labels,
+            np.asarray(vals, dtype=np.float64).reshape(n, steps),
+            np.asarray(pres, dtype=bool).reshape(n, steps),
+            np.zeros(n, dtype=bool),
+            np.asarray(sts, dtype=np.int64).reshape(n, steps),
+        )
+        self._account(int(out.present.sum()))
+        return out
+
+    def matrix_selector(self, ms: MatrixSel, ts: np.ndarray) -> RangeVec:
+        vs = ms.vs
+        ends = self._at_times(vs.at, vs.offset_ms, ts)
+        series = self._select(vs, int(ends.min()) - ms.range_ms + 1, int(ends.max()))
+        labels, ts_list, v_list = [], [], []
+        for s in series:
+            keep = ~is_stale_nan(s.values)
+            if not keep.any():
+                continue
+            labels.append(make_labels(s.labels))
+            ts_list.append(s.timestamps_ms[keep])
+            v_list.append(s.values[keep])
+        return self._range_vec(labels, np.zeros(len(labels), dtype=bool), ts_list, v_list, ms.range_ms, ends)
+
+    def _range_vec(
+        self,
+        labels: list[Labels],
+        drop: np.ndarray,
+        ts_list: list[np.ndarray],
+        v_list: list[np.ndarray],
+        range_ms: int,
+        ends: np.ndarray,
+    ) -> RangeVec:
+        sizes = [len(t) for t in ts_list]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+        flat_t = np.concatenate(ts_list).astype(np.int64) if ts_list else np.empty(0, dtype=np.int64)
+        flat_v = np.concatenate(v_list).astype(np.float64) if v_list else np.empty(0)
+        self._account(int(flat_t.size))
+        return RangeVec(labels, drop, flat_t, flat_v, offsets, range_ms, ends)
+
+    def subquery(self, sq: Subquery, ts: np.ndarray) -> RangeVec:
+        ends = self._at_times(sq.at, sq.offset_ms, ts)
+        step = sq.step_ms or self.ctx.subquery_step_ms
+        lo_bound = int(ends.min()) - sq.range_ms
+        start = (lo_bound // step + 1) * step  # first multiple of step after lo_bound
+        inner_ts = np.arange(start, int(ends.max()) + 1, step, dtype=np.int64)
+        if inner_ts.size == 0:
+            return self._range_vec([], np.zeros(0, dtype=bool), [], [], sq.range_ms, ends)
+        inner = self.eval_vector(sq.expr, inner_ts)
+        labels, ts_list, v_list, drops = [], [], [], []
+        for i, lb in enumerate(inner.labels):
+            p = inner.present[i]
+            if not p.any():
+                continue
+            labels.append(lb)
+            ts_list.append(inner_ts[p])
+            v_list.append(inner.values[i][p])
+            drops.append(bool(inner.drop_name[i]))
+        return self._range_vec(labels, np.asarray(drops, dtype=bool), ts_list, v_list, sq.range_ms, ends)
+
+    # -- operators -------------------------------------------------------------
+
+    def unary(self, node: Unary, ts: np.ndarray) -> Value:
+        v = self.eval(node.expr, ts)
+        if isinstance(v, Scalar):
+            return Scalar(-v.values)
+        assert isinstance(v, Vec)
+        out = Vec(list(v.labels), -v.values, v.present.copy(), v.drop_name.copy())
+        return self._drop_names(out, np.ones(len(out), dtype=bool))
+
+    def binary(self, node: Binary, ts: np.ndarray) -> Value:
+        lhs = self.eval(node.lhs, ts)
+        rhs = self.eval(node.rhs, ts)
+        op = node.op
+        if isinstance(lhs, Scalar) and isinstance(rhs, Scalar):
+            return _binop.scalar_scalar(op, lhs, rhs)
+        if isinstance(lhs, Vec) and isinstance(rhs, Scalar):
+            out, drop = _binop.vector_scalar(op, lhs, rhs, False, node.return_bool)
+            return self._drop_names(out, drop)
+        if isinstance(lhs, Scalar) and isinstance(rhs, Vec):
+            out, drop = _binop.vector_scalar(op, rhs, lhs, True, node.return_bool)
+            return self._drop_names(out, drop)
+        assert isinstance(lhs, Vec) and isinstance(rhs, Vec)
+        if op in ("and", "or", "unless"):
+            return _binop.set_operation(node, lhs, rhs)
+        return _binop.vector_vector(node, lhs, rhs, self.ctx.delayed_name_removal)
+
+    def aggregate(self, node: Aggregate, ts: np.ndarray) -> Vec:
+        param: np.ndarray | str | None = None
+        if node.param is not None:
+            p = self.eval(node.param, ts)
+            param = p.value if isinstance(p, String) else p.values  # type: ignore[union-attr]
+        vec = self.eval_vector(node.expr, ts)
+        out = aggregate(node.op, vec, node.grouping, node.without, param)
+        self._account(int(out.present.sum()))
+        return out
+
+    # -- functions ---------------------------------------------------------------
+
+    def call(self, node: Call, ts: np.ndarray) -> Value:
+        name = node.func
+        if name in KERNELS or name == "absent_over_time":
+            return self.range_function(node, ts)
+        from ._functions import call_instant_function
+
+        return call_instant_function(self, node, ts)
+
+    def range_function(self, node: Call, ts: np.ndarray) -> Vec:
+        name = node.func
+        mi = MATRIX_ARG.get(name, 0)
+        rv = self.eval(node.args[mi], ts)
+        assert isinstance(rv, RangeVec)
+        steps = ts.shape[0]
+        if name == "absent_over_time":
+            return self._absent_over_time(node, rv, steps)
+        args = [self.eval_scalar(a, ts) for i, a in enumerate(node.args) if i != mi]
+        n = len(rv)
+        lo, hi = rv.windows()
+        ends = np.broadcast_to(rv.ends, (n, steps))
+        w = WindowInput(
+            t=rv.flat_t,
+            v=rv.flat_v,
+            lo=lo.ravel(),
+            hi=hi.ravel(),
+            range_start=(ends - rv.range_ms).ravel(),
+            range_end=ends.ravel(),
+            step_ts=np.broadcast_to(ts, (n, steps)).ravel(),
+            range_ms=rv.range_ms,
+            args=[np.broadcast_to(a, (n, steps)).ravel() for a in args],
+        )
+        with np.errstate(all="ignore"):
+            values, present = KERNELS[name](w)
+        out = Vec(
+            list(rv.labels),
+            np.asarray(values, dtype=np.float64).reshape(n, steps),
+            np.asarray(present, dtype=bool).reshape(n, steps),
+            rv.drop_name.copy(),
+        )
+        out = out.compact()
+        self._account(int(out.present.sum()))
+        drop = np.full(len(out), name not in KEEPS_NAME) | out.drop_name
+        if self.ctx.delayed_name_removal:
+            out.drop_name = drop
+            return out
+        return self._drop_names(out, drop)
+
+    def _absent_over_time(self, node: Call, rv: RangeVec, steps: int) -> Vec:
+        lo, hi = rv.windows()
+        any_present = ((hi - lo) > 0).any(axis=0) if len(rv) else np.zeros(steps, dtype=bool)
+        arg = node.args[0]
+        labels = absent_labels(arg.vs) if isinstance(arg, MatrixSel) else ()
+        return Vec([labels], np.ones((1, steps)), (~any_present)[None, :], np.zeros(1, dtype=bool)).compact()
+
+
+def absent_labels(vs: VectorSel) -> Labels:
+    """Labels for ``absent(sel)``: the selector's equality matchers (ambiguous ones dropped)."""
+    d: dict[str, str] = {}
+    has: set[str] = set()
+    for m in vs.matchers:
+        if m.name == NAME:
+            continue
+        if m.op == "=" and m.name not in has:
+            d[m.name] = m.value
+            has.add(m.name)
+        else:
+            d.pop(m.name, None)
+    return make_labels(d)
+
+
+def merge_same_labels(vec: Vec) -> Vec:
+    """Merge series that ended up with equal label sets; overlapping in time is an error."""
+    groups: dict[Labels, list[int]] = defaultdict(list)
+    for i, lb in enumerate(vec.labels):
+        groups[lb].append(i)
+    if len(groups) == len(vec.labels):
+        return vec
+    labels, vals, pres, drops = [], [], [], []
+    for lb, rows in groups.items():
+        if len(rows) == 1:
+            r = rows[0]
+            labels.append(lb)
+            vals.append(vec.values[r])
+            pres.append(vec.present[r])
+            drops.append(vec.drop_name[r])
+            continue
+        if (vec.present[rows].sum(axis=0) > 1).any():
+            raise EvaluationError("vector cannot contain metrics with the same labelset")
+        v = np.zeros(vec.values.shape[1])
+        p = np.zeros(vec.values.shape[1], dtype=bool)
+        for r in rows:
+            v = np.where(vec.present[r], vec.values[r], v)
+            p |= vec.present[r]
+        labels.append(lb)
+        vals.append(v)
+        pres.append(p)
+        drops.append(bool(vec.drop_name[rows].any()))
+    n, steps = len(labels), vec.values.shape[1]
+    return Vec(
+        labels,
+        np.asarray(vals).reshape(n, steps),
+        np.asarray(pres, dtype=bool).reshape(n, steps),
+        np.asarray(drops, dtype=bool),
+    )
+
+
+def finish_names(vec: Vec) -> Vec:
+    """Apply delayed ``__name__`` removal at the end of evaluation."""
+    if not vec.drop_name.any():
+        return vec
+    labels = [without_name(lb) if d else lb for lb, d in zip(vec.labels, vec.drop_name, strict=True)]
+    out = Vec(labels, vec.values, vec.present, np.zeros(len(labels), dtype=bool))
+    return merge_same_labels(out)

@@ -1,0 +1,440 @@
+"""Range-vector function kernels (``rate``, ``*_over_time``, ...).
+
+Each kernel takes the flat samples of a :class:`RangeVec`, the ``[lo, hi)`` bounds
+of every (series, step) window (flattened to 1-D), and per-step scalar arguments,
+and returns ``(values, present)`` for every window. They are independent of the
+evaluator so that a storage backend can later replace one with a pushed-down
+computation that yields the same arrays.
+
+Most kernels walk all windows in lock-step ("the k-th sample of every window"),
+which keeps Prometheus's exact arithmetic (Kahan sums, update rules for min/max,
+NaN handling) while still doing one numpy operation per sample *position*
+rather than per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+Kernel = Callable[["WindowInput"], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class WindowInput:
+    """Everything a kernel may need; arrays of windows are 1-D of length N*S."""
+
+    t: np.ndarray  # flat sample timestamps (int64)
+    v: np.ndarray  # flat sample values
+    lo: np.ndarray  # window start index (inclusive)
+    hi: np.ndarray  # window end index (exclusive)
+    range_start: np.ndarray  # window's exclusive lower time bound, per window
+    range_end: np.ndarray  # window's inclusive upper time bound, per window
+    step_ts: np.ndarray  # evaluation time of each window's step, per window
+    range_ms: int
+    args: list[np.ndarray]  # extra scalar arguments, each per window
+
+
+def kahan_inc(inc: np.ndarray, s: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised Kahan-Neumaier step, exactly as Prometheus's ``kahansum.Inc``."""
+    t = s + inc
+    big = np.abs(s) >= np.abs(inc)
+    c = np.where(np.isinf(t), 0.0, np.where(big, c + ((s - t) + inc), c + ((inc - t) + s)))
+    return t, c
+
+
+def _walk(w: WindowInput, first: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(k, active, idx)``: the (first+k)-th sample of each window that has one."""
+    n = w.hi - w.lo
+    top = int(n.max()) if n.size else 0
+    for k in range(first, top):
+        active = n > k
+        idx = np.where(active, w.lo + k, 0)
+        yield k, active, idx
+
+
+def _at(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    if arr.size == 0:
+        return np.zeros(idx.shape, dtype=arr.dtype)
+    return arr[np.clip(idx, 0, arr.size - 1)]
+
+
+def _count(w: WindowInput) -> np.ndarray:
+    return w.hi - w.lo
+
+
+def count_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    return n.astype(np.float64), n > 0
+
+
+def present_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    return np.ones(n.shape), n > 0
+
+
+def last_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    return _at(w.v, w.hi - 1), n > 0
+
+
+def first_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    return _at(w.v, w.lo), n > 0
+
+
+def ts_of_last_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    return _at(w.t, w.hi - 1) / 1000.0, n > 0
+
+
+def ts_of_first_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    return _at(w.t, w.lo) / 1000.0, n > 0
+
+
+def sum_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    s = np.zeros(n.shape)
+    c = np.zeros(n.shape)
+    for _, active, idx in _walk(w):
+        ns, nc = kahan_inc(w.v[idx], s, c)
+        s, c = np.where(active, ns, s), np.where(active, nc, c)
+    return np.where(np.isinf(s), s, s + c), n > 0
+
+
+def avg_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    s = _at(w.v, w.lo).astype(np.float64)
+    c = np.zeros(n.shape)
+    mean = np.zeros(n.shape)
+    incremental = np.zeros(n.shape, dtype=bool)
+    for k, active, idx in _walk(w, first=1):
+        f = w.v[idx]
+        count = float(k + 1)
+        ns, nc = kahan_inc(f, s, c)
+        direct = active & ~incremental & ~np.isinf(ns)
+        s, c = np.where(direct, ns, s), np.where(direct, nc, c)
+        switch = active & ~incremental & np.isinf(ns)
+        # Switch to incremental mean once the plain sum would overflow.
+        mean = np.where(switch, s / (count - 1), mean)
+        c = np.where(switch, c / (count - 1), c)
+        incremental = incremental | switch
+        inc_now = active & incremental
+        q = (count - 1) / count
+        nm, nc2 = kahan_inc(f / count, q * mean, q * c)
+        mean, c = np.where(inc_now, nm, mean), np.where(inc_now, nc2, c)
+    cnt = np.maximum(n, 1).astype(np.float64)
+    out = np.where(incremental, mean + c, s / cnt + c / cnt)
+    return out, n > 0
+
+
+def _compare(
+    w: WindowInput, better: Callable[[np.ndarray, np.ndarray], np.ndarray], want_ts: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    best = _at(w.v, w.lo).astype(np.float64)
+    best_t = _at(w.t, w.lo)
+    for _, active, idx in _walk(w, first=1):
+        f = w.v[idx]
+        upd = active & (better(f, best) | np.isnan(best))
+        best = np.where(upd, f, best)
+        best_t = np.where(upd, w.t[idx], best_t)
+    return (best_t / 1000.0 if want_ts else best), n > 0
+
+
+def max_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _compare(w, np.greater, False)
+
+
+def min_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _compare(w, np.less, False)
+
+
+def ts_of_max_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _compare(w, np.greater, True)
+
+
+def ts_of_min_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _compare(w, np.less, True)
+
+
+def _variance(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    mean = np.zeros(n.shape)
+    cmean = np.zeros(n.shape)
+    aux = np.zeros(n.shape)
+    caux = np.zeros(n.shape)
+    for k, active, idx in _walk(w):
+        f = w.v[idx]
+        count = float(k + 1)
+        delta = f - (mean + cmean)
+        nm, ncm = kahan_inc(delta / count, mean, cmean)
+        na, nca = kahan_inc(delta * (f - (nm + ncm)), aux, caux)
+        mean, cmean = np.where(active, nm, mean), np.where(active, ncm, cmean)
+        aux, caux = np.where(active, na, aux), np.where(active, nca, caux)
+    return (aux + caux) / np.maximum(n, 1), n > 0
+
+
+def stdvar_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _variance(w)
+
+
+def stddev_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    var, ok = _variance(w)
+    return np.sqrt(var), ok
+
+
+def quantile_value(q: float, values: np.ndarray) -> float:
+    """Prometheus's ``quantile``: NaNs sort first, linear interpolation between ranks."""
+    if values.size == 0 or np.isnan(q):
+        return float("nan")
+    if q < 0:
+        return float("-inf")
+    if q > 1:
+        return float("inf")
+    nan = np.isnan(values)
+    ordered = np.concatenate([values[nan], np.sort(values[~nan])])
+    n = ordered.size
+    rank = q * (n - 1)
+    lower = max(0.0, np.floor(rank))
+    upper = min(n - 1.0, lower + 1)
+    weight = rank - np.floor(rank)
+    return float(ordered[int(lower)] * (1 - weight) + ordered[int(upper)] * weight)
+
+
+def quantile_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    out = np.full(n.shape, np.nan)
+    q = w.args[0]
+    for i in np.nonzero(n > 0)[0]:
+        out[i] = quantile_value(float(q[i]), w.v[w.lo[i] : w.hi[i]])
+    return out, n > 0
+
+
+def mad_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    out = np.full(n.shape, np.nan)
+    for i in np.nonzero(n > 0)[0]:
+        vals = w.v[w.lo[i] : w.hi[i]]
+        if np.isnan(vals).any():
+            continue
+        median = quantile_value(0.5, vals)
+        out[i] = quantile_value(0.5, np.abs(vals - median))
+    return out, n > 0
+
+
+def _pair_counts(w: WindowInput, flag: np.ndarray) -> np.ndarray:
+    """How many i in (lo, hi) have ``flag[i]`` (a property of the pair i-1, i)."""
+    cs = np.concatenate([[0], np.cumsum(flag.astype(np.int64))])
+    lo1 = np.minimum(w.lo + 1, w.hi)
+    return cs[w.hi] - cs[lo1]
+
+
+def changes(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    v = w.v
+    flag = np.zeros(v.shape, dtype=bool)
+    if v.size > 1:
+        a, b = v[1:], v[:-1]
+        flag[1:] = (a != b) & ~(np.isnan(a) & np.isnan(b))
+    return _pair_counts(w, flag).astype(np.float64), n > 0
+
+
+def resets(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    v = w.v
+    flag = np.zeros(v.shape, dtype=bool)
+    if v.size > 1:
+        flag[1:] = v[1:] < v[:-1]
+    return _pair_counts(w, flag).astype(np.float64), n > 0
+
+
+def _extrapolated(w: WindowInput, is_counter: bool, is_rate: bool) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    ok = n >= 2
+    first_i, last_i = w.lo, w.hi - 1
+    first_t = _at(w.t, first_i).astype(np.float64)
+    last_t = _at(w.t, last_i).astype(np.float64)
+    first_v = _at(w.v, first_i)
+    last_v = _at(w.v, last_i)
+    result = last_v - first_v
+    if is_counter and w.v.size > 1:
+        # Each reset inside the window adds the value just before it.
+        drop = np.zeros(w.v.shape, dtype=np.longdouble)
+        is_reset = np.zeros(w.v.shape, dtype=bool)
+        is_reset[1:] = w.v[1:] < w.v[:-1]
+        drop[1:] = np.where(is_reset[1:], w.v[:-1], 0.0)
+        n_resets = _pair_counts(w, is_reset)
+        cs = np.concatenate([[0], np.cumsum(drop)])
+        lo1 = np.minimum(w.lo + 1, w.hi)
+        corr = (cs[w.hi] - cs[lo1]).astype(np.float64)
+        result = np.where(n_resets > 0, result + corr, result)
+    range_start = w.range_start.astype(np.float64)
+    range_end = w.range_end.astype(np.float64)
+    to_start = (first_t - range_start) / 1000
+    to_end = (range_end - last_t) / 1000
+    sampled = (last_t - first_t) / 1000
+    with np.errstate(all="ignore"):
+        avg = np.where(n > 1, sampled / np.maximum(n - 1, 1), 0.0)
+        threshold = avg * 1.1
+        to_start = np.where(to_start >= threshold, avg / 2, to_start)
+        if is_counter:
+            use_zero = (result > 0) & (first_v >= 0)
+            to_zero = np.where(use_zero, sampled * (first_v / np.where(result == 0, 1, result)), to_start)
+            to_start = np.where(to_zero < to_start, to_zero, to_start)
+        to_end = np.where(to_end >= threshold, avg / 2, to_end)
+        factor = np.where(
+            sampled != 0, (sampled + to_start + to_end) / np.where(sampled == 0, 1, sampled), 1.0
+        )
+        if is_rate:
+            factor = factor / (w.range_ms / 1000.0)
+        out = result * factor
+    return out, ok
+
+
+def rate(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _extrapolated(w, True, True)
+
+
+def increase(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _extrapolated(w, True, False)
+
+
+def delta(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _extrapolated(w, False, False)
+
+
+def _instant(w: WindowInput, is_rate: bool) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    prev_t = _at(w.t, w.hi - 2)
+    last_t = _at(w.t, w.hi - 1)
+    prev_v = _at(w.v, w.hi - 2)
+    last_v = _at(w.v, w.hi - 1)
+    interval = last_t - prev_t
+    ok = (n >= 2) & (interval != 0)
+    with np.errstate(all="ignore"):
+        if is_rate:
+            out = np.where(last_v < prev_v, last_v, last_v - prev_v)
+            out = out / (np.where(interval == 0, 1, interval) / 1000.0)
+        else:
+            out = last_v - prev_v
+    return out, ok
+
+
+def irate(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _instant(w, True)
+
+
+def idelta(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    return _instant(w, False)
+
+
+def _regression(w: WindowInput, intercept_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    shape = n.shape
+    sx, cx, sy, cy = (np.zeros(shape) for _ in range(4))
+    sxy, cxy, sx2, cx2 = (np.zeros(shape) for _ in range(4))
+    init_y = _at(w.v, w.lo)
+    const_y = np.ones(shape, dtype=bool)
+    for k, active, idx in _walk(w):
+        y = w.v[idx]
+        if k > 0:
+            const_y &= ~active | (y == init_y)
+        x = (w.t[idx] - intercept_t) / 1e3
+        a = active
+        r = kahan_inc(x, sx, cx)
+        sx, cx = np.where(a, r[0], sx), np.where(a, r[1], cx)
+        r = kahan_inc(y, sy, cy)
+        sy, cy = np.where(a, r[0], sy), np.where(a, r[1], cy)
+        r = kahan_inc(x * y, sxy, cxy)
+        sxy, cxy = np.where(a, r[0], sxy), np.where(a, r[1], cxy)
+        r = kahan_inc(x * x, sx2, cx2)
+        sx2, cx2 = np.where(a, r[0], sx2), np.where(a, r[1], cx2)
+    cnt = np.maximum(n, 1).astype(np.float64)
+    sx, sy, sxy, sx2 = sx + cx, sy + cy, sxy + cxy, sx2 + cx2
+    cov = sxy - sx * sy / cnt
+    var = sx2 - sx * sx / cnt
+    slope = cov / var
+    intercept = sy / cnt - slope * sx / cnt
+    inf_y = np.isinf(init_y)
+    slope = np.where(const_y, np.where(inf_y, np.nan, 0.0), slope)
+    intercept = np.where(const_y, np.where(inf_y, np.nan, init_y), intercept)
+    return slope, intercept
+
+
+def deriv(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    slope, _ = _regression(w, _at(w.t, w.lo))
+    return slope, n >= 2
+
+
+def predict_linear(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    n = _count(w)
+    slope, intercept = _regression(w, w.step_ts)
+    return slope * w.args[0] + intercept, n >= 2
+
+
+def double_exponential_smoothing(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
+    from .errors import EvaluationError
+
+    n = _count(w)
+    out = np.full(n.shape, np.nan)
+    sf_all, tf_all = w.args
+    for i in np.nonzero(n >= 2)[0]:
+        sf, tf = float(sf_all[i]), float(tf_all[i])
+        if not 0 < sf < 1:
+            raise EvaluationError(f"invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:f}")
+        if not 0 < tf < 1:
+            raise EvaluationError(f"invalid trend factor. Expected: 0 < tf < 1, got: {tf:f}")
+        vals = w.v[w.lo[i] : w.hi[i]]
+        s0, s1 = 0.0, float(vals[0])
+        b = float(vals[1] - vals[0])
+        for j in range(1, vals.size):
+            x = sf * float(vals[j])
+            if j - 1 != 0:
+                b = tf * (s1 - s0) + (1 - tf) * b
+            y = (1 - sf) * (s1 + b)
+            s0, s1 = s1, x + y
+        out[i] = s1
+    return out, n >= 2
+
+
+KERNELS: dict[str, Kernel] = {
+    "rate": rate,
+    "increase": increase,
+    "delta": delta,
+    "irate": irate,
+    "idelta": idelta,
+    "deriv": deriv,
+    "predict_linear": predict_linear,
+    "resets": resets,
+    "changes": changes,
+    "avg_over_time": avg_over_time,
+    "min_over_time": min_over_time,
+    "max_over_time": max_over_time,
+    "sum_over_time": sum_over_time,
+    "count_over_time": count_over_time,
+    "last_over_time": last_over_time,
+    "first_over_time": first_over_time,
+    "present_over_time": present_over_time,
+    "stddev_over_time": stddev_over_time,
+    "stdvar_over_time": stdvar_over_time,
+    "quantile_over_time": quantile_over_time,
+    "mad_over_time": mad_over_time,
+    "ts_of_last_over_time": ts_of_last_over_time,
+    "ts_of_first_over_time": ts_of_first_over_time,
+    "ts_of_max_over_time": ts_of_max_over_time,
+    "ts_of_min_over_time": ts_of_min_over_time,
+    "double_exponential_smoothing": double_exponential_smoothing,
+    "holt_winters": double_exponential_smoothing,
+}
+"""Range function name -> kernel. The matrix argument's position is in ``MATRIX_ARG``."""
+
+MATRIX_ARG: dict[str, int] = {"quantile_over_time": 1}
+"""Functions whose range-vector argument is not the first one."""
+
+KEEPS_NAME = frozenset({"last_over_time", "first_over_time"})
+"""Range functions that act like ``offset`` and so keep ``__name__``."""
