@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real: PostgreSQL (meta store tests),
-# Chromium (UI tests), rsyslog with omelasticsearch (a real log shipper for the _bulk API).
+# Chromium (UI tests), rsyslog with omelasticsearch (a real log shipper for the _bulk API), redis-server (SDK Celery tests),
+# prometheus (a real remote-write sender for the metrics API).
 # Does nothing for packages already present; needs root (or sudo) when something is missing.
 set -euo pipefail
 need=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/omelasticsearch.so ] || ls /usr/lib/*/rsyslog/omelasticsearch.so >/dev/null 2>&1 || need+=(rsyslog rsyslog-elasticsearch)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

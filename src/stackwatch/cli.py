@@ -236,6 +236,28 @@ def logs_import(
     err_console.print(f"imported {total} lines")
 
 
+@app.command()
+def demo(
+    app_name: Annotated[str, typer.Option("--app", help="Example app: flask (gunicorn) or fastapi (uvicorn).")] = "flask",
+    server: Annotated[str | None, typer.Option("--server", envvar="STACKWATCH_URL",
+                                               help="Stackwatch server the app reports to.")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="STACKWATCH_INGEST_TOKEN", help="Ingest token.")] = None,
+    duration: Annotated[float, typer.Option(help="Seconds of traffic.")] = 30.0,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 5.0,
+    workers: Annotated[int, typer.Option(help="App worker processes.")] = 2,
+    service: Annotated[str | None, typer.Option(help="Service name (default: the example's).")] = None,
+) -> None:
+    """Run an example app with realistic traffic (slow requests, failed logins, errors...)."""
+    from stackwatch.demo import DemoError, run_demo
+
+    try:
+        run_demo(app_name, server_url=server, token=token, duration=duration, rate=rate, workers=workers,
+                 service=service,
+                 echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    except DemoError as exc:
+        fail(str(exc))
+
+
 @config_app.command("docs")
 def config_docs() -> None:
     """Print the settings reference (Markdown)."""

@@ -1,0 +1,260 @@
+"""What every web integration does per request, independent of the framework.
+
+:class:`WebInstrumentation` holds the config, the health registry and the request metrics;
+each framework module only reads its request (method, path, a few headers), calls
+:meth:`~WebInstrumentation.begin` and :meth:`~WebInstrumentation.finish`, and turns
+:meth:`~WebInstrumentation.probe` answers into its own responses. Per request that is:
+
+- ``X-Request-ID`` taken from the request when it looks like an id (<= 128 safe characters,
+  so nobody can forge log lines through it), else generated; echoed on the response and bound
+  into :class:`stackwatch.sdk.logging.LogContext` as ``request_id``;
+- a W3C ``traceparent``'s trace id bound as ``trace_id`` (when an OpenTelemetry span is active
+  the log formatter prefers its ids; spans themselves are the OpenTelemetry instrumentations'
+  job);
+- ``X-Response-Time`` (milliseconds until the response headers);
+- the RED metrics, by route template; a WARNING "Slow request detected: {route} took {s:.2f}s"
+  over ``config.slow_request_seconds``.
+
+Probe and ``/metrics`` requests are not counted in the request metrics: a scrape every 15 s and
+a probe every 5 s would otherwise dominate the numbers of a quiet service.
+
+Nothing here may break the host app: SDK failures are logged (once with a traceback, then at
+DEBUG) and swallowed by the callers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import time
+
+from stackwatch.sdk._config import SDKConfig
+from stackwatch.sdk.health import HealthRegistry
+from stackwatch.sdk.logging import LogContext
+from stackwatch.sdk.metrics import UNMATCHED, RequestMetrics
+
+_bind = LogContext.bind
+_reset = LogContext.reset
+
+__all__ = ["RequestState", "WebInstrumentation", "collapse_path", "rule_to_template"]
+
+logger = logging.getLogger("stackwatch.sdk.web")
+slow_logger = logging.getLogger("stackwatch.sdk.requests")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE = "0" * 32
+
+# <int:id>, <path:rest>, <string(length=2):code> (werkzeug, Django) -> {id}
+_ANGLE_PARAM = re.compile(r"<(?:[^<>:]+:)?(\w+)>")
+# (?P<year>[0-9]{4}) in Django re_path routes -> {year}
+_REGEX_GROUP = re.compile(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)")
+# Path segments that are ids: numbers, UUIDs, long hex, long tokens mixing letters and digits.
+_ID_SEGMENT = re.compile(
+    r"(?<=/)(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,}|(?=[A-Za-z_-]*\d)[A-Za-z0-9_-]{20,})(?=/|$)"
+)
+
+# Generated request ids: a random per-process prefix plus a counter (32 hex characters). Unique,
+# not secret, and cheaper than a uuid4 per request; forked workers draw a new prefix.
+_id_prefix = os.urandom(8).hex()
+_id_counter = itertools.count()
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+_templates: dict[str, str] = {}
+_collapsed: dict[str, str] = {}
+_CACHE_LIMIT = 10_000
+
+
+def rule_to_template(rule: str) -> str:
+    """A framework's route rule as a template: ``/api/leads/<int:id>`` -> ``/api/leads/{id}``.
+
+    Also Django ``path()`` routes (no leading slash) and ``re_path()`` regexes (named groups
+    become ``{name}``, anchors go). Results are cached: the set of rules is finite.
+    """
+    cached = _templates.get(rule)
+    if cached is not None:
+        return cached
+    template = rule
+    if "(?P<" in template:
+        template = _REGEX_GROUP.sub(r"{\1}", template).lstrip("^").rstrip("$").replace("\\", "")
+    if "<" in template:
+        template = _ANGLE_PARAM.sub(r"{\1}", template)
+    if not template.startswith("/"):
+        template = "/" + template
+    if len(_templates) < _CACHE_LIMIT:
+        _templates[rule] = template
+    return template
+
+
+def collapse_path(path: str) -> str:
+    """Best-effort template for apps that do not say which route matched (plain WSGI/ASGI):
+    id-like segments become ``{id}`` (``/users/42/orders/9f1c...`` -> ``/users/{id}/orders/{id}``)."""
+    cached = _collapsed.get(path)
+    if cached is not None:
+        return cached
+    template = _ID_SEGMENT.sub("{id}", path) or "/"
+    if len(_collapsed) < _CACHE_LIMIT:
+        _collapsed[path] = template
+    return template
+
+
+class RequestState:
+    """One request in flight; :meth:`WebInstrumentation.begin` fills it in. Integrations may
+    subclass it to keep their own per-request fields in the same object."""
+
+    __slots__ = ("finished", "request_id", "start", "token")
+
+    def __init__(self) -> None:
+        self.finished = False
+
+
+_failures: set[str] = set()
+
+
+def sdk_failure(where: str) -> None:
+    """Log an SDK-internal failure: with a traceback the first time per place, then at DEBUG."""
+    try:
+        if where in _failures:
+            logger.debug("stackwatch %s failed", where, exc_info=True)
+        else:
+            _failures.add(where)
+            logger.warning("stackwatch %s failed; the request goes on uninstrumented", where, exc_info=True)
+    except Exception:
+        pass
+
+
+class WebInstrumentation:
+    """The per-request work shared by the WSGI, ASGI, Flask, FastAPI and Django integrations."""
+
+    def __init__(self, config: SDKConfig, health: HealthRegistry, metrics: RequestMetrics) -> None:
+        self.config = config
+        self.health = health
+        self.metrics = metrics
+        self.slow_seconds = float(config.slow_request_seconds)
+        self.metrics_path = config.metrics_path
+        self.ready_path = config.ready_path
+        #: Paths answered by the SDK and left out of the request metrics.
+        self.own_paths = frozenset({config.health_path, config.live_path, config.ready_path, config.metrics_path})
+        self._add_in_flight = metrics.add_in_flight
+        self._record = metrics.record
+
+    # -- probes and /metrics ------------------------------------------------------------------
+
+    def probe(self, method: str, path: str, query_string: str = "", accept: str = "") -> tuple[int, str, bytes]:
+        """(status, content type, body) for one of :attr:`own_paths`; HEAD gets an empty body.
+
+        The readiness check blocks up to the longest check timeout: async callers run it in a
+        thread (see :meth:`is_blocking`).
+        """
+        try:
+            if path == self.metrics_path:
+                status, content_type, body = self.metrics.answer(query_string, accept)
+            else:
+                answer = self.health.answer(path)
+                if answer is None:
+                    return 404, "application/json", b'{"error": "not found"}'
+                status, payload = answer
+                content_type, body = "application/json", json.dumps(payload).encode()
+        except Exception:
+            sdk_failure(f"probe {path}")
+            status, content_type = 500, "application/json"
+            body = b'{"status": "unhealthy", "message": "the probe itself failed; see the app log"}'
+        if method == "HEAD":
+            body = b""
+        return status, content_type, body
+
+    def is_blocking(self, path: str) -> bool:
+        return path == self.ready_path
+
+    # -- per request ------------------------------------------------------------------------------
+
+    def begin(self, request_id: str | None, traceparent: str | None,
+              state: RequestState | None = None) -> RequestState:
+        """Start timing, count the request in flight, bind its ids to the log context.
+
+        Fills ``state`` (a :class:`RequestState` or subclass) when given, else a new one.
+        """
+        start = time.perf_counter()
+        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+            request_id = f"{_id_prefix}{next(_id_counter):016x}"
+        trace_id = None
+        if traceparent is not None:
+            match = _TRACEPARENT.fullmatch(traceparent.strip())
+            if match is not None and match.group(1) != "ff" and match.group(2) != _ZERO_TRACE:
+                trace_id = match.group(2)
+        if trace_id is None:
+            token = _bind(request_id=request_id)
+        else:
+            token = _bind(request_id=request_id, trace_id=trace_id)
+        self._add_in_flight(1)
+        if state is None:
+            state = RequestState()
+        state.start = start
+        state.request_id = request_id
+        state.token = token
+        return state
+
+    @staticmethod
+    def response_time(state: RequestState) -> str:
+        """The ``X-Response-Time`` value: milliseconds since :meth:`begin`."""
+        return f"{(time.perf_counter() - state.start) * 1000:.2f}ms"
+
+    def finish(self, state: RequestState, method: str, route: str, status: int, *, release: bool = True) -> None:
+        """Record the request once (later calls do nothing); warn when it was slow.
+
+        ``release=False`` keeps the log context bound (ASGI: the response is complete but
+        background tasks still run as part of the request); call :meth:`release` after.
+        """
+        if state.finished:
+            if release:
+                self.release(state)
+            return
+        state.finished = True
+        duration = time.perf_counter() - state.start
+        try:
+            self._add_in_flight(-1)
+            self._record(method, route, status, duration)
+            if duration > self.slow_seconds:
+                slow_logger.warning(
+                    "Slow request detected: %s took %.2fs",
+                    route,
+                    duration,
+                    extra={"route": route, "method": method, "status_code": status,
+                           "duration_ms": round(duration * 1000, 2)},
+                )
+        finally:
+            if release:
+                self.release(state)
+
+    @staticmethod
+    def release(state: RequestState) -> None:
+        """Unbind the request's log context (once)."""
+        token, state.token = state.token, None
+        if token is None:
+            return
+        try:
+            _reset(token)
+        except (ValueError, RuntimeError):
+            # Reset from another context (a streaming body closed by the server in a
+            # different context): the binding dies with that context anyway.
+            pass
+
+
+def unmatched_or_collapsed(path: str, status: int) -> str:
+    """Route for a request whose template is unknown: 404s are ``<unmatched>`` (scanners), the
+    rest get id-like segments collapsed."""
+    if status == 404:
+        return UNMATCHED
+    return collapse_path(path)

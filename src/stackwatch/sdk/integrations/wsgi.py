@@ -1,0 +1,179 @@
+"""WSGI middleware: instruments any WSGI app (and Flask, which wraps ``app.wsgi_app`` with it).
+
+Usage for a plain WSGI app::
+
+    application = StackwatchWSGIMiddleware(application)   # after stackwatch.sdk.init()
+
+The route template comes from ``environ["stackwatch.route"]`` when a framework hook put it
+there (the Flask integration does); otherwise 404s are ``<unmatched>`` and id-like path
+segments collapse to ``{id}`` so the label set stays bounded.
+
+The request is recorded when the app returns, if it already called ``start_response`` (the
+usual case); an app that starts the response lazily, from inside its body iterable, is
+recorded when the server closes the iterable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from stackwatch.sdk.integrations._web import (
+    RequestState,
+    WebInstrumentation,
+    rule_to_template,
+    sdk_failure,
+    unmatched_or_collapsed,
+)
+from stackwatch.sdk.metrics import UNMATCHED
+
+__all__ = ["ROUTE_KEY", "StackwatchWSGIMiddleware"]
+
+#: environ key a framework hook sets to the matched rule (e.g. ``/api/leads/<int:id>``).
+ROUTE_KEY = "stackwatch.route"
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class StackwatchWSGIMiddleware:
+    """Wraps a WSGI app: request id, response time, metrics, slow warnings, probes.
+
+    ``serve_probes=False`` when the framework serves the probe paths itself (Flask registers
+    them as routes); ``templates_known=True`` when a framework hook always sets
+    :data:`ROUTE_KEY` for matched requests, so a missing one means "no route matched".
+    """
+
+    def __init__(self, app: WSGIApp, config: Any = None, health: Any = None, metrics: Any = None, *,
+                 serve_probes: bool = True, templates_known: bool = False,
+                 instrumentation: WebInstrumentation | None = None) -> None:
+        self.app = app
+        self.serve_probes = serve_probes
+        self.templates_known = templates_known
+        self._web = instrumentation
+        if self._web is None and config is not None and health is not None and metrics is not None:
+            self._web = WebInstrumentation(config, health, metrics)
+
+    @property
+    def web(self) -> WebInstrumentation:
+        if self._web is None:
+            from stackwatch.sdk.integrations import active_instrumentation
+
+            self._web = active_instrumentation()
+        return self._web
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        # Decide inside the try, act outside it: an exception from the app must never be
+        # mistaken for an SDK failure and run the app twice.
+        state = None
+        probe = False
+        try:
+            web = self.web
+            path = environ.get("PATH_INFO") or "/"
+            if path in web.own_paths:
+                method = environ.get("REQUEST_METHOD", "GET")
+                probe = self.serve_probes and method in ("GET", "HEAD")
+            else:
+                state = web.begin(environ.get("HTTP_X_REQUEST_ID"), environ.get("HTTP_TRACEPARENT"))
+        except Exception:
+            sdk_failure("WSGI request start")
+            state = None
+        if probe:
+            return self._probe(web, method, path, environ, start_response)
+        if state is None:
+            return self.app(environ, start_response)
+        return _Request(self, web, state, environ, start_response).run()
+
+    def _probe(self, web: WebInstrumentation, method: str, path: str, environ: dict[str, Any],
+               start_response: StartResponse) -> Iterable[bytes]:
+        status, content_type, body = web.probe(
+            method, path, environ.get("QUERY_STRING", ""), environ.get("HTTP_ACCEPT", "")
+        )
+        reason = {200: "OK", 503: "Service Unavailable", 404: "Not Found"}.get(status, "Error")
+        start_response(f"{status} {reason}", [("Content-Type", content_type),
+                                               ("Content-Length", str(len(body))),
+                                               ("Cache-Control", "no-store")])
+        return [body]
+
+    def route_for(self, environ: dict[str, Any], status: int) -> str:
+        rule = environ.get(ROUTE_KEY)
+        if rule is not None:
+            return rule_to_template(rule)
+        if self.templates_known:
+            return UNMATCHED
+        return unmatched_or_collapsed(environ.get("PATH_INFO") or "/", status)
+
+
+class _Request:
+    """One request through the middleware (its start_response wrapper and the finish)."""
+
+    __slots__ = ("environ", "middleware", "start_response", "state", "status", "web")
+
+    def __init__(self, middleware: StackwatchWSGIMiddleware, web: WebInstrumentation, state: RequestState,
+                 environ: dict[str, Any], start_response: StartResponse) -> None:
+        self.middleware = middleware
+        self.web = web
+        self.state = state
+        self.environ = environ
+        self.start_response = start_response
+        self.status = 0
+
+    def run(self) -> Iterable[bytes]:
+        try:
+            result = self.middleware.app(self.environ, self._start_response)
+        except BaseException:
+            self.finish(500)
+            raise
+        if self.status:
+            self.finish(self.status)
+            return result
+        return _ClosingIterable(result, self)
+
+    def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        try:
+            self.status = int(status[:3])
+            has_id = False
+            for name, _value in headers:
+                if name.lower() == "x-request-id":
+                    has_id = True
+                    break
+            extra = [("X-Response-Time", self.web.response_time(self.state))]
+            if not has_id:
+                extra.append(("X-Request-ID", self.state.request_id))
+            headers = [*headers, *extra]
+        except Exception:
+            sdk_failure("WSGI response headers")
+        if exc_info is not None:
+            return self.start_response(status, headers, exc_info)
+        return self.start_response(status, headers)
+
+    def finish(self, status: int) -> None:
+        try:
+            method = self.environ.get("REQUEST_METHOD", "GET")
+            route = self.middleware.route_for(self.environ, status)
+            self.web.finish(self.state, method, route, status)
+        except Exception:
+            sdk_failure("WSGI request finish")
+
+
+class _ClosingIterable:
+    """The app's body iterable, recording the request when the server closes it."""
+
+    def __init__(self, result: Iterable[bytes], request: _Request) -> None:
+        self.result = result
+        self.request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.result
+        except BaseException:
+            self.request.finish(500)
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.request.finish(self.request.status or 500)

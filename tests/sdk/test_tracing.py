@@ -1,0 +1,361 @@
+"""Tracing: spans exported over OTLP/HTTP to a stand-in receiver, decoded with opentelemetry-proto.
+
+Each scenario runs in a subprocess of its own: an OpenTelemetry global provider can be set once
+per process, and instrumentations patch libraries globally, so isolating them keeps the rest of
+the test session untouched. The server has no /v1/traces yet (issue 5); the receiver stands in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from telemetry_receiver import TelemetryReceiver
+
+from serverproc import free_port
+from stackwatch.sdk._config import SDKConfig
+from stackwatch.sdk.tracing import setup_tracing
+
+pytest.importorskip("opentelemetry.sdk")
+pytest.importorskip("flask")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(body: str, tmp_path: Path, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    full_env.pop("OTEL_TRACES_EXPORTER", None)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, check=False)
+
+
+FLASK_APP = """
+import json, logging, sys
+import flask
+from opentelemetry import trace
+from stackwatch.sdk._config import SDKConfig
+from stackwatch.sdk import tracing
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+app = flask.Flask("leads")
+seen = {}
+
+@app.get("/api/leads/<int:lead_id>")
+def lead(lead_id):
+    ctx = trace.get_current_span().get_span_context()
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    factory_record = logging.getLogRecordFactory()("x", logging.INFO, __file__, 1, "m", None, None)
+    seen["trace_id"] = format(ctx.trace_id, "032x")
+    seen["log_trace_id"] = getattr(factory_record, "otelTraceID", None)
+    return {"lead": lead_id, "valid": ctx.is_valid}
+"""
+
+
+def test_spans_reach_the_server_with_resource_and_token(tmp_path: Path) -> None:
+    with TelemetryReceiver() as receiver:
+        result = run_script(
+            FLASK_APP
+            + f"""
+config = SDKConfig(service="leads-api", environment="staging", version="2.3.1",
+                   server_url={receiver.url!r}, token="swi_tok_123", tags={{"team": "growth"}})
+provider = tracing.setup_tracing(config)
+assert tracing.instrument_app_tracing(app)
+assert tracing.setup_tracing(config) is provider  # idempotent
+with app.test_client() as client:
+    response = client.get("/api/leads/42")
+assert response.status_code == 200 and response.get_json()["valid"]
+assert tracing.force_flush(5000)
+print(json.dumps({{**seen, "stats": tracing.export_stats.__dict__}}))
+""",
+            tmp_path,
+            env={"OTEL_PYTHON_LOG_CORRELATION": "true"},
+        )
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout.strip().splitlines()[-1])
+        assert receiver.wait_for(lambda: len(receiver.spans()) >= 1)
+        spans = receiver.spans()
+    server_spans = [s for s in spans if s["name"] == "GET /api/leads/<int:lead_id>"]
+    assert len(server_spans) == 1, spans
+    span = server_spans[0]
+    assert span["trace_id"] == out["trace_id"]
+    # With OpenTelemetry's log-correlation switch on, LogRecords carry the trace id too.
+    assert out["log_trace_id"] == out["trace_id"]
+    assert span["attributes"]["http.route"] == "/api/leads/<int:lead_id>"
+    assert span["resource"]["service.name"] == "leads-api"
+    assert span["resource"]["service.version"] == "2.3.1"
+    assert span["resource"]["deployment.environment"] == "staging"
+    assert span["resource"]["host.name"]
+    assert span["resource"]["team"] == "growth"
+    assert span["authorization"] == "Bearer swi_tok_123"
+    assert out["stats"]["exported"] >= 1 and out["stats"]["failed"] == 0
+    assert "Failed to export" not in result.stderr
+
+
+def test_a_server_without_traces_endpoint_is_quiet_and_harmless(tmp_path: Path) -> None:
+    """The current server answers 404 on /v1/traces: one INFO line, one request, the app unharmed."""
+    with TelemetryReceiver(statuses={"/v1/traces": 404}) as receiver:
+        result = run_script(
+            FLASK_APP
+            + f"""
+config = SDKConfig(service="leads-api", server_url={receiver.url!r}, token="t")
+tracing.setup_tracing(config)
+tracing.instrument_app_tracing(app)
+codes = []
+with app.test_client() as client:
+    for _ in range(5):
+        codes.append(client.get("/api/leads/1").status_code)
+        tracing.force_flush(5000)
+print(json.dumps({{"codes": codes, "stats": tracing.export_stats.__dict__}}))
+""",
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        requests_seen = len(receiver.on("/v1/traces"))
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["codes"] == [200] * 5
+    # The first batch learns the endpoint is missing; later batches are dropped without a request.
+    assert requests_seen == 1
+    assert out["stats"]["failed"] == 1 and out["stats"]["dropped_while_paused"] == 4
+    assert out["stats"]["last_status"] == 404
+    lines = [line for line in result.stderr.splitlines() if "trace export" in line or "export" in line.lower()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("INFO stackwatch.sdk.tracing") and "does not accept traces (HTTP 404)" in lines[0]
+
+
+def test_an_unreachable_server_costs_one_warning(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_script(
+        FLASK_APP
+        + f"""
+tracing.setup_tracing(SDKConfig(service="s", server_url={dead!r}, token="t"))
+tracing.instrument_app_tracing(app)
+with app.test_client() as client:
+    for _ in range(3):
+        assert client.get("/api/leads/1").status_code == 200
+        tracing.force_flush(5000)
+print(json.dumps(tracing.export_stats.__dict__))
+""",
+        tmp_path,
+        env={"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1"},  # OpenTelemetry's own knob bounds the retries
+    )
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["failed"] == 1 and stats["dropped_while_paused"] == 2
+    warnings = [line for line in result.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
+    assert len(warnings) == 1 and "trace export to" in warnings[0], result.stderr
+
+
+def test_without_a_server_spans_have_ids_and_nothing_is_exported(tmp_path: Path) -> None:
+    result = run_script(
+        FLASK_APP
+        + """
+provider = tracing.setup_tracing(SDKConfig(service="s"))
+tracing.instrument_app_tracing(app)
+with app.test_client() as client:
+    body = client.get("/api/leads/7").get_json()
+print(json.dumps({"valid": body["valid"], "inner": type(tracing._state.processor.inner).__name__,
+                  "provider": type(provider).__name__, "log_trace_id": seen["log_trace_id"]}))
+""",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    # No record-factory injection by default: the SDK's own formatters add the span ids.
+    assert out == {"valid": True, "inner": "_NoopSpanProcessor", "provider": "TracerProvider", "log_trace_id": None}
+
+
+def test_console_exporter_prints_spans(tmp_path: Path) -> None:
+    script = tmp_path / "c.py"
+    script.write_text(textwrap.dedent(FLASK_APP + """
+tracing.setup_tracing(SDKConfig(service="console-svc"))
+tracing.instrument_app_tracing(app)
+with app.test_client() as client:
+    client.get("/api/leads/7")
+tracing.force_flush(5000)
+"""))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OTEL_TRACES_EXPORTER": "console"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert '"name": "GET /api/leads/<int:lead_id>"' in result.stdout
+    assert '"service.name": "console-svc"' in result.stdout
+
+
+def test_the_apps_own_provider_is_kept(tmp_path: Path) -> None:
+    with TelemetryReceiver() as receiver:
+        result = run_script(
+            f"""
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from stackwatch.sdk._config import SDKConfig
+from stackwatch.sdk import tracing
+
+mine = InMemorySpanExporter()
+theirs = TracerProvider()
+theirs.add_span_processor(SimpleSpanProcessor(mine))
+trace.set_tracer_provider(theirs)
+provider = tracing.setup_tracing(SDKConfig(service="s", server_url={receiver.url!r}, token="t"))
+with trace.get_tracer("app").start_as_current_span("checkout"):
+    pass
+tracing.force_flush(5000)
+print(json.dumps({{"same": provider is theirs, "mine": [s.name for s in mine.get_finished_spans()]}}))
+""",
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert receiver.wait_for(lambda: any(s["name"] == "checkout" for s in receiver.spans()))
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"same": True, "mine": ["checkout"]}
+
+
+def test_tracing_off_installs_nothing() -> None:
+    assert setup_tracing(SDKConfig(tracing=False)) is None
+
+
+GUNICORN_APP = """
+import os
+import flask
+from opentelemetry import trace
+from stackwatch.sdk._config import SDKConfig
+from stackwatch.sdk import tracing
+
+app = flask.Flask("forked")
+
+@app.get("/work/<int:n>")
+def work(n):
+    ctx = trace.get_current_span().get_span_context()
+    return {"pid": os.getpid(), "trace_id": format(ctx.trace_id, "032x")}
+
+# As stackwatch.sdk.init(app) does: set up after the app exists, in the master (--preload).
+tracing.setup_tracing(SDKConfig(service="forked-api", server_url=os.environ["RECEIVER_URL"], token="t"))
+tracing.instrument_app_tracing(app)
+# A span made in the master before forking: it must not be exported twice by the children.
+with trace.get_tracer("boot").start_as_current_span("master-boot"):
+    pass
+# Exported now, so the exporter's HTTP session holds a keep-alive connection when gunicorn forks.
+tracing.force_flush(5000)
+"""
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "import-in-worker"])
+def test_gunicorn_workers_each_export_their_spans(tmp_path: Path, preload: bool) -> None:
+    pytest.importorskip("gunicorn")
+    (tmp_path / "forkapp.py").write_text(textwrap.dedent(GUNICORN_APP))
+    port = free_port()
+    with TelemetryReceiver() as receiver:
+        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{tmp_path}", "RECEIVER_URL": receiver.url,
+               "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5"]
+        if preload:
+            cmd.append("--preload")
+        proc = subprocess.Popen([*cmd, "forkapp:app"], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            by_pid: dict[int, set[str]] = {}
+            deadline = time.monotonic() + 30
+            n = 0
+            while time.monotonic() < deadline and (len(by_pid) < 2 or sum(map(len, by_pid.values())) < 6):
+                n += 1
+                try:
+                    # A new connection each time, so the kernel spreads them over both workers.
+                    body = httpx.get(f"http://127.0.0.1:{port}/work/{n}", timeout=5,
+                                     headers={"Connection": "close"}).json()
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+                    continue
+                by_pid.setdefault(body["pid"], set()).add(body["trace_id"])
+            assert len(by_pid) == 2, f"requests only reached {list(by_pid)}"
+            wanted = set().union(*by_pid.values())
+            assert receiver.wait_for(lambda: wanted <= {s["trace_id"] for s in receiver.spans()}, timeout=15)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                output = proc.communicate(timeout=20)[0].decode(errors="replace")
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output = proc.communicate()[0].decode(errors="replace")
+        spans = receiver.spans()
+    exported = {s["trace_id"] for s in spans}
+    for pid, trace_ids in by_pid.items():
+        assert trace_ids <= exported, f"worker {pid} spans missing"
+    # Each request's server span was exported exactly once.
+    request_spans = [s for s in spans if s["name"] == "GET /work/<int:n>"]
+    assert len(request_spans) == len({s["span_id"] for s in request_spans})
+    boots = [s for s in spans if s["name"] == "master-boot"]
+    assert len(boots) == len({b["span_id"] for b in boots}), "a queued span was exported twice"
+    if preload:
+        assert len(boots) <= 1, "the master's queued span was exported again by a forked child"
+    assert "Traceback" not in output, output
+
+
+def test_libraries_imported_later_are_instrumented_and_unused_ones_never_imported(tmp_path: Path) -> None:
+    """A Flask app does not pay for importing FastAPI, Django or Celery; httpx imported after
+    set-up still propagates ``traceparent`` to the service it calls."""
+    with TelemetryReceiver() as receiver:
+        result = run_script(
+            f"""
+import json, sys
+from opentelemetry import trace
+from stackwatch.sdk._config import SDKConfig
+from stackwatch.sdk import tracing
+
+tracing.setup_tracing(SDKConfig(service="caller"))
+imported = sorted(m for m in ("fastapi", "django", "celery", "httpx", "redis") if m in sys.modules)
+import httpx  # after set-up: instrumented on import
+with trace.get_tracer("app").start_as_current_span("checkout") as span:
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    httpx.get({receiver.url!r} + "/downstream")
+print(json.dumps({{"imported": imported, "trace_id": trace_id}}))
+""",
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        downstream = receiver.on("/downstream")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["imported"] == []
+    traceparent = downstream[0].headers["traceparent"]
+    assert traceparent.split("-")[1] == out["trace_id"]
+
+
+def test_shutdown_then_setup_exports_again(tmp_path: Path) -> None:
+    with TelemetryReceiver() as receiver:
+        result = run_script(
+            f"""
+import json
+from opentelemetry import trace
+from stackwatch.sdk._config import SDKConfig
+from stackwatch.sdk import tracing
+
+config = SDKConfig(service="restarted", server_url={receiver.url!r}, token="t")
+provider = tracing.setup_tracing(config)
+tracer = trace.get_tracer("app")
+with tracer.start_as_current_span("before"):
+    pass
+tracing.shutdown_tracing(5000)
+with tracer.start_as_current_span("while-stopped"):
+    pass
+tracing.force_flush(5000)
+again = tracing.setup_tracing(config)
+with tracer.start_as_current_span("after"):
+    pass
+tracing.force_flush(5000)
+print(json.dumps({{"same": again is provider}}))
+""",
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        names = [s["name"] for s in receiver.spans()]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"same": True}
+    assert names == ["before", "after"]
