@@ -105,7 +105,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "retention_interval_s", int, 3600, "How often the retention manager moves data between tiers."
     ),
-    Setting("query_timeout_s", float, 30.0, "Longest a search may run before it is cancelled."),
+    Setting("query_timeout_s", float, 30.0, "Longest a search or PromQL query may run before it is cancelled."),
+    Setting(
+        "query_max_samples", int, 50_000_000, "Most samples one PromQL query may load (Prometheus's --query.max-samples)."
+    ),
+    Setting("metrics_max_series", int, 1_000_000, "Most active series a project may have; more are refused with a 4xx."),
     Setting("log_level", str, "INFO", "The server's own log level."),
 )
 
@@ -137,6 +141,8 @@ class Settings:
     syslog_udp_port: int = 5140
     retention_interval_s: int = 3600
     query_timeout_s: float = 30.0
+    query_max_samples: int = 50_000_000
+    metrics_max_series: int = 1_000_000
     log_level: str = "INFO"
     #: Sections the server passes to components as they are (pipeline, later rules/alerting).
     extra: Mapping[str, Any] = field(default_factory=dict)

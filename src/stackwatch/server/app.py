@@ -109,12 +109,13 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
             },
         }
 
-    from stackwatch.server.api import admin, es, ingest, logs
+    from stackwatch.server.api import admin, es, ingest, logs, prometheus
     from stackwatch.server.ui import routes as ui
 
     app.include_router(ingest.router)
     app.include_router(logs.router)
     app.include_router(admin.router)
     app.include_router(ui.router)
+    app.include_router(prometheus.router)
     app.include_router(es.router)  # last: it answers catch-all Elasticsearch paths
     return app

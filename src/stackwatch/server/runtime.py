@@ -24,6 +24,7 @@ from stackwatch.pipeline.pipeline import PipelineConfig
 from stackwatch.storage.executor import Executor, open_executor
 from stackwatch.storage.logs import LogStore
 from stackwatch.storage.meta.db import MetaStore
+from stackwatch.storage.metrics import MetricStore
 from stackwatch.storage.retention import RetentionManager, TierPolicy
 
 __all__ = ["Runtime"]
@@ -61,6 +62,7 @@ class Runtime:
     retention: RetentionManager
     started_at: float = field(default_factory=time.time)
     bootstrap: Any = None
+    metrics: MetricStore | None = None
 
     @classmethod
     def open(cls, settings: Any) -> Runtime:
@@ -69,6 +71,8 @@ class Runtime:
         executor = open_executor(data, settings.clickhouse_url, settings.clickhouse_cluster)
         logs = LogStore(executor, cold_dir=data / "cold" / "logs")
         logs.ensure_schema()
+        metrics = MetricStore(executor, max_series_per_project=settings.metrics_max_series)
+        metrics.ensure_schema()
         meta = MetaStore(settings.meta_url)
         meta.migrate()
         auth = AuthService(meta)
@@ -93,7 +97,7 @@ class Runtime:
         batcher = Batcher(
             wal,
             data / "wal" / "checkpoint.json",
-            {"logs": store_logs},
+            {"logs": store_logs, "metrics": metrics.store_entries},
             max_rows=settings.batch_max_rows,
             max_delay_s=settings.batch_max_delay_ms / 1000,
             buffer_bytes=settings.ingest_buffer_bytes,
@@ -101,7 +105,8 @@ class Runtime:
         batcher.recover()
         batcher.start()
         retention.start(settings.retention_interval_s)
-        return cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap)
+        return cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap,
+                   metrics=metrics)
 
     def close(self) -> None:
         self.retention.stop()

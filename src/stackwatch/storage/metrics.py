@@ -1,0 +1,756 @@
+"""Metric series and samples: the metrics side of the telemetry store.
+
+Three tables, declared here as data (see :mod:`stackwatch.storage.schema`):
+
+* ``metric_series``: one row per series (project, metric name, labels, fingerprint, first and
+  last sample time). Every ingest block upserts the series it touched; merges collapse them.
+  PromQL selectors (``{job="api", route=~"/api/.*"}``) are answered here, never by scanning
+  samples.
+* ``metric_samples``: (project, fingerprint, timestamp, value), sorted by exactly that, so one
+  series' samples are contiguous and in time order on disk, which is what makes the time-series
+  codecs work: timestamps become tiny, nearly constant gaps; consecutive values of one series
+  differ in few bits. See :data:`METRIC_SAMPLES` for the measured bytes per sample.
+* ``metric_metadata``: TYPE/HELP/UNIT per metric name, for ``/api/v1/metadata``.
+
+Every decoder (remote write, text exposition, OTLP) produces a :class:`MetricBatch`; the
+batch travels through the WAL as compact events (:meth:`MetricBatch.events`) and the batcher's
+sink (:meth:`MetricStore.store_entries`) turns a block of them into Arrow blocks, inserted with
+the block's deduplication token so a WAL replay stores nothing twice.
+
+Duplicate samples (same series and timestamp) are not rejected: the last write wins, within a
+block (:func:`_last_write_wins`) and across blocks (``ReplacingMergeTree`` read with ``FINAL``).
+Out-of-order samples are accepted too, which is what backfill needs (Prometheus itself accepts
+them only within ``out_of_order_time_window``; VictoriaMetrics accepts them all).
+
+Rollups (5 min and 1 h aggregates by materialized view, read automatically for large steps) and
+per-project retention are not built yet; the partition by day is what both will rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from stackwatch.errors import BadRequest
+from stackwatch.storage.executor import Executor
+from stackwatch.storage.schema import Column, Table, render_ddl
+
+__all__ = [
+    "METRIC_METADATA",
+    "METRIC_SAMPLES",
+    "METRIC_SERIES",
+    "METRIC_TABLES",
+    "METRIC_TYPES",
+    "LabelMatch",
+    "MetricBatch",
+    "MetricStore",
+    "SeriesLimitExceeded",
+    "fingerprint",
+    "query_arrow",
+]
+
+_DEDUP = {
+    # Insert deduplication by token makes WAL replay idempotent (see ingest.batcher); the part
+    # is fsync'd because the WAL forgets the block once the insert returns.
+    "non_replicated_deduplication_window": 10000,
+    "fsync_after_insert": 1,
+    "fsync_part_directory": 1,
+}
+
+METRIC_SERIES = Table(
+    name="metric_series",
+    columns=(
+        Column("project", "LowCardinality(String)"),
+        Column("metric", "LowCardinality(String)"),
+        Column("fingerprint", "UInt64"),
+        # Labels without __name__ (that is ``metric``). A missing key reads as "", which is
+        # exactly PromQL's rule for matching an absent label.
+        Column("labels", "SimpleAggregateFunction(any, Map(String, String))", "ZSTD(1)"),
+        Column("first_seen", "SimpleAggregateFunction(min, Int64)"),
+        Column("last_seen", "SimpleAggregateFunction(max, Int64)"),
+    ),
+    # AggregatingMergeTree rather than ReplacingMergeTree: merging the upserts of many blocks
+    # must keep the earliest first_seen *and* the latest last_seen, which a replacing merge
+    # (one whole row wins) cannot do. Readers still GROUP BY fingerprint, as parts merge late.
+    engine="AggregatingMergeTree",
+    # Selectors almost always name the metric: (project, metric) is a prefix of the key.
+    order_by="(project, metric, fingerprint)",
+    settings=_DEDUP,
+    comment="One row per metric series (collapsed by merges); answers PromQL selectors and the series/label APIs.",
+)
+
+METRIC_SAMPLES = Table(
+    name="metric_samples",
+    columns=(
+        Column("project", "LowCardinality(String)"),
+        Column("fingerprint", "UInt64", "ZSTD(1)"),
+        # Scrapes land every N seconds give or take a few milliseconds of jitter. Delta turns a
+        # series' timestamps into a run of nearly equal gaps (15000, 15002, 14998...) that ZSTD
+        # entropy-codes in about half a byte; DoubleDelta alone took 1.06 bytes and
+        # DoubleDelta+ZSTD 0.88 on the same jittered data (1,000 series x 24 h at 15 s), so
+        # Delta is used although DoubleDelta is the textbook choice (it wins only on perfectly
+        # regular timestamps, where both are ~0.01 bytes).
+        Column("timestamp", "Int64", "Delta(8), ZSTD(1)"),
+        # Gorilla XORs each value with the previous one of the same series (the sort key makes
+        # them adjacent): counters and slowly moving gauges leave few significant bits. ZSTD on
+        # top packs what is left; FPC and ZSTD alone were each a few percent larger.
+        Column("value", "Float64", "Gorilla, ZSTD(1)"),
+    ),
+    # Measured (bench/metrics_bench.py, 1,000 series x 24 h at 15 s, a web app's mix with 10%
+    # float-noise gauges and +-3 ms jitter): 2.68 bytes/sample; Prometheus's TSDB took 4.02 on
+    # the same data (promtool backfill).
+    # ReplacingMergeTree: a sample written twice (same series and timestamp) is one sample, the
+    # last written; queries read with FINAL so the answer does not depend on merge timing.
+    engine="ReplacingMergeTree",
+    # Sort key serves "samples of these series between t1 and t2": fingerprints are found in
+    # metric_series first, then each one is a contiguous, time-ordered run here.
+    order_by="(project, fingerprint, timestamp)",
+    # Days: retention and rollups work on whole parts, and a time range skips other days.
+    partition_by="intDiv(timestamp, 86400000)",
+    settings=_DEDUP,
+    comment="Metric samples (ms timestamps, float values), sorted by series then time.",
+)
+
+METRIC_METADATA = Table(
+    name="metric_metadata",
+    columns=(
+        Column("project", "LowCardinality(String)"),
+        Column("metric", "String"),
+        Column("type", "LowCardinality(String)"),
+        Column("help", "String", "ZSTD(1)"),
+        Column("unit", "LowCardinality(String)"),
+    ),
+    engine="ReplacingMergeTree",
+    order_by="(project, metric, type)",
+    settings=_DEDUP,
+    comment="TYPE/HELP/UNIT per metric family, the last written kept; serves /api/v1/metadata.",
+)
+
+METRIC_TABLES: tuple[Table, ...] = (METRIC_SERIES, METRIC_SAMPLES, METRIC_METADATA)
+
+#: Metric types as Prometheus's metadata API names them.
+METRIC_TYPES = ("counter", "gauge", "histogram", "gaugehistogram", "summary", "info", "stateset", "unknown")
+
+_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+
+class SeriesLimitExceeded(BadRequest):
+    """New series were refused because the project is at its series limit.
+
+    A 4xx, not a 429: retrying cannot succeed until an operator raises the limit or old
+    series expire, and remote-write senders retry 5xx/429 forever but drop a 4xx batch.
+    """
+
+
+def fingerprint(name: str, labels: Iterable[tuple[str, str]]) -> int:
+    """A stable 64-bit hash of a series' identity: its name and its sorted labels.
+
+    ``\\xff`` never occurs in UTF-8, so it separates fields unambiguously. BLAKE2b rather
+    than Python's ``hash``: the value is stored and must not change between processes.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    h.update(name.encode())
+    for k, v in labels:
+        h.update(b"\xff" + k.encode() + b"\xff" + v.encode())
+    return int.from_bytes(h.digest(), "little")
+
+
+class SeriesRef(NamedTuple):
+    """A validated series identity, computed once and reused by decoders' caches."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]  # sorted, without __name__, no empty values
+    flat: list[str]  # labels as [k1, v1, k2, v2, ...], the WAL's form
+    fingerprint: int
+
+
+def series_ref(pairs: Iterable[tuple[str, str]]) -> SeriesRef:
+    """Validate and canonicalise a label set (with ``__name__``); raises ``ValueError``."""
+    name, labels = canonical_labels(pairs)
+    return SeriesRef(name, labels, [x for pair in labels for x in pair], fingerprint(name, labels))
+
+
+@dataclass
+class MetricBatch:
+    """The samples of one ingest request: what every metrics decoder produces.
+
+    Series are :class:`SeriesRef` s (validated, canonical: sorted, without ``__name__``, empty
+    values dropped, as Prometheus treats an empty label as absent), so equal series have equal
+    keys whatever the sender's label order. Samples are three flat columns (series index,
+    timestamp, value) that decoders append to; grouping by series happens once, in numpy, in
+    :meth:`events`. ``errors`` collects per-series rejections: the handler stores the rest and
+    reports them, as Prometheus's remote-write receiver does.
+    """
+
+    refs: list[SeriesRef] = field(default_factory=list)
+    series: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    metadata: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    rejected_samples: int = 0
+    _index: dict[int, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def sample_count(self) -> int:
+        return len(self.timestamps)
+
+    def index(self, ref: SeriesRef) -> int:
+        """Index of the series in this batch (created on first use)."""
+        i = self._index.get(ref.fingerprint)
+        if i is None:
+            i = len(self.refs)
+            self._index[ref.fingerprint] = i
+            self.refs.append(ref)
+        return i
+
+    def add(self, pairs: Iterable[tuple[str, str]], timestamp_ms: int, value: float) -> bool:
+        """Add one sample of the series ``pairs`` (with ``__name__``); False if it was rejected."""
+        try:
+            ref = series_ref(pairs)
+        except ValueError as exc:
+            self.reject(str(exc))
+            return False
+        self.series.append(self.index(ref))
+        self.timestamps.append(timestamp_ms)
+        self.values.append(value)
+        return True
+
+    def reject(self, reason: str, samples: int = 1) -> None:
+        self.rejected_samples += samples
+        if len(self.errors) < 20:  # enough to say what is wrong without echoing a whole payload
+            self.errors.append(reason)
+
+    def add_metadata(self, name: str, type_: str, help_: str = "", unit: str = "") -> None:
+        self.metadata[name] = (type_ if type_ in METRIC_TYPES else "unknown", help_, unit)
+
+    def drop(self, indexes: Iterable[int]) -> int:
+        """Remove the given series and their samples; returns how many samples went."""
+        gone = set(indexes)
+        if not gone:
+            return 0
+        keep_series = [i for i in range(len(self.refs)) if i not in gone]
+        new_index = {old: new for new, old in enumerate(keep_series)}
+        series = np.asarray(self.series, dtype=np.int64)
+        keep = np.isin(series, np.fromiter(gone, dtype=np.int64), invert=True)
+        dropped = int(keep.size - keep.sum())
+        kept_idx = np.flatnonzero(keep).tolist()
+        self.series = [new_index[self.series[j]] for j in kept_idx]
+        self.timestamps = [self.timestamps[j] for j in kept_idx]
+        self.values = [self.values[j] for j in kept_idx]
+        self.refs = [self.refs[i] for i in keep_series]
+        self._index = {r.fingerprint: j for j, r in enumerate(self.refs)}
+        return dropped
+
+    def grouped(self) -> tuple[list[SeriesRef], np.ndarray, np.ndarray, np.ndarray]:
+        """(series, sample counts per series, timestamps, values), samples grouped by series.
+
+        Within a series, samples keep their order in the request (a later duplicate wins).
+        """
+        n = len(self.timestamps)
+        series = np.fromiter(self.series, dtype=np.int64, count=n)
+        ts = np.fromiter(self.timestamps, dtype=np.int64, count=n)
+        vals = np.fromiter(self.values, dtype=np.float64, count=n)
+        if n and (series[1:] < series[:-1]).any():
+            order = np.argsort(series, kind="stable")
+            series, ts, vals = series[order], ts[order], vals[order]
+        counts = np.bincount(series, minlength=len(self.refs)) if n else np.zeros(len(self.refs), np.int64)
+        return self.refs, counts, ts, vals
+
+    def events(self) -> list[Any]:
+        """The batch as WAL events (JSON-serializable, compact, exact).
+
+        One event per series: ``["s", fingerprint, name, [k1, v1, ...], [t...], [bits...]]``,
+        values as the integer bit patterns of their float64, so they survive JSON exactly
+        (the staleness marker is a NaN payload, and JSON has no NaN at all). The conversion
+        is one numpy call for the whole batch, not one per sample.
+        Metadata: ``["m", name, type, help, unit]``.
+        """
+        out: list[Any] = []
+        if self.timestamps:
+            refs, counts, ts, vals = self.grouped()
+            ts_list = ts.tolist()
+            bits = vals.view(np.uint64).tolist()
+            pos = 0
+            for ref, n in zip(refs, counts.tolist(), strict=True):
+                if n:
+                    end = pos + n
+                    out.append(["s", ref.fingerprint, ref.name, ref.flat, ts_list[pos:end], bits[pos:end]])
+                    pos = end
+        for name, (type_, help_, unit) in self.metadata.items():
+            out.append(["m", name, type_, help_, unit])
+        return out
+
+
+def canonical_labels(pairs: Iterable[tuple[str, str]]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """(metric name, sorted labels without ``__name__`` and without empty values).
+
+    Raises ``ValueError`` naming the problem: no metric name, an invalid metric or label name,
+    a label given twice.
+    """
+    name = ""
+    seen: set[str] = set()
+    labels: list[tuple[str, str]] = []
+    for k, v in pairs:
+        if k in seen:
+            raise ValueError(f"duplicate label name {k!r}")
+        seen.add(k)
+        if k == "__name__":
+            name = v
+            continue
+        if not _LABEL_RE.match(k):
+            raise ValueError(f"invalid label name {k!r}")
+        if v != "":
+            labels.append((k, v))
+    if not name:
+        raise ValueError("series without a metric name (__name__)")
+    if not _NAME_RE.match(name):
+        raise ValueError(f"invalid metric name {name!r}")
+    labels.sort()
+    return name, tuple(labels)
+
+
+@dataclass(frozen=True)
+class LabelMatch:
+    """One label matcher, as the storage layer needs it (PromQL's ``Matcher`` fits)."""
+
+    name: str
+    op: str
+    value: str
+
+
+def matchers_sql(matchers: Sequence[Any], params: dict[str, Any], prefix: str = "m") -> str:
+    """SQL conditions on ``metric_series`` for PromQL matchers, values passed as parameters.
+
+    ``__name__`` matches the ``metric`` column (in the sort key), any other label the map, where
+    an absent label reads as "" just as PromQL defines. Regexes are anchored as in Prometheus,
+    and ``(?s:...)`` lets ``.`` match a newline as Prometheus's matchers do; ClickHouse's
+    ``match`` is RE2, the same syntax as Go's ``regexp``.
+    """
+    conds: list[str] = []
+    for i, m in enumerate(matchers):
+        if m.op not in ("=", "!=", "=~", "!~"):
+            raise ValueError(f"unknown match operator {m.op!r}")
+        col = "metric" if m.name == "__name__" else f"labels[{{{prefix}k{i}:String}}]"
+        if m.name != "__name__":
+            params[f"{prefix}k{i}"] = m.name
+        key = f"{prefix}v{i}"
+        if m.op in ("=", "!="):
+            params[key] = m.value
+            conds.append(f"{col} {m.op} {{{key}:String}}")
+        else:
+            params[key] = f"^(?s:{m.value})$"
+            neg = "NOT " if m.op == "!~" else ""
+            conds.append(f"{neg}match({col}, {{{key}:String}})")
+    return " AND ".join(conds) if conds else "1"
+
+
+def query_arrow(ex: Executor, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+    """Run a query and get the result as one Arrow table (no per-row Python objects).
+
+    The :class:`~stackwatch.storage.executor.Executor` protocol only returns rows as dicts,
+    which is far too slow for millions of samples; this reads Arrow from whichever executor it
+    is given. An executor that grows a ``query_arrow`` method is used as is.
+    """
+    native = getattr(ex, "query_arrow", None)
+    if native is not None:
+        return native(sql, params)  # type: ignore[no-any-return]
+    from stackwatch.storage.executor import ChdbExecutor, ClickHouseExecutor, StorageError
+
+    if isinstance(ex, ChdbExecutor):
+        result = ex._query(sql, "ArrowStream", params)
+        data = result.bytes()
+        if not data:
+            return pa.table({})
+        return pa.ipc.open_stream(data).read_all()
+    if isinstance(ex, ClickHouseExecutor):
+        try:
+            with ex._lock:
+                return ex._client.query_arrow(sql, parameters=dict(params) if params else None)
+        except Exception as exc:
+            raise StorageError(f"storage query failed: {exc}") from exc
+    raise TypeError(f"cannot read Arrow from {type(ex).__name__}")
+
+
+def _last_write_wins(fp: np.ndarray, ts: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Sort by (fingerprint, timestamp) and keep the last written of equal keys.
+
+    The table would also collapse them on merge, but which of two rows in one inserted block
+    survives is not specified; deciding here keeps "last write wins" true within a block.
+    """
+    order = np.lexsort((ts, fp))  # stable: equal keys keep their write order
+    fp, ts, vals = fp[order], ts[order], vals[order]
+    if fp.size > 1:
+        keep = np.ones(fp.size, dtype=bool)
+        keep[:-1] = (fp[1:] != fp[:-1]) | (ts[1:] != ts[:-1])
+        if not keep.all():
+            fp, ts, vals = fp[keep], ts[keep], vals[keep]
+    return fp, ts, vals
+
+
+class MetricStore:
+    """Reads and writes the metric tables through an executor (embedded or server)."""
+
+    def __init__(self, executor: Executor, *, max_series_per_project: int = 1_000_000) -> None:
+        self.ex = executor
+        self.db = executor.database
+        self.max_series = max_series_per_project
+        self._known: dict[str, set[int]] = {}
+        self._known_lock = threading.Lock()
+
+    def ensure_schema(self) -> None:
+        for table in METRIC_TABLES:
+            for stmt in render_ddl(table, self.db, self.ex.cluster):
+                self.ex.command(stmt)
+
+    # -- the series limit -----------------------------------------------------------------------
+
+    def _known_series(self, project: str) -> set[int]:
+        known = self._known.get(project)
+        if known is None:
+            rows = query_arrow(
+                self.ex,
+                f"SELECT DISTINCT fingerprint FROM `{self.db}`.metric_series WHERE project = {{p:String}}",
+                {"p": project},
+            )
+            fps = rows.column("fingerprint").to_numpy() if rows.num_rows else np.empty(0, np.uint64)
+            known = self._known.setdefault(project, set(fps.tolist()))
+        return known
+
+    def admit(self, project: str, batch: MetricBatch) -> None:
+        """Enforce the per-project series limit before the batch is acknowledged.
+
+        Samples of known series always pass; new series are admitted until the project holds
+        ``max_series_per_project``, the rest are dropped from the batch and recorded in its
+        ``errors`` (the handler answers 4xx for them and stores the others, as Mimir does).
+        """
+        with self._known_lock:
+            known = self._known_series(project)
+            room = self.max_series - len(known)
+            refused = []
+            for i, ref in enumerate(batch.refs):
+                fp = ref.fingerprint
+                if fp in known:
+                    continue
+                if room > 0:
+                    known.add(fp)
+                    room -= 1
+                else:
+                    refused.append(i)
+        if refused:
+            ref = batch.refs[refused[0]]
+            example = ref.name + _format_labels(ref.labels)
+            samples = batch.drop(refused)
+            batch.rejected_samples += samples
+            batch.errors.insert(
+                0,
+                f"series limit of {self.max_series} per project reached: {len(refused)} new series "
+                f"({samples} samples) refused, for example {example}",
+            )
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def store_events(self, batches: Sequence[tuple[str, list[Any]]], token: str) -> int:
+        """Store WAL events of ``(project, events)`` pairs as one block per table; returns samples stored.
+
+        Series rows are inserted before samples so a sample is never visible without its
+        series; both carry ``token``, so a replayed block is stored once.
+        """
+        fp_list: list[int] = []
+        counts: list[int] = []
+        ts_all: list[int] = []
+        bits_all: list[int] = []
+        projects: list[str] = []
+        names: list[str] = []
+        flats: list[list[str]] = []
+        meta: dict[tuple[str, str], tuple[str, str, str]] = {}
+        for project, events in batches:
+            for ev in events:
+                if ev[0] == "s":
+                    _, fp, name, flat, ts, bits = ev
+                    if not ts:
+                        continue
+                    fp_list.append(fp)
+                    counts.append(len(ts))
+                    projects.append(project)
+                    names.append(name)
+                    flats.append(flat)
+                    ts_all.extend(ts)
+                    bits_all.extend(bits)
+                elif ev[0] == "m":
+                    _, name, type_, help_, unit = ev
+                    meta[(project, name)] = (type_, help_, unit)
+        series: dict[tuple[str, int], list[Any]] = {}
+        if fp_list:
+            ts_arr = np.array(ts_all, dtype=np.int64)
+            offsets = np.r_[0, np.cumsum(counts)[:-1]]
+            lows = np.minimum.reduceat(ts_arr, offsets).tolist()
+            highs = np.maximum.reduceat(ts_arr, offsets).tolist()
+            for i, (project, fp) in enumerate(zip(projects, fp_list, strict=True)):
+                row = series.get((project, fp))
+                if row is None:
+                    series[(project, fp)] = [names[i], flats[i], lows[i], highs[i]]
+                else:
+                    row[2] = min(row[2], lows[i])
+                    row[3] = max(row[3], highs[i])
+        if series:
+            keys = list(series)
+            rows = [series[k] for k in keys]
+            offsets = [0]
+            mkeys: list[str] = []
+            mvals: list[str] = []
+            for r in rows:
+                flat = r[1]
+                mkeys.extend(flat[0::2])
+                mvals.extend(flat[1::2])
+                offsets.append(len(mkeys))
+            block = pa.table(
+                {
+                    "project": pa.array([k[0] for k in keys], pa.string()),
+                    "metric": pa.array([r[0] for r in rows], pa.string()),
+                    "fingerprint": pa.array([k[1] for k in keys], pa.uint64()),
+                    "labels": pa.MapArray.from_arrays(
+                        pa.array(offsets, pa.int32()), pa.array(mkeys, pa.string()), pa.array(mvals, pa.string())
+                    ),
+                    "first_seen": pa.array([r[2] for r in rows], pa.int64()),
+                    "last_seen": pa.array([r[3] for r in rows], pa.int64()),
+                }
+            )
+            self.ex.insert_arrow("metric_series", block, dedup_token=token)
+            with self._known_lock:
+                for project, fp in keys:
+                    known = self._known.get(project)
+                    if known is not None:
+                        known.add(fp)
+        stored = 0
+        if fp_list:
+            fp_all = np.repeat(np.array(fp_list, dtype=np.uint64), counts)
+            ts_all_arr = ts_arr
+            v_all = np.array(bits_all, dtype=np.uint64).view(np.float64)
+            unique_projects = sorted(set(projects))
+            parts = []
+            if len(unique_projects) > 1:
+                # Several projects in one block: deduplicate each on its own.
+                code_of = {p: i for i, p in enumerate(unique_projects)}
+                pcode = np.repeat(np.array([code_of[p] for p in projects], dtype=np.int32), counts)
+                for code, name in enumerate(unique_projects):
+                    sel = pcode == code
+                    parts.append((name, *_last_write_wins(fp_all[sel], ts_all_arr[sel], v_all[sel])))
+            else:
+                parts.append((unique_projects[0], *_last_write_wins(fp_all, ts_all_arr, v_all)))
+            tables = []
+            for name, fp_p, ts_p, v_p in parts:
+                tables.append(
+                    pa.table(
+                        {
+                            "project": pa.DictionaryArray.from_arrays(
+                                pa.array(np.zeros(fp_p.size, dtype=np.int32)), pa.array([name])
+                            ),
+                            "fingerprint": pa.array(fp_p, pa.uint64()),
+                            "timestamp": pa.array(ts_p, pa.int64()),
+                            "value": pa.array(v_p, pa.float64()),
+                        }
+                    )
+                )
+                stored += int(fp_p.size)
+            block = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            self.ex.insert_arrow("metric_samples", block, dedup_token=token)
+        if meta:
+            keys_m = list(meta)
+            block = pa.table(
+                {
+                    "project": pa.array([k[0] for k in keys_m], pa.string()),
+                    "metric": pa.array([k[1] for k in keys_m], pa.string()),
+                    "type": pa.array([meta[k][0] for k in keys_m], pa.string()),
+                    "help": pa.array([meta[k][1] for k in keys_m], pa.string()),
+                    "unit": pa.array([meta[k][2] for k in keys_m], pa.string()),
+                }
+            )
+            self.ex.insert_arrow("metric_metadata", block, dedup_token=token)
+        return stored
+
+    def store_entries(self, entries: Sequence[Any], token: str) -> int:
+        """The batcher's sink for ``metrics`` WAL entries (see :class:`~stackwatch.ingest.batcher.Entry`)."""
+        return self.store_events([(e.project, e.body()["e"]) for e in entries], token)
+
+    def insert(self, project: str, batch: MetricBatch, *, dedup_token: str | None = None) -> int:
+        """Store a batch directly (tests, tools); the server goes through the WAL instead."""
+        import uuid
+
+        return self.store_events([(project, batch.events())], dedup_token or uuid.uuid4().hex)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def find_series(
+        self,
+        project: str,
+        matchers: Sequence[Any],
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = 0,
+    ) -> list[tuple[int, dict[str, str]]]:
+        """Series matching all ``matchers`` with samples in ``[start_ms, end_ms]``.
+
+        Returns ``(fingerprint, labels with __name__)`` pairs. The time test uses each series'
+        first/last sample time, so a series with samples on both sides of a gap in the range
+        is included (its sample query then returns nothing, which the engine handles).
+        """
+        params: dict[str, Any] = {"p": project}
+        where = matchers_sql(matchers, params)
+        having = []
+        if start_ms is not None:
+            having.append("max(last_seen) >= {s:Int64}")
+            params["s"] = start_ms
+        if end_ms is not None:
+            having.append("min(first_seen) <= {e:Int64}")
+            params["e"] = end_ms
+        sql = (
+            f"SELECT fingerprint, any(metric) AS s_metric, any(labels) AS s_labels FROM `{self.db}`.metric_series "
+            f"WHERE project = {{p:String}} AND ({where}) GROUP BY fingerprint"
+        )
+        if having:
+            sql += " HAVING " + " AND ".join(having)
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        out = []
+        for row in self.ex.rows(sql, params):
+            labels = {"__name__": row["s_metric"], **row["s_labels"]}
+            out.append((int(row["fingerprint"]), labels))
+        return out
+
+    def fetch_samples(
+        self, project: str, fingerprints: Sequence[int], start_ms: int, end_ms: int, max_samples: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fingerprint, timestamp, value) arrays of the series' samples in ``[start_ms, end_ms]``.
+
+        Sorted by fingerprint then time, duplicates resolved (FINAL: the last write wins).
+        With ``max_samples``, reading stops after one more than that many rows: the caller
+        raises its too-many-samples error without holding the whole result in memory.
+        """
+        empty = (np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64))
+        if not fingerprints:
+            return empty
+        limit = f" LIMIT {int(max_samples) + 1}" if max_samples else ""
+        sql = (
+            f"SELECT fingerprint, timestamp, value FROM `{self.db}`.metric_samples FINAL "
+            "WHERE project = {p:String} AND fingerprint IN {f:Array(UInt64)} "
+            "AND timestamp >= {s:Int64} AND timestamp <= {e:Int64} "
+            f"ORDER BY fingerprint, timestamp{limit} "
+            # A series' duplicates are always in one day's partition, so FINAL need not merge
+            # across partitions: each day is deduplicated on its own, in parallel.
+            "SETTINGS do_not_merge_across_partitions_select_final = 1"
+        )
+        table = query_arrow(
+            self.ex, sql, {"p": project, "f": list(fingerprints), "s": int(start_ms), "e": int(end_ms)}
+        )
+        if not table.num_rows:
+            return empty
+        return (
+            table.column("fingerprint").to_numpy().astype(np.uint64, copy=False),
+            table.column("timestamp").to_numpy().astype(np.int64, copy=False),
+            table.column("value").to_numpy().astype(np.float64, copy=False),
+        )
+
+    def label_names(
+        self, project: str, matcher_sets: Sequence[Sequence[Any]], start_ms: int | None, end_ms: int | None
+    ) -> list[str]:
+        """Label names used by series matching any of ``matcher_sets`` (all series if none)."""
+        params: dict[str, Any] = {"p": project}
+        where, having = self._series_filter(matcher_sets, start_ms, end_ms, params)
+        rows = self.ex.rows(
+            f"SELECT DISTINCT arrayJoin(mapKeys(l)) AS name FROM (SELECT fingerprint, any(labels) AS l "
+            f"FROM `{self.db}`.metric_series WHERE project = {{p:String}} AND ({where}) "
+            f"GROUP BY fingerprint {having}) ORDER BY name",
+            params,
+        )
+        names = [r["name"] for r in rows]
+        has_any = self.ex.rows(
+            f"SELECT count() AS n FROM (SELECT fingerprint FROM `{self.db}`.metric_series "
+            f"WHERE project = {{p:String}} AND ({where}) GROUP BY fingerprint {having} LIMIT 1)",
+            params,
+        )
+        if has_any and has_any[0]["n"]:
+            names.append("__name__")
+        return sorted(set(names))
+
+    def label_values(
+        self,
+        project: str,
+        label: str,
+        matcher_sets: Sequence[Sequence[Any]],
+        start_ms: int | None,
+        end_ms: int | None,
+        limit: int = 0,
+    ) -> list[str]:
+        """Distinct non-empty values of ``label`` over series matching any of ``matcher_sets``."""
+        params: dict[str, Any] = {"p": project, "ln": label}
+        where, having = self._series_filter(matcher_sets, start_ms, end_ms, params)
+        col = "any(metric)" if label == "__name__" else "any(labels)[{ln:String}]"
+        lim = f" LIMIT {int(limit)}" if limit else ""
+        rows = self.ex.rows(
+            f"SELECT DISTINCT v FROM (SELECT fingerprint, {col} AS v FROM `{self.db}`.metric_series "
+            f"WHERE project = {{p:String}} AND ({where}) GROUP BY fingerprint {having}) "
+            f"WHERE v != '' ORDER BY v{lim}",
+            params,
+        )
+        return [r["v"] for r in rows]
+
+    def _series_filter(
+        self,
+        matcher_sets: Sequence[Sequence[Any]],
+        start_ms: int | None,
+        end_ms: int | None,
+        params: dict[str, Any],
+    ) -> tuple[str, str]:
+        where = " OR ".join(f"({matchers_sql(ms, params, f'm{i}_')})" for i, ms in enumerate(matcher_sets)) or "1"
+        having = []
+        if start_ms is not None:
+            having.append("max(last_seen) >= {s:Int64}")
+            params["s"] = start_ms
+        if end_ms is not None:
+            having.append("min(first_seen) <= {e:Int64}")
+            params["e"] = end_ms
+        return where, ("HAVING " + " AND ".join(having)) if having else ""
+
+    def metadata(self, project: str, metric: str = "", limit: int = 0) -> dict[str, list[dict[str, str]]]:
+        """``/api/v1/metadata``'s ``data``: metric name -> [{type, help, unit}]."""
+        params: dict[str, Any] = {"p": project}
+        cond = ""
+        if metric:
+            cond = " AND metric = {m:String}"
+            params["m"] = metric
+        rows = self.ex.rows(
+            f"SELECT metric, type, help, unit FROM `{self.db}`.metric_metadata FINAL "
+            f"WHERE project = {{p:String}}{cond} ORDER BY metric, type",
+            params,
+        )
+        out: dict[str, list[dict[str, str]]] = {}
+        for r in rows:
+            if limit and len(out) >= limit and r["metric"] not in out:
+                break
+            out.setdefault(r["metric"], []).append({"type": r["type"], "help": r["help"], "unit": r["unit"]})
+        return out
+
+    def storage_stats(self, project: str | None = None) -> dict[str, float]:
+        """Rows and bytes on disk of the samples table, and bytes per sample (benchmarks, docs)."""
+        rows = self.ex.rows(
+            "SELECT sum(rows) AS rows, sum(bytes_on_disk) AS bytes FROM system.parts "
+            "WHERE database = {db:String} AND table = 'metric_samples' AND active",
+            {"db": self.db},
+        )
+        n = int(rows[0]["rows"] or 0) if rows else 0
+        b = int(rows[0]["bytes"] or 0) if rows else 0
+        return {"samples": n, "bytes": b, "bytes_per_sample": (b / n) if n else 0.0}
+
+
+def _format_labels(labels: Sequence[tuple[str, str]]) -> str:
+    inner = ",".join(f'{k}="{v}"' for k, v in labels)
+    return "{" + inner + "}"

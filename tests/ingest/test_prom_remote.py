@@ -1,0 +1,172 @@
+"""The hand-rolled remote-write codec: round trips, the fast path, bad input, and fuzzing."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stackwatch.errors import BadRequest, PayloadTooLarge
+from stackwatch.ingest import prom_remote
+from stackwatch.ingest.prom_remote import (
+    MetricMetadata,
+    ProtoError,
+    TimeSeries,
+    compress,
+    decode_to_batch,
+    decode_write_request,
+    decompress,
+    encode_write_request,
+    write_request_to_batch,
+)
+from stackwatch.query.promql import STALE_NAN, is_stale_nan
+
+NOW = 1_767_225_600_123
+
+
+def _series(name: str, *labels: tuple[str, str], samples: list[tuple[int, float]]) -> TimeSeries:
+    return TimeSeries([("__name__", name), *labels], [t for t, _ in samples], [v for _, v in samples])
+
+
+def _flat(batch: prom_remote.MetricBatch) -> list[tuple[str, tuple[tuple[str, str], ...], int, float]]:
+    return [
+        (batch.refs[s].name, batch.refs[s].labels, t, v)
+        for s, t, v in zip(batch.series, batch.timestamps, batch.values, strict=True)
+    ]
+
+
+def test_round_trip_with_metadata_and_special_values() -> None:
+    series = [
+        _series("up", ("job", "api"), ("instance", "a:9100"), samples=[(NOW, 1.0), (NOW + 15_000, 0.0)]),
+        _series("temp", ("room", "ünïcødé \"quoted\"\n"), samples=[(-5, -1.5), (0, math.inf), (2**62, STALE_NAN)]),
+    ]
+    meta = [MetricMetadata("counter", "http_requests_total", "Requests.", "")]
+    req = decode_write_request(encode_write_request(series, meta))
+    assert [ts.labels for ts in req.timeseries] == [sorted(s.labels) for s in series]
+    assert req.timeseries[0].timestamps == [NOW, NOW + 15_000]
+    assert req.timeseries[1].timestamps == [-5, 0, 2**62]
+    assert req.timeseries[1].values[:2] == [-1.5, math.inf]
+    assert is_stale_nan(__import__("numpy").array(req.timeseries[1].values)).tolist() == [False, False, True]
+    assert req.metadata == meta
+
+
+def test_snappy_round_trip_and_bomb_header() -> None:
+    data = encode_write_request([_series("up", samples=[(NOW, 1.0)])])
+    assert decompress(compress(data), 1 << 20) == data
+    with pytest.raises(PayloadTooLarge):
+        # The block format's header says 1 GiB: refused before anything is inflated.
+        decompress(b"\x80\x80\x80\x80\x04" + b"\x00" * 10, 1 << 20)
+    with pytest.raises(BadRequest, match="invalid snappy"):
+        decompress(b"\x05garbage", 1 << 20)
+
+
+def test_fast_path_matches_the_full_decoder() -> None:
+    series = [
+        _series("http_requests_total", ("job", "api"), ("route", f"/r{i}"), samples=[(NOW + i, float(i))])
+        for i in range(50)
+    ]
+    series.append(_series("multi", samples=[(NOW, 1.0), (NOW + 1, 2.0)]))
+    series.append(_series("bad-name", samples=[(NOW, 1.0)]))
+    data = encode_write_request(series)
+    prom_remote._REFS.clear()
+    cold = decode_to_batch(data)  # fills the label cache
+    warm = decode_to_batch(data)  # steady state: labels from the cache
+    reference = write_request_to_batch(decode_write_request(data))
+    assert _flat(cold) == _flat(warm) == _flat(reference)
+    assert len(warm.refs) == 51
+    assert warm.rejected_samples == 1 and "invalid metric name 'bad-name'" in warm.errors[0]
+
+
+def test_unknown_fields_are_skipped_and_exemplars_ignored() -> None:
+    label = b"\x0a\x08__name__\x12\x02up"
+    sample = b"\x09" + struct.pack("<d", 2.5) + b"\x10\x05"
+    exemplar = b"\x1a\x00"
+    unknown = b"\x28\x07" + b"\x35\x01\x02\x03\x04"  # field 5 varint, field 6 fixed32
+    ts = b"\x0a" + bytes([len(label)]) + label + b"\x12" + bytes([len(sample)]) + sample + exemplar + unknown
+    req = decode_write_request(b"\x0a" + bytes([len(ts)]) + ts + b"\x2a\x03abc")
+    assert req.timeseries[0].labels == [("__name__", "up")]
+    assert (req.timeseries[0].timestamps, req.timeseries[0].values) == ([5], [2.5])
+
+
+def test_native_histograms_are_reported_as_rejected() -> None:
+    label = b"\x0a\x08__name__\x12\x01h"
+    ts = b"\x0a" + bytes([len(label)]) + label + b"\x22\x00"
+    batch = decode_to_batch(b"\x0a" + bytes([len(ts)]) + ts)
+    assert batch.rejected_samples == 1 and "native histogram" in batch.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x0a\x05abc", "runs past the end"),
+        (b"\x0a", "truncated"),
+        (b"\x2b\x00", "wire type 3"),
+        (b"\x08\x01", "must be messages"),
+        (b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "varint longer than 10 bytes"),
+        (b"\x0a\x06\x0a\x04\x0a\x02\xff\xfe", "not valid UTF-8"),
+        (b"\x0a\x05\x12\x03\x08\x01\x00", "must be a double"),
+        (b"\x0a\x06\x12\x04\x09\x00\x00\x00", "truncated"),
+        (b"\x00\x01", "field number 0"),
+    ],
+)
+def test_malformed_input_is_a_clear_400(data: bytes, reason: str) -> None:
+    with pytest.raises(ProtoError, match=reason):
+        decode_write_request(data)
+    with pytest.raises(ProtoError):
+        decode_to_batch(data)
+    assert ProtoError.status_code == 400
+
+
+_label_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+_series_strategy = st.builds(
+    lambda name, labels, samples: TimeSeries(
+        [("__name__", name), *sorted(labels.items())], [t for t, _ in samples], [v for _, v in samples]
+    ),
+    st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,15}", fullmatch=True),
+    st.dictionaries(st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,10}", fullmatch=True).filter(lambda k: k != "__name__"),
+                    _label_text.filter(bool), max_size=5),
+    st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False)), max_size=5),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_series_strategy, max_size=8))
+def test_property_round_trip(series: list[TimeSeries]) -> None:
+    data = encode_write_request(series)
+    req = decode_write_request(data)
+    assert [(s.labels, s.timestamps, s.values) for s in req.timeseries] == [
+        (sorted(s.labels), s.timestamps, s.values) for s in series  # the encoder sorts labels
+    ]
+    batch = decode_to_batch(data)
+    assert batch.sample_count == sum(len(s.timestamps) for s in series)
+    assert _flat(batch) == _flat(write_request_to_batch(req))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_arbitrary_bytes_never_crash(data: bytes) -> None:
+    for decode in (decode_write_request, decode_to_batch):
+        try:
+            decode(data)
+        except ProtoError:
+            pass
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_series_strategy, min_size=1, max_size=4), st.data())
+def test_fuzz_mutated_requests_never_crash(series: list[TimeSeries], data: st.DataObject) -> None:
+    raw = bytearray(encode_write_request(series))
+    if not raw:
+        return
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    for decode in (decode_write_request, decode_to_batch):
+        try:
+            decode(bytes(raw[:cut]))
+        except ProtoError:
+            pass
