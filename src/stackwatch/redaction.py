@@ -361,6 +361,18 @@ class Redactor:
         if scan_message:
             record["message"] = self._redact_new_text(message)
 
+    def is_scanned_key(self, key: str) -> bool:
+        """True when a record attribute's strings go through the text rules (see
+        :meth:`redact_record_inplace`): the key is neither credential-named nor an id key."""
+        return not self.is_sensitive_key(key) and not self._is_id_key(key)
+
+    def mask_sensitive(self, value: Any) -> Any:
+        """What a credential-named record attribute's value becomes: ``[REDACTED]``, unless it
+        is None, a boolean or allowed (booleans and None say nothing secret)."""
+        if value is None or value.__class__ is bool or self._is_allowed(str(value)):
+            return value
+        return REDACTED
+
     def is_sensitive_key(self, key: str) -> bool:
         """True when a key names a credential (``db_password``, ``X-Api-Key``, ``authToken``)."""
         cached = self._key_cache.get(key)
@@ -629,7 +641,7 @@ class Redactor:
             _Rule(
                 "email",
                 re.compile(
-                    r"(?<![\w.%+-])([A-Za-z0-9][A-Za-z0-9._%+-]{0,63})@"
+                    r"(?<![\w.%+*@-])([A-Za-z0-9][A-Za-z0-9._%+-]{0,63})@"
                     r"((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24})(?![\w-])"
                 ),
                 self._replace_email,

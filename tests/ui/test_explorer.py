@@ -176,7 +176,8 @@ def test_explorer_end_to_end(server: str) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            # bypass_csp: Playwright polls wait_for_function() with eval, which the page's strict CSP refuses.
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, bypass_csp=True)
             page.set_default_timeout(15_000)
             page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
             page.on(
