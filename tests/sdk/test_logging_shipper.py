@@ -258,6 +258,9 @@ def test_ndjson_body_headers_and_retry_after(stub: Stub) -> None:
         assert event["context"] == {"lead_id": 1}
         assert "trace_id" not in event  # None fields are not sent
         assert event["host"] and event["resource"]["process.pid"] == str(os.getpid())
+        # The stub answers before the shipper has read the answer: wait for it to count it.
+        while shipper.stats()["sent"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert shipper.stats()["sent"] == 1 and shipper.stats()["failures"] == 2
     finally:
         shipper.close(timeout=1)
