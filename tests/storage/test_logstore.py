@@ -109,3 +109,12 @@ def test_one_embedded_store_per_process(store: LogStore, tmp_path: Path) -> None
 
     with pytest.raises(StorageError, match="already open"):
         ChdbExecutor(tmp_path / "elsewhere")
+
+
+def test_a_huge_integer_attribute_does_not_fail_the_block(store: LogStore) -> None:
+    # A 19-digit snowflake id is more than float64 holds exactly; one such line must not make
+    # the whole block (and so the batcher) fail.
+    store.insert([record(0, attributes={"order_id": 1234567890123456789, "n": 5}), record(1)])
+    hits = store.search("default", "1", {}, T0, T0 + 10**12).hits
+    assert float(hits[1]["attributes"]["order_id"]) == float(1234567890123456789)
+    assert len(hits) == 2

@@ -34,13 +34,13 @@ def _init_worker(config: dict[str, Any]) -> None:
 
 def build_block(pipeline: Pipeline, payloads: Sequence[bytes]) -> pa.Table:
     """WAL payloads of ``logs`` records -> one Arrow block in the logs table's columns."""
-    from stackwatch.storage.logs import records_to_arrow
-
-    records: list[dict[str, Any]] = []
+    tables = []
     for payload in payloads:
         body = orjson.loads(payload)
-        records.extend(pipeline.process(body["e"], project=body["p"], observed_ns=body["o"], defaults=body["d"]))
-    return records_to_arrow(records)
+        tables.append(
+            pipeline.process_to_arrow(body["e"], project=body["p"], observed_ns=body["o"], defaults=body["d"])
+        )
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def _worker_build(payloads: list[bytes]) -> bytes:

@@ -16,6 +16,7 @@ __all__ = [
     "LOG_TYPES",
     "SEVERITIES",
     "LogRecord",
+    "float64_array",
     "severity_from_number",
     "severity_from_text",
 ]
@@ -88,6 +89,21 @@ _ALIASES: Final[dict[str, str]] = {
     "PANIC": "FATAL",
     "F": "FATAL",
 }
+
+
+def float64_array(values: list[Any]) -> Any:
+    """Numbers as a float64 Arrow array, as the numeric attribute map stores them.
+
+    Arrow refuses to convert an int above 2**53 to float64 (it would lose precision), which
+    would fail a whole block over one 19-digit id; such ints are converted by Python instead,
+    rounded like every JSON parser rounds them.
+    """
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, pa.float64())
+    except (pa.ArrowInvalid, OverflowError):
+        return pa.array([float(v) for v in values], pa.float64())
 
 
 def severity_from_text(text: str | None) -> tuple[str, int]:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from stackwatch.pipeline.normalize import Block
 from stackwatch.pipeline.stage import BatchContext, mark_error
 
 __all__ = ["EnrichConfig", "Enricher", "ServiceMapRule"]
@@ -200,6 +201,83 @@ class Enricher:
                 for name, value in self._geo(address):
                     attributes.setdefault(name, value)
                 break
+
+    @property
+    def read_attributes(self) -> tuple[str, ...]:
+        """Attribute keys whose values this stage reads (user agents, IPs), in config order."""
+        return (*self._ua_keys, *self._ip_keys)
+
+    def enrich_block(self, block: Block) -> list[Block]:
+        """What :meth:`enrich_record` does to each row, column by column.
+
+        Services are mapped once per distinct (host, source, service); user agents and IPs are
+        looked up once per distinct value (the LRU caches are shared with the record path).
+        The attributes they add depend on the value (an unknown browser adds none), so the
+        block is split by the keys added, and each part gets them as columns, after the
+        existing ones (``setdefault`` order). Raises on anything the record path would mark.
+        """
+        n = len(block)
+        text = block.text
+        if self._rules:
+            triples = list(zip(text["host"], text["source"], text["service"], strict=True))
+            mapped = {
+                t: self._mapped_service(*t) if self._any_override or t[2] == "unknown" else None
+                for t in set(triples)
+            }
+            text["service"] = [found if (found := mapped[t]) is not None else t[2] for t in triples]
+        if not self._ua_keys and not self._ip_keys:
+            return [block]
+        attributes = block.attributes
+        agents = self._first_text(block, self._ua_keys)
+        addresses = self._first_text(block, self._ip_keys)
+        if agents is None and addresses is None:
+            return [block]
+        extras: list[tuple[tuple[str, Any], ...]] = [()] * n
+        if agents is not None:
+            parsed = {agent: self._user_agent(agent) for agent in set(agents) if agent}
+            kept = {
+                agent: tuple(p for p in pairs if p[0] not in attributes) for agent, pairs in parsed.items()
+            }
+            extras = [kept[agent] if agent else () for agent in agents]
+            if any(key.startswith("user_agent.") and key not in attributes for key in self._ip_keys):
+                raise ValueError("an IP attribute the user-agent step may add: take the record path")
+        if addresses is not None:
+            looked = {address: self._geo(address) for address in set(addresses) if address}
+            extras = [
+                (
+                    *ua,
+                    *(p for p in looked[address] if p[0] not in attributes and all(p[0] != q[0] for q in ua)),
+                )
+                if address
+                else ua
+                for ua, address in zip(extras, addresses, strict=True)
+            ]
+        groups: dict[tuple[tuple[str, type], ...], list[int]] = {}
+        for row, added in enumerate(extras):
+            groups.setdefault(tuple((k, v.__class__) for k, v in added), []).append(row)
+        parts = []
+        for shape, rows in groups.items():
+            part = block if len(groups) == 1 else block.take(rows)
+            for j, (key, cls) in enumerate(shape):
+                if cls not in (str, int, float, bool):
+                    raise ValueError(f"{cls.__name__} from an enrichment lookup: take the record path")
+                part.attributes[key] = ([extras[r][j][1] for r in rows], cls)
+            parts.append(part)
+        return parts
+
+    @staticmethod
+    def _first_text(block: Block, keys: tuple[str, ...]) -> list[str] | None:
+        """Per row, the first non-empty string among ``keys`` ("" when none), or None."""
+        found: list[str] | None = None
+        for key in keys:
+            entry = block.attributes.get(key)
+            if entry is None or entry[1] is not str:
+                continue
+            column = entry[0]
+            found = list(column) if found is None else [a or b for a, b in zip(found, column, strict=True)]
+            if all(found):
+                break
+        return found
 
     def _mapped_service(self, host: str, source: str, current: str) -> str | None:
         key = (host, source, current)

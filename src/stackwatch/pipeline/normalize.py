@@ -43,14 +43,19 @@ and ``resource`` dicts, canonical names only) take a fast path that only checks 
 from __future__ import annotations
 
 import base64
+import calendar
+import functools
 import itertools
 import json
+import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
+import numpy as np
 import orjson
 
 from stackwatch.model.logs import LOG_FIELDS, LOG_TYPES, LogRecord, severity_from_number, severity_from_text
@@ -410,6 +415,46 @@ def _clean_id(value: Any) -> str:
     if len(text) > MAX_FIELD_CHARS:
         text = text[:MAX_FIELD_CHARS]
     return text.lower() if _HEX.issuperset(text) else text
+
+
+_PLACEHOLDER_CHARS: Final = max(map(len, _ID_PLACEHOLDERS))
+
+
+def _may_hold_placeholders(column: Sequence[str]) -> bool:
+    """False when no id of the column can be a placeholder (``none``, ``-``...): all are
+    longer than any placeholder and hold no blank that strip() could remove (one C-level
+    pass each, where checking every distinct id costs a Python call per request id)."""
+    if min(map(len, column)) <= _PLACEHOLDER_CHARS:
+        return True
+    joined = "\n".join(column)
+    words = joined.split()  # split() and strip() agree on what a blank is
+    return len(words) != len(column) or sum(map(len, words)) != len(joined) - len(column) + 1
+
+
+def _has_empty_line(text: str) -> bool:
+    return not text or text[0] == "\n" or text[-1] == "\n" or "\n\n" in text
+
+
+def _clean_id_column(column: Sequence[Any], cls: type) -> Sequence[str]:
+    """``_clean_id`` over a column of ids that are not placeholders.
+
+    Ids are mostly distinct (one per request), so instead of calling ``_clean_id`` per value
+    the column is first tested as a whole: ASCII letters and digits without capitals, at most
+    64 characters, not all zeros, come out as they are.
+    """
+    if cls is str:
+        joined = "\n".join(column)
+        if (
+            joined.isascii()
+            and joined.count("\n") == len(column) - 1  # no id holds a newline itself
+            and joined.replace("\n", "").isalnum()
+            and joined.lower() == joined  # no capitals (ASCII, so lower() only maps A-Z)
+            and max(map(len, column)) <= 64
+            and not _has_empty_line(joined.replace("0", ""))  # no id is all zeros
+        ):
+            return column
+    cleaned = {v: c for v in set(column) if (c := _clean_id(v)) != v or c.__class__ is not str}
+    return list(map(cleaned.get, column, column)) if cleaned else column
 
 
 def _infer_log_type(logger: str, service: str, attributes: Mapping[str, Any]) -> str:
@@ -791,245 +836,759 @@ def _fallback_record(raw: Any, context: BatchContext) -> LogRecord:
     }
 
 
-_FIELD_ORDER: Final = tuple(LOG_FIELDS)
-_COLUMNAR_MIN_GROUP: Final = 8
-_SCALAR_CLASSES: Final = (str, int, float, bool)
+# ---------------------------------------------------------------- columnar (block) path
+#
+# A JSON formatter emits the same keys in the same order on every line, so a batch is a few
+# shapes, each many events long. For each shape the decisions of the per-event path (which
+# alias wins a slot, what becomes an attribute, in which order) are taken once per column
+# instead of once per event, and the values are moved with comprehensions and zip(). The
+# per-event path stays the definition: anything this path does not model exactly (truncation,
+# resources, aliases inside nested objects, odd value types) sends those events to it, and a
+# property test checks that both paths build the same records, attribute order included.
+
+#: Shapes with fewer events than this take the per-event path: analysing a shape costs about
+#: as much as normalizing a few events one by one.
+MIN_BLOCK: Final = 8
+_CHUNK_ROWS: Final = 2048
+_NONE_TYPE: Final = type(None)
+_MAX_KEY_CHARS: Final = 256
+#: A block's text columns: the record fields that hold one string per event.
+_BLOCK_TEXT: Final = (
+    "service",
+    "message",
+    "trace_id",
+    "span_id",
+    "source",
+    "logger",
+    "function",
+    "host",
+    "log_type",
+)
 
 
-def _column_class(column: Sequence[Any]) -> type | None:
-    classes = set(map(type, column))
-    return classes.pop() if len(classes) == 1 else None
+class _Split(Exception):
+    """The events of a shape differ in a way one block cannot express; ``labels`` sorts them."""
+
+    def __init__(self, labels: Sequence[Any]) -> None:
+        super().__init__()
+        self.labels = labels
 
 
-def _attribute_column_ok(cls: type, column: Sequence[Any]) -> bool:
-    """Whether a column can be stored as attributes as is (what _put would do unchanged)."""
-    if cls is str:
-        return max(map(len, column)) <= MAX_ATTRIBUTE_CHARS
-    if cls is int:
-        return min(column) >= -_INT64_MAX - 1 and max(column) <= _INT64_MAX
-    return cls is float or cls is bool
+class _PerEvent(Exception):
+    """The shape holds something only the per-event path handles (a cut, a resource...)."""
 
 
-def _normalize_group(
-    rows: list[Any], keys: tuple[str, ...], template: dict[str, Any]
-) -> list[LogRecord] | None:
-    """Normalize events that share one key tuple column by column, or None to go event by event.
+@dataclass(eq=False)
+class Block:
+    """Normalized events of one shape, as columns: what the columnar stages work on.
 
-    A JSON formatter emits the same keys in the same order on every line, so a batch is a few
-    such groups. Working on columns moves the per-event Python work into comprehensions and
-    ``dict(zip(...))``. Only the common shapes are handled here (homogeneous scalar columns,
-    one level of nesting, no resource); anything else returns None and takes the per-event
-    path, which defines the semantics (a property test checks both agree).
+    ``positions`` says where each row sits in the batch. ``attributes`` maps each attribute
+    key, in the order the per-event path would insert it, to its column and the one class of
+    its values (str, int, float or bool), so the storage block can be built per column.
+    ``timestamp`` is a list or an int64 ndarray, or :class:`PendingIso` until
+    :func:`resolve_timestamps` has parsed it.
     """
-    n = len(rows)
-    columns = list(zip(*[row.values() for row in rows], strict=True))
-    attr_keys: list[str] = []
-    attr_cols: list[Sequence[Any]] = []
-    nested_keys: list[str] = []
-    nested_cols: list[Sequence[Any]] = []
-    slots: dict[str, tuple[int, str, Sequence[Any]]] = {}
-    for key, column in zip(keys, columns, strict=True):
-        cls = _column_class(column)
-        if cls is None:
-            return None
-        if cls is type(None):
-            continue
-        if cls is dict:
-            if key in ("resource", "attributes") or key in _STRUCTURED_BODY_KEYS:
-                return None
-            inner_shapes = set(map(tuple, column))
-            if len(inner_shapes) != 1:
-                return None
-            inner_keys = inner_shapes.pop()
-            inner_cols = list(zip(*[d.values() for d in column], strict=True)) if inner_keys else []
-            for inner_key, inner_col in zip(inner_keys, inner_cols, strict=True):
-                inner_cls = _column_class(inner_col)
-                flat_key = f"{key}.{inner_key}"
-                if (
-                    inner_key.__class__ is not str
-                    or inner_cls not in _SCALAR_CLASSES
-                    or flat_key in _ALIASES
-                    or not _attribute_column_ok(inner_cls, inner_col)
-                ):
-                    return None
-                nested_keys.append(flat_key)
-                nested_cols.append(inner_col)
-            continue
-        if cls not in _SCALAR_CLASSES:
-            return None
-        alias = _ALIASES.get(key)
-        if alias is None:
-            if not _attribute_column_ok(cls, column):
-                return None
-            attr_keys.append(key)
-            attr_cols.append(column)
-            continue
-        slot, rank = alias
-        if slot in _TEXT_SLOTS or slot == "message":
-            valid = cls is str
-        elif slot == "timestamp":
-            valid = cls is not bool
-        elif slot == "level":
-            valid = cls is str or cls is int
-        elif slot == "levelno" or slot == "severity_number" or slot == "lineno":
-            valid = cls is int
-        elif slot == "trace_id" or slot == "span_id":
-            if cls is not str or any(v.strip().lower() in _ID_PLACEHOLDERS for v in column):
-                return None
-            valid = True
-        elif slot == "log_type":
-            valid = cls is str and _LOG_TYPES.issuperset(column)
-        else:
-            return None
-        if not valid:
-            if slot in ("message", "timestamp", "lineno", "log_type") or not _attribute_column_ok(
-                cls, column
-            ):
-                return None
-            attr_keys.append(key)
-            attr_cols.append(column)
-            continue
-        previous = slots.get(slot)
-        if previous is None or rank < previous[0]:
-            slots[slot] = (rank, key, column)
-        if previous is not None:
-            loser_key, loser_col = (previous[1], previous[2]) if rank < previous[0] else (key, column)
-            if not _attribute_column_ok(_column_class(loser_col) or object, loser_col):
-                return None
-            attr_keys.append(loser_key)
-            attr_cols.append(loser_col)
 
-    observed_ns: int = template["observed_timestamp"]
-    repeat = itertools.repeat
-    timestamps: list[Any] = [observed_ns] * n
-    failed: list[int] = []
-    raw_timestamps: Sequence[Any] = ()
-    picked = slots.get("timestamp")
-    if picked is not None:
-        raw_timestamps = picked[2]
-        timestamps = [
-            (_iso_to_ns(v) if v.__class__ is str else None) or parse_timestamp(v, observed_ns)
-            for v in raw_timestamps
-        ]
-        failed = [i for i, ts in enumerate(timestamps) if ts is None]
-        for i in failed:
-            timestamps[i] = observed_ns
-    level, levelno, number = slots.get("level"), slots.get("levelno"), slots.get("severity_number")
-    if level is None and levelno is None and number is None:
-        severities: Sequence[tuple[str, int]] = [("INFO", 9)] * n
-    elif levelno is None and number is None and level is not None:
-        cache_get = _severity_cache.get
-        severities = [cache_get(v) or _severity(v, None, None) for v in level[2]]
-    else:
-        severities = [
-            _severity(lv, ln, nb)
-            for lv, ln, nb in zip(
-                level[2] if level else repeat(None, n),
-                levelno[2] if levelno else repeat(None, n),
-                number[2] if number else repeat(None, n),
+    positions: list[int]
+    timestamp: Sequence[int] | PendingIso
+    severity_text: Sequence[str]
+    severity_number: Sequence[int]
+    text: dict[str, Sequence[str]]
+    attributes: dict[str, tuple[Sequence[Any], type]]
+    #: Set by the redact step: attribute keys whose strings, and whether the messages, still
+    #: go through the text rules (done for the whole batch at once, when the block is built).
+    pending_text: frozenset[str] = frozenset()
+    pending_message: bool = False
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def take(self, rows: Sequence[int]) -> Block:
+        """The block restricted to ``rows`` (indices into this block), e.g. one part of a split."""
+        timestamp = self.timestamp
+        return Block(
+            [self.positions[i] for i in rows],
+            PendingIso(_pick(timestamp.column, rows))
+            if isinstance(timestamp, PendingIso)
+            else _pick(timestamp, rows),
+            _pick(self.severity_text, rows),
+            _pick(self.severity_number, rows),
+            {name: _pick(column, rows) for name, column in self.text.items()},
+            {key: (_pick(column, rows), cls) for key, (column, cls) in self.attributes.items()},
+            self.pending_text,
+            self.pending_message,
+        )
+
+    def split(self, labels: Sequence[Any]) -> list[Block]:
+        """One block per distinct label, rows in order (e.g. by the class a column's values got)."""
+        parts: dict[Any, list[int]] = {}
+        for row, label in enumerate(labels):
+            parts.setdefault(label, []).append(row)
+        if len(parts) == 1:
+            return [self]
+        return [self.take(rows) for rows in parts.values()]
+
+    def to_records(self, project: str, observed_ns: int) -> list[LogRecord]:
+        """The records the per-event path would have built for these events."""
+        n = len(self.positions)
+        assert not isinstance(self.timestamp, PendingIso), "resolve_timestamps first"
+        timestamps = self.timestamp.tolist() if isinstance(self.timestamp, np.ndarray) else self.timestamp
+        keys = list(self.attributes)
+        if keys:
+            columns = [column for column, _ in self.attributes.values()]
+            attributes = [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
+        else:
+            attributes = [{} for _ in range(n)]
+        text = self.text
+        # A dict display builds a record faster than dict(zip(names, row)).
+        return [
+            {
+                "timestamp": timestamp,
+                "observed_timestamp": observed_ns,
+                "project": project,
+                "service": service,
+                "severity_text": severity_text,
+                "severity_number": severity_number,
+                "message": message,
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "source": source,
+                "logger": logger,
+                "function": function,
+                "host": host,
+                "log_type": log_type,
+                "attributes": attrs,
+                "resource": {},
+            }
+            for timestamp, severity_text, severity_number, service, message, trace_id, span_id, source, logger, function, host, log_type, attrs in zip(
+                timestamps,
+                self.severity_text,
+                self.severity_number,
+                *(text[name] for name in _BLOCK_TEXT),
+                attributes,
                 strict=True,
             )
         ]
 
-    def text_column(slot: str, default: str) -> Iterable[str]:
-        found = slots.get(slot)
-        if found is None:
-            return repeat(default, n)
-        column = found[2]
-        if max(map(len, column)) > (MAX_MESSAGE_CHARS if slot == "message" else MAX_FIELD_CHARS):
-            raise _NotColumnar
-        return column
 
-    messages = text_column("message", "")
-    services = text_column("service", template["service"])
-    hosts = text_column("host", template["host"])
-    loggers = text_column("logger", "")
-    functions = text_column("function", "")
-    picked = slots.get("trace_id")
-    traces: Iterable[str] = [_clean_id(v) for v in picked[2]] if picked else repeat("", n)
-    picked = slots.get("span_id")
-    spans: Iterable[str] = [_clean_id(v) for v in picked[2]] if picked else repeat("", n)
-    file_pick, line_pick = slots.get("file"), slots.get("lineno")
-    if "source" in slots or (file_pick is None and line_pick is not None):
-        sources = text_column("source", "")
-        for extra in (file_pick, line_pick):
-            if extra is not None:
-                attr_keys.append(extra[1])
-                attr_cols.append(extra[2])
-    elif file_pick is not None:
-        if line_pick is not None:
-            sources = [f"{f}:{ln}" for f, ln in zip(file_pick[2], line_pick[2], strict=True)]
+class PendingIso:
+    """A block's timestamps as sent, ISO 8601 strings: parsed for all blocks at once.
+
+    Parsing a column with numpy costs a fixed ~0.3 ms however short it is, so each block
+    only keeps its strings and :func:`resolve_timestamps` parses every block's together.
+    """
+
+    __slots__ = ("column",)
+
+    def __init__(self, column: Sequence[str]) -> None:
+        self.column = column
+
+
+def resolve_timestamps(blocks: list[Block], observed_ns: int) -> tuple[list[Block], list[int]]:
+    """Parse the blocks' pending timestamps in one pass per layout.
+
+    Returns the blocks (rows whose timestamp does not parse removed: the per-event path
+    records the original under ``timestamp_raw``) and the positions of those rows.
+    """
+    by_layout: dict[Any, list[Block]] = {}
+    for block in blocks:
+        if isinstance(block.timestamp, PendingIso):
+            first = block.timestamp.column[0]
+            by_layout.setdefault((len(first), _iso_layout(first)), []).append(block)
+    if not by_layout:
+        return blocks, []
+    slow: list[int] = []
+    replaced: dict[int, Block | None] = {}
+    for group in by_layout.values():
+        column = list(itertools.chain.from_iterable(b.timestamp.column for b in group))  # type: ignore[union-attr]
+        values, failed = _timestamp_column(column, str, observed_ns)
+        bad = np.zeros(len(column), dtype=bool)
+        bad[failed] = True
+        start = 0
+        for block in group:
+            size = len(block)
+            block.timestamp = values[start : start + size]
+            if failed:
+                rows = np.flatnonzero(bad[start : start + size]).tolist()
+                if rows:
+                    slow.extend(block.positions[r] for r in rows)
+                    keep = np.flatnonzero(~bad[start : start + size]).tolist()
+                    replaced[id(block)] = block.take(keep) if keep else None
+            start += size
+    if not replaced:
+        return blocks, slow
+    kept = [replaced.get(id(b), b) for b in blocks]
+    return [b for b in kept if b is not None], slow
+
+
+def _pick(column: Sequence[Any], rows: Sequence[int]) -> Sequence[Any]:
+    if isinstance(column, np.ndarray):
+        return column[np.asarray(rows, dtype=np.intp)]
+    return [column[i] for i in rows]
+
+
+def normalize_rows(
+    rows: list[dict[str, Any]], positions: list[int], template: dict[str, Any], slow: list[int]
+) -> Iterator[Block]:
+    """Normalize events that share one key tuple into blocks, yielded as they are made, and
+    append to ``slow`` the positions left for the per-event path.
+
+    Events whose values differ in class, or whose nested objects differ in shape, are split
+    into several blocks; events this path does not model exactly are left over. Large groups
+    are cut into blocks of at most ``_CHUNK_ROWS`` events, so that a caller that finishes
+    each block before asking for the next works on data that is still in the CPU cache.
+    """
+    # (rows, positions, whether their nested objects are known to share their keys)
+    pending = [(rows, positions, False)]
+    while pending:
+        rows, positions, same_shape = pending.pop()
+        if len(rows) < MIN_BLOCK:
+            slow.extend(positions)
+            continue
+        try:
+            if not same_shape:
+                _split_on_shapes(rows)
+            if len(rows) > _CHUNK_ROWS:
+                # Work on cache-sized pieces: each block makes several passes over its values,
+                # and a piece's values stay in cache between them (a third faster than one
+                # block of 10,000 events).
+                pending.extend(
+                    (rows[i : i + _CHUNK_ROWS], positions[i : i + _CHUNK_ROWS], True)
+                    for i in range(0, len(rows), _CHUNK_ROWS)
+                )
+                continue
+            block, odd = _block_of(rows, positions, template)
+        except _Split as split:
+            pending.extend(
+                (part_rows, part_positions, False)
+                for part_rows, part_positions in _partition(rows, positions, split.labels)
+            )
+            continue
+        except Exception:  # _PerEvent, or anything odd: the per-event path defines what happens
+            slow.extend(positions)
+            continue
+        if odd:
+            slow.extend(positions[i] for i in odd)
+            keep = [i for i in range(len(rows)) if i not in odd]
+            pending.append(([rows[i] for i in keep], [positions[i] for i in keep], True))
+            continue
+        yield block  # type: ignore[misc]
+
+
+def _one_class(column: Sequence[Any]) -> type:
+    """The class every value of the column has; raises _Split when there are several."""
+    classes = set(map(type, column))
+    if len(classes) == 1:
+        return classes.pop()
+    raise _Split(list(map(type, column)))
+
+
+def _storable(column: Sequence[Any], cls: type, odd: set[int]) -> bool:
+    """Whether ``_put`` keeps the column's values as they are (False: it drops them, None).
+
+    Rows whose value ``_put`` would change (a string to cut, an int beyond 64 bits) go to
+    ``odd``; classes it converts (lists, bytes...) send the whole shape to the per-event path.
+    """
+    if cls is str:
+        if max(map(len, column)) > MAX_ATTRIBUTE_CHARS:
+            odd.update(i for i, v in enumerate(column) if len(v) > MAX_ATTRIBUTE_CHARS)
+        return True
+    if cls is int:
+        if min(column) < -_INT64_MAX - 1 or max(column) > _INT64_MAX:
+            odd.update(i for i, v in enumerate(column) if not -_INT64_MAX - 1 <= v <= _INT64_MAX)
+        return True
+    if cls is float or cls is bool:
+        return True
+    if cls is _NONE_TYPE:
+        return False
+    raise _PerEvent
+
+
+def _flatten_column(
+    prefix: str,
+    column: Sequence[Any],
+    depth: int,
+    out: list[tuple[str, Sequence[Any], type]],
+    same_shape: bool = False,
+) -> None:
+    """Column-wise ``_flatten_into`` for a column of dicts; raises _Split when their keys
+    differ (unless the caller knows they do not: ``same_shape``)."""
+    if same_shape:
+        first = tuple(column[0])
+    else:
+        shapes = list(map(tuple, column))
+        first = shapes[0]
+        if shapes.count(first) != len(shapes):
+            raise _Split(shapes)
+    if not first:
+        return
+    for key, inner in zip(first, _columns(column, first), strict=True):
+        name = f"{prefix}.{key}" if prefix else str(key)
+        cls = _one_class(inner)
+        if cls is dict:
+            if depth >= MAX_DEPTH:
+                raise _PerEvent
+            _flatten_column(name, inner, depth + 1, out)
+        elif cls not in _SCALARS and isinstance(inner[0], Mapping):
+            raise _PerEvent
         else:
-            sources = list(file_pick[2])
-        if max(map(len, sources)) > MAX_FIELD_CHARS:
-            return None
+            out.append((name, inner, cls))
+
+
+def _columns(rows: Sequence[dict[Any, Any]], keys: tuple[Any, ...]) -> list[Sequence[Any]]:
+    """The rows' values as one sequence per key (every row has exactly ``keys``, in order)."""
+    if len(keys) == 1:
+        return [list(map(operator.itemgetter(keys[0]), rows))]
+    # One visit per row (itemgetter of all keys), then a transpose of the tuples: faster than
+    # a pass per key over dicts scattered in memory.
+    return list(zip(*map(operator.itemgetter(*keys), rows), strict=True))
+
+
+def _partition(
+    rows: list[dict[str, Any]], positions: list[int], labels: Sequence[Any]
+) -> list[tuple[list[dict[str, Any]], list[int]]]:
+    """The rows (and positions) grouped by label, each group in order.
+
+    Labels become small ints (one C-level map over a dict of the distinct labels) and a
+    stable argsort orders rows by group, so no Python code runs per row.
+    """
+    ids = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    codes = np.fromiter(map(ids.__getitem__, labels), dtype=np.int64, count=len(labels))
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    parts = []
+    start = 0
+    for size in counts.tolist():
+        picked = order[start : start + size].tolist()
+        start += size
+        if size == 1:
+            parts.append(([rows[picked[0]]], [positions[picked[0]]]))
+        else:
+            take = operator.itemgetter(*picked)
+            parts.append((list(take(rows)), list(take(positions))))
+    return parts
+
+
+def _split_on_shapes(rows: Sequence[dict[str, Any]]) -> None:
+    """Raise _Split when the rows' nested objects differ in keys (or are not all objects).
+
+    Nested objects are where the events of one key tuple differ (a "context" per message
+    kind), so this runs before the other columns are taken apart.
+    """
+    shapes = [_nested_shapes(rows, key) for key, value in rows[0].items() if value.__class__ is dict]
+    if shapes:
+        labels = shapes[0] if len(shapes) == 1 else list(zip(*shapes, strict=True))
+        if labels.count(labels[0]) != len(labels):
+            raise _Split(labels)
+
+
+def _nested_shapes(rows: Sequence[dict[str, Any]], key: str) -> list[Any]:
+    """Per row, the key tuple of ``row[key]`` when it is a dict, else its class."""
+    column = list(map(operator.itemgetter(key), rows))
+    if set(map(type, column)) == {dict}:
+        return list(map(tuple, column))
+    return list(map(type, column))
+
+
+def _flags_or_split(flags: list[bool]) -> bool:
+    """The one value of ``flags``; raises _Split when rows disagree."""
+    if all(flags):
+        return True
+    if any(flags):
+        raise _Split(flags)
+    return False
+
+
+def _block_of(
+    rows: list[dict[str, Any]], positions: list[int], template: dict[str, Any]
+) -> tuple[Block | None, set[int]]:
+    """One shape (same keys, classes and nested keys in every row) as a block, mirroring
+    ``_normalize`` step by step. Returns (None, rows) when some rows need the per-event path.
+    """
+    n = len(rows)
+    keys = tuple(rows[0])
+    columns = _columns(rows, keys)
+    attrs: dict[str, tuple[Sequence[Any], type]] = {}
+    best: dict[str, tuple[int, str, Sequence[Any], type]] = {}
+    nested: list[tuple[str, Sequence[Any]]] = []
+    odd: set[int] = set()
+
+    def put(key: str, column: Sequence[Any], cls: type) -> None:
+        if _storable(column, cls, odd):
+            if len(key) > _MAX_KEY_CHARS:
+                raise _PerEvent
+            attrs[key] = (column, cls)
+
+    for key, column in zip(keys, columns, strict=True):
+        cls = _one_class(column)
+        alias = _ALIASES.get(key)
+        if cls is dict:
+            if key in ("resource", "attributes") or (alias is not None and key in _STRUCTURED_BODY_KEYS):
+                raise _PerEvent
+            nested.append((key, column))
+            continue
+        if cls is _NONE_TYPE:
+            continue
+        if alias is None:
+            put(key, column, cls)
+            continue
+        slot, rank = alias
+        if slot in _TEXT_SLOTS:
+            valid = cls is str
+        elif slot == "message":
+            if cls is not str:
+                raise _PerEvent
+            valid = True
+        elif slot == "timestamp":
+            valid = True
+        elif slot == "trace_id" or slot == "span_id":
+            if cls is str:
+                if _may_hold_placeholders(column):
+                    blank = {
+                        v
+                        for v in set(column)
+                        if v in _ID_PLACEHOLDERS or v.strip().lower() in _ID_PLACEHOLDERS
+                    }
+                    if blank and _flags_or_split([v in blank for v in column]):
+                        continue  # a placeholder: the per-event path drops it
+                valid = True
+            else:
+                valid = cls is int
+        elif slot == "lineno":
+            if cls is str:
+                if not _flags_or_split([v.isdigit() for v in column]):
+                    raise _PerEvent  # text under "line": a message candidate, per event
+                valid = True
+            else:
+                valid = cls is int
+        elif slot == "log_type":
+            valid = cls is str and _flags_or_split([v in _LOG_TYPES for v in column])
+        elif slot == "level":
+            valid = cls is str or cls is int
+        else:  # levelno, severity_number
+            valid = cls is int
+        if not valid:
+            put(key, column, cls)
+            continue
+        previous = best.get(slot)
+        if previous is None:
+            best[slot] = (rank, key, column, cls)
+        elif rank < previous[0]:
+            best[slot] = (rank, key, column, cls)
+            put(previous[1], previous[2], previous[3])
+        else:
+            put(key, column, cls)
+
+    for key, column in nested:
+        flat: list[tuple[str, Sequence[Any], type]] = []
+        _flatten_column(key, column, 1, flat, same_shape=True)  # normalize_rows split on shapes
+        for name, inner, cls in flat:
+            if name in _ALIASES:
+                if cls is _NONE_TYPE:
+                    continue
+                raise _PerEvent  # ECS-style log.level, service.name...: per event
+            put(name, inner, cls)
+    if len(attrs) > MAX_ATTRIBUTES:
+        raise _PerEvent
+
+    observed_ns: int = template["observed_timestamp"]
+    text: dict[str, Sequence[str]] = {}
+    for slot in _BLOCK_TEXT:
+        picked = best.get(slot)
+        if picked is None:
+            text[slot] = [template[slot]] * n
+        elif slot == "trace_id" or slot == "span_id":
+            text[slot] = _clean_id_column(picked[2], picked[3])
+        else:
+            column = picked[2]
+            limit = MAX_MESSAGE_CHARS if slot == "message" else MAX_FIELD_CHARS
+            if max(map(len, column)) > limit:
+                odd.update(i for i, v in enumerate(column) if len(v) > limit)
+            text[slot] = column
+
+    picked = best.get("timestamp")
+    timestamps: Sequence[int] | PendingIso
+    if picked is None:
+        timestamps = [observed_ns] * n
+    elif picked[3] is str and _looks_iso(picked[2][0]):
+        timestamps = PendingIso(picked[2])  # parsed with every block's, see resolve_timestamps
     else:
-        sources = repeat("", n)
-    attr_keys += nested_keys
-    attr_cols += nested_cols
-    if len(attr_keys) > MAX_ATTRIBUTES:
+        timestamps, failed = _timestamp_column(picked[2], picked[3], observed_ns)
+        odd.update(failed)
+
+    level, levelno, number = best.get("level"), best.get("levelno"), best.get("severity_number")
+    if level is None and levelno is None and number is None:
+        severity_text: Sequence[str] = [template["severity_text"]] * n
+        severity_number: Sequence[int] = [template["severity_number"]] * n
+    else:
+        if levelno is None and number is None and level is not None:
+            combos: Sequence[Any] = level[2]
+            known = {v: _severity(v, None, None) for v in set(combos)}
+        else:
+            nothing = (None,) * n
+            combos = list(
+                zip(
+                    level[2] if level else nothing,
+                    levelno[2] if levelno else nothing,
+                    number[2] if number else nothing,
+                    strict=True,
+                )
+            )
+            known = {combo: _severity(*combo) for combo in set(combos)}
+        names = {v: pair[0] for v, pair in known.items()}
+        numbers = {v: pair[1] for v, pair in known.items()}
+        severity_text = list(map(names.__getitem__, combos))
+        severity_number = list(map(numbers.__getitem__, combos))
+
+    file_pick, line_pick = best.get("file"), best.get("lineno")
+    if file_pick is not None or line_pick is not None:
+        if "source" in best or file_pick is None:
+            for extra in (file_pick, line_pick):
+                if extra is not None:
+                    if len(attrs) >= MAX_ATTRIBUTES and extra[1] not in attrs:
+                        raise _PerEvent
+                    put(extra[1], extra[2], extra[3])
+        else:
+            if line_pick is not None:
+                sources = [f"{f}:{line}" for f, line in zip(file_pick[2], line_pick[2], strict=True)]
+            else:
+                sources = list(file_pick[2])
+            if max(map(len, sources)) > MAX_FIELD_CHARS:
+                odd.update(i for i, v in enumerate(sources) if len(v) > MAX_FIELD_CHARS)
+            text["source"] = sources
+
+    if "log_type" not in best and not template["log_type"]:
+        if "http.status_code" in attrs and "http.method" in attrs:
+            text["log_type"] = ["web"] * n
+        else:
+            loggers, services = text["logger"], text["service"]
+            if loggers.count(loggers[0]) == n and services.count(services[0]) == n:
+                text["log_type"] = [_infer_log_type(loggers[0], services[0], {})] * n
+            else:
+                pairs = list(zip(loggers, services, strict=True))
+                inferred = {pair: _infer_log_type(pair[0], pair[1], {}) for pair in set(pairs)}
+                text["log_type"] = list(map(inferred.__getitem__, pairs))
+    if odd:
+        return None, odd
+    return Block(positions, timestamps, severity_text, severity_number, text, attrs), odd
+
+
+# ---------------------------------------------------------------- timestamps, column-wise
+
+#: Years whose ns since the epoch fit in int64 with any offset; others take the exact path.
+_FAST_YEARS: Final = (1678, 2261)
+#: Ranges of the fields _iso_fixed_layout reads (year, month, day, hour, minute, second,
+#: fraction in ns, offset hours, offset minutes): datetime's, and int64 ns for the year.
+_FIELD_LOW: Final = np.array([_FAST_YEARS[0], 1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)
+_FIELD_HIGH: Final = np.array(
+    [_FAST_YEARS[1], 12, 31, 23, 59, 59, 999_999_999, 99, 99, 86_399, 99 * 3_600 + 99 * 60], dtype=np.int64
+)
+#: Seconds per unit of the fields that the sums (second of day, offset) count.
+_SECONDS: Final = {3: 3_600, 4: 60, 5: 1, 7: 3_600, 8: 60}
+
+
+def _timestamp_column(column: Sequence[Any], cls: type, observed_ns: int) -> tuple[Sequence[int], list[int]]:
+    """Parse a timestamp column as the per-event path does; also return the rows that failed.
+
+    ISO 8601 columns with one fixed layout (what a JSON formatter writes) are parsed with
+    numpy in one pass; other rows are parsed once per distinct value.
+    """
+    n = len(column)
+    out: list[Any]
+    if cls is str:
+        fast = _iso_fixed_layout(column)
+        if fast is None and _looks_iso(column[0]):
+            fast = _iso_fixed_layout_mostly(column)
+        if fast is not None:
+            values, ok = fast
+            if ok.all():
+                return values, []
+            out = values.tolist()
+            rows = np.flatnonzero(~ok).tolist()
+        else:
+            out = [None] * n
+            rows = range(n)  # type: ignore[assignment]
+    elif cls is int or cls is float:
+        out = [None] * n
+        rows = range(n)  # type: ignore[assignment]
+    else:
+        return [observed_ns] * n, list(range(n))
+    known: dict[Any, int | None] = {}
+    failed: list[int] = []
+    for i in rows:
+        value = column[i]
+        if value in known:
+            parsed = known[value]
+        else:
+            try:
+                parsed = _iso_to_ns(value) if value.__class__ is str else None
+                if parsed is None:
+                    parsed = parse_timestamp(value, observed_ns)
+            except Exception:  # e.g. int("²") on an odd offset: the event path marks it
+                parsed = None
+            known[value] = parsed
+        if parsed is None:
+            failed.append(i)
+            out[i] = observed_ns
+        else:
+            out[i] = parsed
+    return out, failed
+
+
+def _looks_iso(text: str) -> bool:
+    """Whether ``text`` has a layout _iso_fixed_layout parses (its characters unchecked)."""
+    return 19 <= len(text) <= 35 and _iso_layout(text) is not None
+
+
+def _iso_fixed_layout_mostly(column: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """_iso_fixed_layout over the rows as long as the first (a few others, not ok)."""
+    lengths = np.fromiter(map(len, column), dtype=np.int64, count=len(column))
+    same = np.flatnonzero(lengths == lengths[0])
+    if len(same) < len(column) // 2:
         return None
-    if attr_keys:
-        attributes = [dict(zip(attr_keys, row, strict=True)) for row in zip(*attr_cols, strict=True)]
-    else:
-        attributes = [{} for _ in range(n)]
-    picked = slots.get("log_type")
-    if picked is not None:
-        log_types: Iterable[str] = picked[2]
-    elif template["log_type"]:
-        log_types = repeat(template["log_type"], n)
-    elif "http.status_code" in attr_keys and "http.method" in attr_keys:
-        log_types = repeat("web", n)
-    else:
-        services = list(services)
-        loggers = list(loggers)
-        pairs = list(zip(loggers, services, strict=True))
-        inferred = {pair: _infer_log_type(pair[0], pair[1], {}) for pair in set(pairs)}
-        log_types = [inferred[pair] for pair in pairs]
-    project = template["project"]
-    # A dict display builds a record faster than dict(zip(names, row)).
-    records = [
-        {
-            "timestamp": timestamp,
-            "observed_timestamp": observed_ns,
-            "project": project,
-            "service": service,
-            "severity_text": severity[0],
-            "severity_number": severity[1],
-            "message": message,
-            "trace_id": trace_id,
-            "span_id": span_id,
-            "source": source,
-            "logger": logger,
-            "function": function,
-            "host": host,
-            "log_type": log_type,
-            "attributes": attrs,
-            "resource": {},
-        }
-        for timestamp, service, severity, message, trace_id, span_id, source, logger, function, host, log_type, attrs in zip(
-            timestamps,
-            services,
-            severities,
-            messages,
-            traces,
-            spans,
-            sources,
-            loggers,
-            functions,
-            hosts,
-            log_types,
-            attributes,
-            strict=True,
-        )
-    ]
-    for i in failed:
-        records[i]["attributes"]["timestamp_raw"] = str(raw_timestamps[i])[:MAX_FIELD_CHARS]
-    return records
+    fast = _iso_fixed_layout([column[i] for i in same.tolist()])
+    if fast is None:
+        return None
+    values = np.zeros(len(column), dtype=np.int64)
+    ok = np.zeros(len(column), dtype=bool)
+    values[same], ok[same] = fast
+    return values, ok
 
 
-class _NotColumnar(Exception):
-    """A group turned out not to fit the columnar path halfway through."""
+def _iso_layout(text: str) -> tuple[int, int, str] | None:
+    """(fraction digits, zone length, zone kind) of ``YYYY-MM-DDTHH:MM:SS[.f][zone]``, or None."""
+    tail = text[19:]
+    digits = 0
+    if tail[:1] in (".", ","):
+        while digits < len(tail) - 1 and tail[1 + digits].isdigit():
+            digits += 1
+        if not 1 <= digits <= 9:
+            return None
+        tail = tail[1 + digits :]
+    if tail in ("", "Z", "z"):
+        return digits, len(tail), tail.upper()
+    if len(tail) == 6 and tail[0] in "+-" and tail[3] == ":":
+        return digits, 6, "+HH:MM"
+    if len(tail) == 5 and tail[0] in "+-":
+        return digits, 5, "+HHMM"
+    return None
+
+
+_ISO_SLICE: Final = 2048  # rows per numpy pass: the working arrays stay in the CPU cache
+
+
+def _iso_fixed_layout(column: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Vectorized ``_iso_to_ns`` for a column whose strings all have one length and layout.
+
+    Returns (ns, ok): rows where ``ok`` is False (another layout, a bad date, a year whose ns
+    do not fit in int64) must take ``_iso_to_ns``; on the others the result is the same.
+    """
+    if len(column) <= _ISO_SLICE:
+        return _iso_fixed_layout_slice(column)
+    parts = []
+    for start in range(0, len(column), _ISO_SLICE):
+        part = _iso_fixed_layout_slice(column[start : start + _ISO_SLICE])
+        if part is None or (parts and part[0].dtype != parts[0][0].dtype):
+            return None
+        parts.append(part)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _iso_fixed_layout_slice(column: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    first = column[0]
+    size = len(first)
+    if not 19 <= size <= 35:
+        return None
+    layout = _iso_layout(first)
+    if layout is None:
+        return None
+    # NUL after each string: the grid's last column must be all NUL, which (as no layout
+    # allows a NUL elsewhere) proves every string has exactly ``size`` characters.
+    joined = "\x00".join(column) + "\x00"
+    n = len(column)
+    if len(joined) != n * (size + 1) or not joined.isascii():
+        return None
+    low, high, choices, weights, sign_at = _iso_plan(size, *layout)
+    grid = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(n, size + 1)
+    if grid[:, size].any():
+        return None
+    grid = grid[:, :size]
+    ok = ((grid >= low) & (grid <= high)).all(axis=1)  # digits and fixed characters in place
+    for position, table in choices:  # "T" or "t" or " "; "." or ","; "Z" or "z"; "+" or "-"
+        ok &= table[grid[:, position]]
+    # year, month, day, hour, minute, second, fraction (ns), offset hours, offset minutes,
+    # second of the day, offset seconds: each a weighted sum of digits (exact in float64).
+    digit_columns, weights = weights
+    fields = ((grid[:, digit_columns].astype(np.float64) - 48.0) @ weights).astype(np.int64)
+    ok &= ((fields >= _FIELD_LOW) & (fields <= _FIELD_HIGH)).all(axis=1)
+    year, month, day = fields[:, 0], fields[:, 1], fields[:, 2]
+    # Day number and length of each month of the years whose ns fit in int64, from a table.
+    month_index = np.clip((year - _FAST_YEARS[0]) * 12 + month - 1, 0, len(_MONTH_FIRST_DAY) - 1)
+    ok &= day <= _MONTH_DAYS[month_index]
+    seconds = (_MONTH_FIRST_DAY[month_index] + day - 1) * 86_400 + fields[:, 9]
+    if sign_at >= 0:
+        seconds -= np.where(grid[:, sign_at] == 45, -fields[:, 10], fields[:, 10])  # 45: "-"
+    return seconds * _NS_PER_S + fields[:, 6], ok
+
+
+def _month_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Days since the epoch of the first of each month of _FAST_YEARS, and each month's length."""
+    first, lengths = [], []
+    epoch = date(1970, 1, 1).toordinal()
+    for year in range(_FAST_YEARS[0], _FAST_YEARS[1] + 1):
+        for month in range(1, 13):
+            first.append(date(year, month, 1).toordinal() - epoch)
+            lengths.append(calendar.monthrange(year, month)[1])
+    return np.array(first, dtype=np.int64), np.array(lengths, dtype=np.int64)
+
+
+_MONTH_FIRST_DAY, _MONTH_DAYS = _month_tables()
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_plan(
+    size: int, fraction_digits: int, zone_size: int, zone: str
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray]], tuple[np.ndarray, np.ndarray], int]:
+    """For one layout: the byte range each position allows, lookup tables for positions
+    that allow a choice, the digit positions and their weight in each field (the fraction
+    already scaled to ns), and where the offset's sign is (-1: no offset)."""
+    low = np.zeros(size, dtype=np.uint8)
+    high = np.full(size, 255, dtype=np.uint8)
+    choices: list[tuple[int, np.ndarray]] = []
+    weights = np.zeros((size, 11), dtype=np.float64)
+
+    def digits(positions: Sequence[int], field: int, scale: int = 1, total: int = -1) -> None:
+        for i, position in enumerate(positions):
+            low[position], high[position] = 48, 57
+            weights[position, field] = 10 ** (len(positions) - 1 - i) * scale
+            if total >= 0:  # also counted, in seconds, in a sum field (second of day, offset)
+                weights[position, total] = 10 ** (len(positions) - 1 - i) * _SECONDS[field]
+
+    def choice(position: int, chars: bytes) -> None:
+        table = np.zeros(256, dtype=bool)
+        table[list(chars)] = True
+        choices.append((position, table))
+
+    for field, positions in enumerate(((0, 1, 2, 3), (5, 6), (8, 9), (11, 12), (14, 15), (17, 18))):
+        digits(positions, field, total=9 if field >= 3 else -1)
+    for position, char in ((4, b"-"), (7, b"-"), (13, b":"), (16, b":")):
+        low[position] = high[position] = char[0]
+    choice(10, b"Tt ")
+    if fraction_digits:
+        choice(19, b".,")
+        digits(range(20, 20 + fraction_digits), 6, _FRACTION_SCALE[fraction_digits])
+    sign_at = -1
+    if zone == "Z":
+        choice(size - 1, b"Zz")
+    elif zone in ("+HH:MM", "+HHMM"):
+        sign_at = size - zone_size
+        choice(sign_at, b"+-")
+        if zone == "+HH:MM":
+            low[sign_at + 3] = high[sign_at + 3] = ord(":")
+        digits((sign_at + 1, sign_at + 2), 7, total=10)
+        digits((size - 2, size - 1), 8, total=10)
+    digit_columns = np.flatnonzero(weights.any(axis=1))
+    return low, high, choices, (digit_columns, weights[digit_columns]), sign_at
 
 
 class Normalizer:
@@ -1041,26 +1600,42 @@ class Normalizer:
         defaults = context.defaults
         template = _template(context.project, context.observed_ns, defaults)
         out: list[Any] = [None] * len(batch)
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for index, raw in enumerate(batch):
-            keys = tuple(raw) if raw.__class__ is dict and "attributes" not in raw else ()
-            groups.setdefault(keys, []).append(index)
-        for keys, indices in groups.items():
-            if keys and len(indices) >= _COLUMNAR_MIN_GROUP:
-                try:
-                    records = _normalize_group([batch[i] for i in indices], keys, template)
-                except (_NotColumnar, TypeError, ValueError, AttributeError):
-                    records = None  # the per-event path below handles (and marks) anything odd
-                if records is not None:
-                    for i, record in zip(indices, records, strict=True):
-                        out[i] = record
-                    continue
-            for i in indices:
-                raw = batch[i]
-                try:
-                    out[i] = _normalize(raw, template, defaults)
-                except Exception as exc:  # one bad event must not cost the batch
-                    record = _fallback_record(raw, context)
-                    mark_error(record, self.name, exc)
-                    out[i] = record
+        blocks: list[Block] = []
+        slow: list[int] = []
+        for keys, indices in group_by_keys(batch).items():
+            if keys and len(indices) >= MIN_BLOCK:
+                blocks.extend(normalize_rows([batch[i] for i in indices], indices, template, slow))
+            else:
+                slow.extend(indices)
+        blocks, failed = resolve_timestamps(blocks, context.observed_ns)
+        for block in blocks:
+            records = block.to_records(context.project, context.observed_ns)
+            for i, record in zip(block.positions, records, strict=True):
+                out[i] = record
+        for i in itertools.chain(slow, failed):
+            out[i] = self.normalize_event(batch[i], template, context)
         return out
+
+    def normalize_event(self, raw: Any, template: dict[str, Any], context: BatchContext) -> LogRecord:
+        """The per-event path, with the stage's error handling: never raises."""
+        try:
+            return _normalize(raw, template, context.defaults)
+        except Exception as exc:  # one bad event must not cost the batch
+            record = _fallback_record(raw, context)
+            mark_error(record, self.name, exc)
+            return record
+
+
+def group_by_keys(batch: Sequence[Any]) -> dict[tuple[str, ...], list[int]]:
+    """Positions of the events, by key tuple; ``()`` gathers what must go event by event
+    (canonical records with ``attributes``, and anything that is not a dict).
+    """
+    if batch and set(map(type, batch)) == {dict}:
+        shapes = list(map(tuple, batch))
+        if shapes.count(shapes[0]) == len(shapes) and "attributes" not in shapes[0]:
+            return {shapes[0]: list(range(len(batch)))}  # one formatter's lines: one shape
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, raw in enumerate(batch):
+        keys = tuple(raw) if raw.__class__ is dict and "attributes" not in raw else ()
+        groups.setdefault(keys, []).append(index)
+    return groups

@@ -41,11 +41,13 @@ Events matching nothing pass through unchanged: normalize keeps their text as th
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
 import orjson
 
 from stackwatch.model.logs import LOG_TYPES
@@ -97,6 +99,11 @@ _ACCESS = re.compile(
     r'(?: "((?:[^"\\]|\\.)*)" "((?:[^"\\]|\\.)*)")?(.*)$',
     re.DOTALL,
 )
+#: Finds, in ``"\n" + "\n".join(bodies)``, every body that starts, after blanks, with ``{``,
+#: ``<`` or a syslog time (at group 1): what JSON and syslog need. Access logs need ``] "``,
+#: found with str.find. Python's own ``re``, so ``\s`` and ``\d`` mean what they mean to
+#: parse_text; the leading literal lets the engine skip to each ``\n``.
+_GATE = re.compile(r"\n\s*([{<]|[A-Z][a-z]{2} [ \d]\d |\d{4}-\d\d-\d\d[T ])")
 _REQUEST_TIME = re.compile(r'(?:^|\s)(?:rt=|request_time=)?"?(\d+\.\d+)"?(?=\s|$)')
 _REQUEST_LINE = re.compile(r"([A-Z][A-Z_-]{1,19}) (\S+)(?: (HTTP/[\d.]+))?$")
 _INT = re.compile(r"-?(?:0|[1-9]\d{0,17})")
@@ -350,6 +357,63 @@ class Parser:
                 mark_error(raw, self.name, exc)
                 append(raw)
         return out
+
+    def candidates(self, batch: Sequence[Any], groups: Mapping[tuple[str, ...], list[int]]) -> list[int]:
+        """Positions of the events this stage may change, a superset found column-wise.
+
+        ``groups`` holds the batch's positions by key tuple (``()``: events that are not
+        plain dicts). Every other event either has no text body or a body that no format
+        can match, which one regex pass over all bodies joined shows; those are returned
+        unchanged by :meth:`parse_event`, so only the candidates need this stage.
+        """
+        out: list[int] = []
+        bodies: list[str] = []
+        where: list[int] = []
+        for keys, indices in groups.items():
+            if not keys:
+                out.extend(
+                    i for i in indices if batch[i].__class__ is not dict or "attributes" not in batch[i]
+                )
+                continue
+            if "attributes" in keys:
+                continue  # canonical records are structured already
+            remaining = indices
+            for key in _BODY_KEYS:
+                if key not in keys:
+                    continue
+                column = list(map(operator.itemgetter(key), map(batch.__getitem__, remaining)))
+                if set(map(type, column)) == {str}:
+                    bodies.extend(column)
+                    where.extend(remaining)
+                    break
+                later: list[int] = []
+                for i, value in zip(remaining, column, strict=True):
+                    if value.__class__ is str:
+                        bodies.append(value)
+                        where.append(i)
+                    else:
+                        later.append(i)
+                remaining = later
+                if not remaining:
+                    break
+        if not bodies:
+            return sorted(out)
+        if self._regex:
+            out.extend(where)  # users' patterns: no gate, every body is tried
+            return sorted(out)
+        joined = "\n" + "\n".join(bodies)
+        lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
+        starts = np.cumsum(lengths + 1) - lengths  # where each body begins in ``joined``
+        hits = [m.start(1) for m in _GATE.finditer(joined)]
+        if self._access:
+            found = joined.find('] "')
+            while found >= 0:
+                hits.append(found)
+                found = joined.find('] "', found + 1)
+        if hits:
+            rows = np.unique(np.searchsorted(starts, hits, side="right") - 1)
+            out.extend(where[r] for r in rows.tolist())
+        return sorted(out)
 
     def parse_event(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Return the event with its body parsed into fields, or the event itself."""

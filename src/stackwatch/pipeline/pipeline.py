@@ -33,18 +33,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from stackwatch.errors import ConfigError
 from stackwatch.model.logs import LogRecord
+from stackwatch.pipeline.columnar import process_to_arrow
 from stackwatch.pipeline.enrich import EnrichConfig, Enricher
 from stackwatch.pipeline.normalize import Normalizer
 from stackwatch.pipeline.parse import ParseConfig, Parser
 from stackwatch.pipeline.redact import RedactStage
-from stackwatch.pipeline.stage import BatchContext, Stage
+from stackwatch.pipeline.stage import BatchContext, Stage, gc_paused
 from stackwatch.redaction import RedactionConfig
+from stackwatch.storage.logs import records_to_arrow
 
 __all__ = ["Pipeline", "PipelineConfig"]
 
 _SECTIONS = {"parse": ParseConfig, "redact": RedactionConfig, "enrich": EnrichConfig}
+_SLICE = 5000  # events per process_to_arrow pass, see there
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class Pipeline:
         self, config: PipelineConfig | None = None, *, stages: Sequence[Stage] | None = None
     ) -> None:
         self.config = config or PipelineConfig()
+        self._default_stages: tuple[Stage, ...] = ()
         if stages is not None:
             self.stages: list[Stage] = list(stages)
             return
@@ -102,6 +108,7 @@ class Pipeline:
                 f"pipeline.enrich.geoip_db: cannot open {self.config.enrich.geoip_db!r}: {exc}"
             ) from None
         self.stages = [Parser(self.config.parse), Normalizer(), RedactStage(self.config.redact), enricher]
+        self._default_stages = tuple(self.stages)
 
     def process(
         self,
@@ -114,6 +121,41 @@ class Pipeline:
         """Process one batch. Returns exactly one record per raw event, in the same order."""
         context = BatchContext(project, observed_ns, defaults or {})
         batch = raw_events
-        for stage in self.stages:
-            batch = stage(batch, context)
+        with gc_paused():
+            for stage in self.stages:
+                batch = stage(batch, context)
         return batch
+
+    def process_to_arrow(
+        self,
+        raw_events: list[dict[str, Any]],
+        *,
+        project: str,
+        observed_ns: int,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> pa.Table:
+        """Process one batch straight into the storage block (the logs table's Arrow columns).
+
+        Returns exactly ``records_to_arrow(self.process(...))`` (same columns, types, values
+        and row order) but computes it column by column, several times faster; see
+        :mod:`stackwatch.pipeline.columnar`. With custom ``stages`` it is that expression.
+        """
+        context = BatchContext(project, observed_ns, defaults or {})
+        if tuple(self.stages) != self._default_stages or not self._default_stages:
+            return records_to_arrow(
+                self.process(raw_events, project=project, observed_ns=observed_ns, defaults=defaults)
+            )
+        parser, normalizer, redact, enricher = self._default_stages
+        with gc_paused():
+            # Slices of a few thousand events: each makes several passes over its events'
+            # objects, and a slice's stay in the CPU cache between them (a 50,000-event batch
+            # in one piece is ~20% slower per event).
+            tables = [
+                process_to_arrow(parser, normalizer, redact, enricher, raw_events[i : i + _SLICE], context)  # type: ignore[arg-type]
+                for i in range(0, len(raw_events), _SLICE)
+            ]
+        if len(tables) == 1:
+            return tables[0]
+        if not tables:
+            return records_to_arrow([])
+        return pa.concat_tables(tables).combine_chunks()

