@@ -37,6 +37,7 @@ import pyarrow as pa
 from stackwatch.model.logs import LogRecord, float64_array
 from stackwatch.pipeline.enrich import Enricher
 from stackwatch.pipeline.normalize import (
+    _BLOCK_TEXT,
     MIN_BLOCK,
     Block,
     Normalizer,
@@ -53,17 +54,7 @@ from stackwatch.storage.logs import records_to_arrow
 __all__ = ["process_to_arrow"]
 
 _TS: Final = pa.timestamp("ns", tz="UTC")
-_TEXT_COLUMNS: Final = (
-    "service",
-    "message",
-    "trace_id",
-    "span_id",
-    "source",
-    "logger",
-    "function",
-    "host",
-    "log_type",
-)
+_TEXT_COLUMNS: Final = _BLOCK_TEXT  # one string per event, as the normalizer's blocks hold them
 _BOOL_TEXT: Final = {True: "true", False: "false"}
 
 
