@@ -34,6 +34,9 @@ class Executor(Protocol):
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a query; each row as a dict (64-bit integers as ints)."""
 
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        """Run a query; the result as one Arrow table (no per-row Python objects)."""
+
     def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         """Insert a block. The same ``dedup_token`` twice stores the block once."""
 
@@ -115,6 +118,12 @@ class ChdbExecutor:
             return []
         return [orjson.loads(line) for line in data.splitlines() if line]
 
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        data = self._query(sql, "ArrowStream", params).bytes()
+        if not data:
+            return pa.table({})
+        return pa.ipc.open_stream(data).read_all()
+
     def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         settings = ""
         if dedup_token is not None:
@@ -159,6 +168,13 @@ class ClickHouseExecutor:
             with self._lock:
                 result = self._client.query(sql, parameters=dict(params) if params else None)
             return list(result.named_results())
+        except Exception as exc:
+            raise StorageError(f"storage query failed: {exc}") from exc
+
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        try:
+            with self._lock:
+                return self._client.query_arrow(sql, parameters=dict(params) if params else None)
         except Exception as exc:
             raise StorageError(f"storage query failed: {exc}") from exc
 

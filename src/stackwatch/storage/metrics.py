@@ -354,30 +354,8 @@ def matchers_sql(matchers: Sequence[Any], params: dict[str, Any], prefix: str = 
 
 
 def query_arrow(ex: Executor, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
-    """Run a query and get the result as one Arrow table (no per-row Python objects).
-
-    The :class:`~stackwatch.storage.executor.Executor` protocol only returns rows as dicts,
-    which is far too slow for millions of samples; this reads Arrow from whichever executor it
-    is given. An executor that grows a ``query_arrow`` method is used as is.
-    """
-    native = getattr(ex, "query_arrow", None)
-    if native is not None:
-        return native(sql, params)  # type: ignore[no-any-return]
-    from stackwatch.storage.executor import ChdbExecutor, ClickHouseExecutor, StorageError
-
-    if isinstance(ex, ChdbExecutor):
-        result = ex._query(sql, "ArrowStream", params)
-        data = result.bytes()
-        if not data:
-            return pa.table({})
-        return pa.ipc.open_stream(data).read_all()
-    if isinstance(ex, ClickHouseExecutor):
-        try:
-            with ex._lock:
-                return ex._client.query_arrow(sql, parameters=dict(params) if params else None)
-        except Exception as exc:
-            raise StorageError(f"storage query failed: {exc}") from exc
-    raise TypeError(f"cannot read Arrow from {type(ex).__name__}")
+    """Run a query and get the result as one Arrow table: millions of samples as columns."""
+    return ex.query_arrow(sql, params)
 
 
 def _last_write_wins(fp: np.ndarray, ts: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, ...]:
