@@ -35,9 +35,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         reason = "redis-server is not installed (apt-get install -y redis-server; see scripts/system-deps.sh)"
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        pytest.skip(reason)  # fails under CI (tests/conftest.py)
     port = free_port()
     data = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(

@@ -50,9 +50,7 @@ def _require_browser() -> Any:
     except ImportError:
         missing = "playwright not installed (pip install -e '.[dev]')"
     if missing:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(missing, pytrace=False)
-        pytest.skip(missing)
+        pytest.skip(missing)  # fails under CI (tests/conftest.py)
     return sync_playwright
 
 
