@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import time
+from typing import Any
 
 from stackwatch.sdk._config import SDKConfig
 from stackwatch.sdk.health import HealthRegistry
@@ -258,3 +259,27 @@ def unmatched_or_collapsed(path: str, status: int) -> str:
     if status == 404:
         return UNMATCHED
     return collapse_path(path)
+
+
+class MiddlewareBase:
+    """What the WSGI and ASGI middlewares share: their options and where the instrumentation
+    comes from (given, built from its parts, or found lazily from ``init()``'s state, so a
+    middleware added before ``init()`` runs still works)."""
+
+    def __init__(self, app: Any, config: Any = None, health: Any = None, metrics: Any = None, *,
+                 serve_probes: bool = True, templates_known: bool = False,
+                 instrumentation: WebInstrumentation | None = None) -> None:
+        self.app = app
+        self.serve_probes = serve_probes
+        self.templates_known = templates_known
+        self._web = instrumentation
+        if self._web is None and config is not None and health is not None and metrics is not None:
+            self._web = WebInstrumentation(config, health, metrics)
+
+    @property
+    def web(self) -> WebInstrumentation:
+        if self._web is None:
+            from stackwatch.sdk.integrations import active_instrumentation
+
+            self._web = active_instrumentation()
+        return self._web

@@ -23,6 +23,7 @@ from time import perf_counter
 from typing import Any
 
 from stackwatch.sdk.integrations._web import (
+    MiddlewareBase,
     RequestState,
     WebInstrumentation,
     sdk_failure,
@@ -72,31 +73,13 @@ def _route_template(route: Any, scope: Scope, root_path: str) -> str | None:
     return template
 
 
-class StackwatchASGIMiddleware:
+class StackwatchASGIMiddleware(MiddlewareBase):
     """Wraps an ASGI app: request id, response time, metrics, slow warnings, probes.
 
     ``serve_probes=False`` when the app serves the probe paths itself (the FastAPI/Starlette
     integration adds them as routes); ``templates_known=True`` for Starlette apps, whose router
     always records the matched route.
     """
-
-    def __init__(self, app: ASGIApp, config: Any = None, health: Any = None, metrics: Any = None, *,
-                 serve_probes: bool = True, templates_known: bool = False,
-                 instrumentation: WebInstrumentation | None = None) -> None:
-        self.app = app
-        self.serve_probes = serve_probes
-        self.templates_known = templates_known
-        self._web = instrumentation
-        if self._web is None and config is not None and health is not None and metrics is not None:
-            self._web = WebInstrumentation(config, health, metrics)
-
-    @property
-    def web(self) -> WebInstrumentation:
-        if self._web is None:
-            from stackwatch.sdk.integrations import active_instrumentation
-
-            self._web = active_instrumentation()
-        return self._web
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from stackwatch.sdk.integrations._web import (
+    MiddlewareBase,
     RequestState,
     WebInstrumentation,
     rule_to_template,
@@ -36,31 +37,13 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-class StackwatchWSGIMiddleware:
+class StackwatchWSGIMiddleware(MiddlewareBase):
     """Wraps a WSGI app: request id, response time, metrics, slow warnings, probes.
 
     ``serve_probes=False`` when the framework serves the probe paths itself (Flask registers
     them as routes); ``templates_known=True`` when a framework hook always sets
     :data:`ROUTE_KEY` for matched requests, so a missing one means "no route matched".
     """
-
-    def __init__(self, app: WSGIApp, config: Any = None, health: Any = None, metrics: Any = None, *,
-                 serve_probes: bool = True, templates_known: bool = False,
-                 instrumentation: WebInstrumentation | None = None) -> None:
-        self.app = app
-        self.serve_probes = serve_probes
-        self.templates_known = templates_known
-        self._web = instrumentation
-        if self._web is None and config is not None and health is not None and metrics is not None:
-            self._web = WebInstrumentation(config, health, metrics)
-
-    @property
-    def web(self) -> WebInstrumentation:
-        if self._web is None:
-            from stackwatch.sdk.integrations import active_instrumentation
-
-            self._web = active_instrumentation()
-        return self._web
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         # Decide inside the try, act outside it: an exception from the app must never be
