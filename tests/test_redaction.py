@@ -297,6 +297,16 @@ def test_redact_record_inplace() -> None:
     }
 
 
+@pytest.mark.parametrize("key", ["aws_access_key_id", "AWS_ACCESS_KEY_ID", "context.awsAccessKeyId", "api_key_id"])
+def test_ids_of_credentials_are_still_scanned(key: str) -> None:
+    # An id key is left alone only when the id is a correlation id; the public half of an
+    # access key is still a credential and its value shape is masked.
+    record = {"message": "upload", "attributes": {key: "AKIAIOSFODNN7EXAMPLE", "user_id": "4242424242424242"}}
+    R.redact_record_inplace(record)
+    assert record["attributes"] == {key: "AKIA[REDACTED]", "user_id": "4242424242424242"}
+    assert R.redact_mapping({"cfg": {key: "AKIAIOSFODNN7EXAMPLE"}}) == {"cfg": {key: "AKIA[REDACTED]"}}
+
+
 def test_record_with_many_clean_values_then_a_dirty_one_uses_the_cache_correctly() -> None:
     redactor = Redactor()
     clean = {"message": "ok", "attributes": {"a": "alpha", "b": "beta", "c": "gamma"}}

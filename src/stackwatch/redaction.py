@@ -433,11 +433,23 @@ class Redactor:
             return text
         return self._apply(text, groups)
 
-    @staticmethod
-    def _is_id_key(key: str) -> bool:
-        """``*_id`` keys are never redacted: ids are what logs are correlated by."""
-        words = _WORD_SPLIT.split(key)
-        return bool(words) and words[-1].lower() in _ID_WORDS
+    def _is_id_key(self, key: str) -> bool:
+        """``*_id`` keys are left alone (ids are what logs are correlated by), unless the id
+        names a credential: ``aws_access_key_id`` or ``api_key_id`` hold a key's public half,
+        which the text rules still mask (``AKIA[REDACTED]``), so their values get scanned."""
+        words = [w.lower() for w in _WORD_SPLIT.split(key) if w]
+        if not words or words[-1] not in _ID_WORDS:
+            return False
+        sensitive_words = _SENSITIVE_WORDS | self._extra_words
+        stem = words[:-1]
+        for i, word in enumerate(stem):
+            if word == "session":  # session ids correlate requests; they are not credentials
+                continue
+            if word == "key" or word in sensitive_words or word.endswith(_SENSITIVE_SUFFIXES):
+                return False
+            if i and stem[i - 1] + word in sensitive_words:
+                return False
+        return True
 
     def _redact_value(self, key: Any, value: Any) -> Any:
         if key is not None and not isinstance(value, Mapping | list | tuple) and self._is_id_key(str(key)):
