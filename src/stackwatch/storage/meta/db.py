@@ -16,6 +16,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
@@ -102,13 +103,19 @@ class MetaStore:
     def __repr__(self) -> str:
         return f"MetaStore({self.engine.url.render_as_string(hide_password=True)!r})"
 
-    def _alembic_config(self) -> Config:
+    @staticmethod
+    def _script_config() -> Config:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         return config
 
-    def migrate(self, revision: str = "head") -> None:
-        """Upgrade the schema to ``revision`` (default: the newest); a no-op when already there.
+    def _alembic_config(self) -> Config:
+        return self._script_config()
+
+    def migrate(self, revision: str = "heads") -> None:
+        """Upgrade the schema to ``revision`` (default: the newest of every branch); a no-op when
+        already there. Features that land independently (errors, alerting, incidents) may each
+        branch from the same parent until a merge revision joins them, hence ``heads``.
 
         On PostgreSQL the upgrade holds an advisory lock for its transaction, so two servers
         started at once against one database migrate one after the other instead of racing.
@@ -129,9 +136,16 @@ class MetaStore:
             action(config, revision)
 
     def current_revision(self) -> str | None:
-        """The schema revision the database is at, or None for a database never migrated."""
+        """The schema revision the database is at (the heads joined by ``+``, sorted, when
+        branches are applied side by side), or None for a database never migrated."""
         with self.engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            heads = MigrationContext.configure(connection).get_current_heads()
+        return "+".join(sorted(heads)) or None
+
+    @staticmethod
+    def head_revision() -> str:
+        """The revision :meth:`migrate` goes to, spelt as :meth:`current_revision` spells it."""
+        return "+".join(sorted(ScriptDirectory.from_config(MetaStore._script_config()).get_heads()))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
