@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -216,3 +217,171 @@ class SavedSearch(Base):
     time_range: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Incidents and on-call (migration 0005) -------------------------------------------------
+# Incidents open from alert groups or by hand; their timeline, the alert occurrences the weekly
+# review counts, on-call schedules with overrides, contact profiles and escalation policies.
+
+INCIDENT_SEVERITIES: Final[tuple[str, ...]] = ("P0", "P1", "P2", "P3", "P4")
+INCIDENT_STATUSES: Final[tuple[str, ...]] = ("triggered", "acknowledged", "resolved")
+TIMELINE_KINDS: Final[tuple[str, ...]] = (
+    "alert_firing",
+    "alert_resolved",
+    "notification",
+    "acknowledged",
+    "status_update",
+    "severity_changed",
+    "escalated",
+    "resolved",
+    "comment",
+    "opened",
+)
+
+
+class EscalationPolicy(Base):
+    """Who is paged, in which order and after how long, while an incident stays unacknowledged.
+
+    ``levels`` is a list of ``{"targets": [...], "delay_minutes": N}``; a target names a schedule
+    layer (``{"schedule": "ops", "layer": "primary"}``), a user (``{"user": "ann@x"}``) or a
+    receiver (``{"receiver": "cto-phone"}``). ``repeat`` is how many more times the whole list
+    runs after the first pass.
+    """
+
+    __tablename__ = "escalation_policies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    levels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    repeat: Mapped[int] = mapped_column(Integer, default=0)
+    is_default: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Incident(Base):
+    """Something that needs a person: triggered → acknowledged → resolved, with a timeline.
+
+    ``group_key`` ties an incident to the alert group that opened it, so a repeated or replayed
+    group event (after a restart) updates the open incident instead of opening a second one.
+    ``alerts`` maps fingerprint → the alert as last seen; ``esc_*`` is the escalation state,
+    kept here so a restart resumes paging where it stopped instead of paging again.
+    """
+
+    __tablename__ = "incidents"
+    __table_args__ = (
+        CheckConstraint("severity IN ('P0', 'P1', 'P2', 'P3', 'P4')", name="severity"),
+        CheckConstraint("status IN ('triggered', 'acknowledged', 'resolved')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    severity: Mapped[str] = mapped_column(String(2))
+    status: Mapped[str] = mapped_column(String(16), default="triggered", index=True)
+    service: Mapped[str] = mapped_column(String(200), default="", index=True)
+    group_key: Mapped[str | None] = mapped_column(String(1000), default=None, index=True)
+    receiver: Mapped[str] = mapped_column(String(200), default="")
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    alerts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    assignee: Mapped[str] = mapped_column(String(320), default="")
+    opened_at: Mapped[datetime] = mapped_column(index=True)
+    opened_by: Mapped[str] = mapped_column(String(320), default="")
+    acked_at: Mapped[datetime | None] = mapped_column(default=None)
+    acked_by: Mapped[str | None] = mapped_column(String(320), default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    resolved_by: Mapped[str | None] = mapped_column(String(320), default=None)
+    escalation_policy_id: Mapped[int | None] = mapped_column(
+        ForeignKey("escalation_policies.id", ondelete="SET NULL"), default=None
+    )
+    esc_level: Mapped[int] = mapped_column(Integer, default=0)
+    esc_cycle: Mapped[int] = mapped_column(Integer, default=0)
+    esc_next_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    postmortem: Mapped[str | None] = mapped_column(Text, default=None)
+    postmortem_updated_at: Mapped[datetime | None] = mapped_column(default=None)
+    postmortem_updated_by: Mapped[str | None] = mapped_column(String(320), default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TimelineEntry(Base):
+    """One step in an incident's life: an alert, a page, an acknowledgement, a note."""
+
+    __tablename__ = "incident_timeline"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32))
+    who: Mapped[str] = mapped_column(String(320), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AlertOccurrence(Base):
+    """One firing of one alert (fingerprint + start), whether or not it opened an incident.
+
+    The weekly review counts these: noisy alerts, alerts nobody acted on, flapping rules.
+    """
+
+    __tablename__ = "alert_occurrences"
+    __table_args__ = (UniqueConstraint("fingerprint", "starts_at", name="uq_alert_occurrences_fingerprint_starts_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(32))
+    alertname: Mapped[str] = mapped_column(String(200), index=True)
+    severity: Mapped[str] = mapped_column(String(2))
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    group_key: Mapped[str] = mapped_column(String(1000), default="")
+    receiver: Mapped[str] = mapped_column(String(200), default="")
+    starts_at: Mapped[datetime] = mapped_column(index=True)
+    ends_at: Mapped[datetime | None] = mapped_column(default=None)
+    incident_id: Mapped[int | None] = mapped_column(
+        ForeignKey("incidents.id", ondelete="SET NULL"), default=None, index=True
+    )
+
+
+class OncallSchedule(Base):
+    """A rotation of people, per layer (primary, secondary...), in one time zone.
+
+    ``layers`` is a list of ``{"name", "rotation": "daily"|"weekly", "handoff_time": "09:00",
+    "handoff_day": "monday", "start": "2025-01-06", "participants": [...]}``.
+    """
+
+    __tablename__ = "oncall_schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    layers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OncallOverride(Base):
+    """Someone else takes a layer of a schedule for a while (holiday swap, sick day)."""
+
+    __tablename__ = "oncall_overrides"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("oncall_schedules.id", ondelete="CASCADE"), index=True)
+    layer: Mapped[str] = mapped_column(String(64))
+    user: Mapped[str] = mapped_column(String(320))
+    start_at: Mapped[datetime]
+    end_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OncallProfile(Base):
+    """How to reach a person who is on call: the receivers (webhook, e-mail...) that page them."""
+
+    __tablename__ = "oncall_profiles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    receivers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
