@@ -103,6 +103,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("syslog_tcp_port", int, 5140, "TCP port for syslog (0 disables TCP)."),
     Setting("syslog_udp_port", int, 5140, "UDP port for syslog (0 disables UDP)."),
     Setting(
+        "scrape_config_file",
+        str,
+        "",
+        "A prometheus.yml whose global and scrape_configs sections are scraped (scrape_configs may also sit "
+        "in this file).",
+    ),
+    Setting(
         "retention_interval_s", int, 3600, "How often the retention manager moves data between tiers."
     ),
     Setting("query_timeout_s", float, 30.0, "Longest a search or PromQL query may run before it is cancelled."),
@@ -110,6 +117,13 @@ SETTINGS: tuple[Setting, ...] = (
         "query_max_samples", int, 50_000_000, "Most samples one PromQL query may load (Prometheus's --query.max-samples)."
     ),
     Setting("metrics_max_series", int, 1_000_000, "Most active series a project may have; more are refused with a 4xx."),
+    Setting("traces_retention_days", int, 7, "Days spans are kept; older days are dropped whole."),
+    Setting(
+        "traces_spanmetrics_flush_s",
+        float,
+        15.0,
+        "How often the span-derived RED series (traces_spanmetrics_*) are written, like a scrape interval.",
+    ),
     Setting("log_level", str, "INFO", "The server's own log level."),
 )
 
@@ -139,10 +153,13 @@ class Settings:
     syslog_host: str = "127.0.0.1"
     syslog_tcp_port: int = 5140
     syslog_udp_port: int = 5140
+    scrape_config_file: str = ""
     retention_interval_s: int = 3600
     query_timeout_s: float = 30.0
     query_max_samples: int = 50_000_000
     metrics_max_series: int = 1_000_000
+    traces_retention_days: int = 7
+    traces_spanmetrics_flush_s: float = 15.0
     log_level: str = "INFO"
     #: Sections the server passes to components as they are (pipeline, later rules/alerting).
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -231,7 +248,7 @@ def load_settings(
 
 
 #: Top-level YAML sections handed to components (their own schema is theirs to validate).
-_SECTIONS = ("pipeline", "retention", "rule_files", "evaluation_interval", "alerting", "scrape_configs")
+_SECTIONS = ("pipeline", "retention", "rule_files", "evaluation_interval", "alerting", "scrape_configs", "global")
 
 
 def settings_markdown() -> str:

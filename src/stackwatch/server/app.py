@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stackwatch import __version__
+from stackwatch.collectors.scrape import Scraper, configs_from_settings
 from stackwatch.errors import Overloaded, StackwatchError
+from stackwatch.server.api.prometheus import store_batch
 from stackwatch.server.responses import JSONResponse
 from stackwatch.server.runtime import Runtime
 
@@ -32,6 +35,7 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
+        scrape_configs = configs_from_settings(settings)  # a bad config stops start-up before any state opens
         rt: Runtime = runtime or Runtime.open(settings)
         app.state.rt = rt
         syslog = None
@@ -49,9 +53,17 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
             await syslog.start()
             log.info("syslog listening on %s (tcp %s, udp %s)", settings.syslog_host,
                      settings.syslog_tcp_port, settings.syslog_udp_port)
+        scraper = None
+        if scrape_configs:
+            scraper = Scraper(scrape_configs, functools.partial(store_batch, rt))
+            await scraper.start()
+            log.info("scraping %d job(s)", len(scrape_configs))
+        app.state.scraper = scraper
         try:
             yield
         finally:
+            if scraper is not None:
+                await scraper.stop()
             if syslog is not None:
                 await syslog.stop()
             if owned:
@@ -117,5 +129,10 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(ui.router)
     app.include_router(prometheus.router)
+    from stackwatch.server.api import traces as traces_api
+    from stackwatch.server.ui import traces as traces_ui
+
+    app.include_router(traces_api.router)
+    app.include_router(traces_ui.router)
     app.include_router(es.router)  # last: it answers catch-all Elasticsearch paths
     return app

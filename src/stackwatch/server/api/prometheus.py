@@ -342,6 +342,18 @@ async def metadata(request: Request, who: Any = Depends(viewer)) -> Response:
         return _error(exc.error_type, exc.message)
 
 
+@router.get("/api/v1/targets")
+async def targets(request: Request, who: Any = Depends(viewer)) -> Response:
+    """Scrape targets with their health, as Prometheus's ``/api/v1/targets`` (``state=active|dropped|any``)."""
+    state = request.query_params.get("state", "any")
+    if state not in ("any", "active", "dropped"):
+        return _error("bad_data", f"invalid state {state!r}: use active, dropped or any")
+    scraper = getattr(request.app.state, "scraper", None)
+    if scraper is None:
+        return _success({"activeTargets": [], "droppedTargets": []})
+    return _success(scraper.targets_json(state))
+
+
 @router.get("/api/v1/status/buildinfo")
 async def buildinfo(who: Any = Depends(viewer)) -> Response:
     """Grafana reads the version to pick which Prometheus API features to use."""
@@ -380,7 +392,11 @@ async def _raw_body(request: Request) -> bytes:
 
 async def _store(request: Request, project: str, batch: MetricBatch) -> int:
     """Apply the series limit and make the batch durable; returns the samples accepted."""
-    rt = runtime(request)
+    return await store_batch(runtime(request), project, batch)
+
+
+async def store_batch(rt: Any, project: str, batch: MetricBatch) -> int:
+    """What every metrics source ends with (push endpoints and the scraper alike)."""
     if batch.refs:
         await run_in_threadpool(rt.metrics.admit, project, batch)
     events = batch.events()
