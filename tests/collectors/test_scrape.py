@@ -304,3 +304,17 @@ def test_a_prometheus_yml_with_tuning_keys_loads() -> None:
                                "static_configs": [{"targets": ["x:1"]}]}]}
     (cfg,) = load_scrape_configs(raw)
     assert cfg.interval_s == 15 and cfg.timeout_s == 10 and cfg.external_labels == (("cluster", "eu"),)
+
+
+def test_the_documented_scrape_configs_load() -> None:
+    import re
+
+    import yaml
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)]
+    (raw,) = [b for b in blocks if "scrape_configs" in b]
+    configs = load_scrape_configs(raw)
+    assert [c.job_name for c in configs] == ["web", "node"]
+    targets, _ = discover(configs[0])
+    assert {dict(t.labels)["instance"] for t in targets} == {"10.0.0.5:8000", "10.0.0.6:8000"}
