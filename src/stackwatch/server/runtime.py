@@ -18,6 +18,7 @@ import yaml
 from stackwatch.auth import AuthService
 from stackwatch.errors import ConfigError
 from stackwatch.ingest.batcher import Batcher, Entry
+from stackwatch.ingest.spanmetrics import SpanMetrics
 from stackwatch.ingest.wal import WAL
 from stackwatch.ingest.workers import BlockBuilder
 from stackwatch.pipeline.pipeline import PipelineConfig
@@ -26,6 +27,7 @@ from stackwatch.storage.logs import LogStore
 from stackwatch.storage.meta.db import MetaStore
 from stackwatch.storage.metrics import MetricStore
 from stackwatch.storage.retention import RetentionManager, TierPolicy
+from stackwatch.storage.traces import TraceStore
 
 __all__ = ["Runtime"]
 
@@ -63,6 +65,8 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     bootstrap: Any = None
     metrics: MetricStore | None = None
+    traces: TraceStore | None = None
+    spanmetrics: SpanMetrics | None = None
 
     @classmethod
     def open(cls, settings: Any) -> Runtime:
@@ -94,10 +98,22 @@ class Runtime:
             block = blocks.build([e.payload for e in entries], [e.count for e in entries])
             logs.insert_block(block, dedup_token=token)
 
+        # Traces: spans to their tables, and the RED series derived from them to the metrics.
+        traces = TraceStore(executor, retention_days=settings.traces_retention_days)
+        traces.ensure_schema()
+        spanmetrics = SpanMetrics(
+            lambda batches, token: metrics.store_events([(p, b.events()) for p, b in batches], token)
+        )
+
+        def store_spans(entries: list[Entry], token: str) -> None:
+            batches = [(e.project, e.body()["e"]) for e in entries]
+            traces.insert(batches, dedup_token=token)
+            spanmetrics.observe(batches, token)
+
         batcher = Batcher(
             wal,
             data / "wal" / "checkpoint.json",
-            {"logs": store_logs, "metrics": metrics.store_entries},
+            {"logs": store_logs, "metrics": metrics.store_entries, "spans": store_spans},
             max_rows=settings.batch_max_rows,
             max_delay_s=settings.batch_max_delay_ms / 1000,
             buffer_bytes=settings.ingest_buffer_bytes,
@@ -105,11 +121,14 @@ class Runtime:
         batcher.recover()
         batcher.start()
         retention.start(settings.retention_interval_s)
+        spanmetrics.start(settings.traces_spanmetrics_flush_s)
         return cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap,
-                   metrics=metrics)
+                   metrics=metrics, traces=traces, spanmetrics=spanmetrics)
 
     def close(self) -> None:
         self.retention.stop()
+        if self.spanmetrics is not None:
+            self.spanmetrics.stop()
         self.batcher.flush(timeout=30)
         self.batcher.stop()
         self.wal.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["TABLES", "Column", "Table", "render_ddl"]
+__all__ = ["SPANS", "TABLES", "TRACE_INDEX", "TRACE_TABLES", "Column", "Table", "render_ddl"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class Table:
     comment: str = ""
     #: A table of kind "merge" is a read-only union over other tables (regexp on their names).
     merge_regexp: str = ""
+    #: ``TTL`` expression (rows expire when it is in the past); empty: kept until deleted.
+    ttl: str = ""
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -80,12 +82,13 @@ def render_ddl(table: Table, database: str, cluster: str = "") -> list[str]:
     if table.settings:
         settings = "\nSETTINGS " + ", ".join(f"{k} = {v!r}" for k, v in table.settings.items())
     partition = f"\nPARTITION BY {table.partition_by}" if table.partition_by else ""
+    ttl = f"\nTTL {table.ttl}" if table.ttl else ""
     comment = ""
     if table.comment:
         comment = "\nCOMMENT '" + table.comment.replace("'", "''") + "'"
     stmts = [
         f"CREATE TABLE IF NOT EXISTS `{database}`.`{local_name}`{on_cluster} (\n  {cols}{idx}\n)"
-        f"\nENGINE = {engine}{partition}\nORDER BY {table.order_by}{settings}{comment}"
+        f"\nENGINE = {engine}{partition}\nORDER BY {table.order_by}{ttl}{settings}{comment}"
     ]
     if cluster:
         stmts.append(
@@ -180,3 +183,105 @@ LOGS = Table(
 )
 
 TABLES: tuple[Table, ...] = (LOGS_HOT, LOGS_WARM, LOGS)
+
+
+# --------------------------------------------------------------------------- traces
+#
+# Two tables serve the two ways spans are read:
+#
+# * ``spans`` is sorted for search: within a project, by service, then operation name, then
+#   time. "Slow checkout requests in the last hour" (service + name + duration + time range)
+#   reads a few contiguous granule runs. Skip indexes cover what the sort key does not: a
+#   minmax on duration (min_duration=), a set on status (status=error), bloom filters on
+#   attribute keys and values (q=http.route=/api/orders), and a bloom filter on trace_id.
+# * ``trace_index`` maps a trace id to the time range its spans cover, sorted by trace id, so
+#   fetching one trace is one primary-key lookup there, then a read of ``spans`` restricted to
+#   that time range (whole days of other partitions skipped) where the trace_id bloom filter
+#   skips nearly every other granule. Sorting ``spans`` by trace id instead would make the
+#   fetch a single range read but every search by service/time a full scan; the index table
+#   costs one small row per trace and batch.
+#
+# Measured with bench/traces_bench.py (1M spans, chDB, see docs/benchmarks.md): the fetch reads
+# ~20 granules of 2,048 rows instead of the table; a smaller index_granularity than the default
+# 8,192 is what keeps the rows read per matching span low, at a negligible cost in index size.
+_SPAN_TTL_DAYS = 7  # the default of the traces_retention_days setting; see TraceStore
+
+SPANS = Table(
+    name="spans",
+    columns=(
+        Column("project", "LowCardinality(String)"),
+        # Ids are random hex: nothing compresses them, ZSTD(1) only packs the hex alphabet.
+        Column("trace_id", "FixedString(32)", "ZSTD(1)"),
+        Column("span_id", "FixedString(16)", "ZSTD(1)"),
+        Column("parent_span_id", "String", "ZSTD(1)"),
+        Column("service", "LowCardinality(String)"),
+        Column("name", "LowCardinality(String)"),
+        Column("kind", "LowCardinality(String)"),
+        # Sorted within (service, name): Delta turns start times into small gaps.
+        Column("start", "DateTime64(9, 'UTC')", "Delta(8), ZSTD(1)"),
+        # Durations of one operation are similar: T64 drops their unused high bits.
+        Column("duration_ns", "Int64", "T64, ZSTD(1)"),
+        Column("status_code", "LowCardinality(String)"),
+        Column("status_message", "String", "ZSTD(1)"),
+        # Attributes typed by value, as for logs: numeric filters (http.status_code>=500)
+        # compare Float64 without parsing strings at query time.
+        Column("attributes_string", "Map(LowCardinality(String), String)", "ZSTD(1)"),
+        Column("attributes_number", "Map(LowCardinality(String), Float64)", "ZSTD(1)"),
+        Column("attributes_bool", "Map(LowCardinality(String), Bool)", "ZSTD(1)"),
+        Column("resource", "Map(LowCardinality(String), String)", "ZSTD(1)"),
+        # Events and links are read with their span, never searched: JSON text, packed hard.
+        Column("events", "String", "ZSTD(3)"),
+        Column("links", "String", "ZSTD(3)"),
+        Column("scope_name", "LowCardinality(String)"),
+        Column("scope_version", "LowCardinality(String)"),
+    ),
+    order_by="(project, service, name, toStartOfHour(start), start)",
+    partition_by="toYYYYMMDD(start)",
+    indexes=(
+        Index("idx_trace_id", "trace_id", "bloom_filter(0.001)"),
+        Index("idx_duration", "duration_ns", "minmax"),
+        Index("idx_status", "status_code", "set(3)"),
+        Index("idx_attr_keys", "mapKeys(attributes_string)", "bloom_filter(0.01)"),
+        Index("idx_attr_values", "mapValues(attributes_string)", "bloom_filter(0.01)"),
+        Index("idx_num_keys", "mapKeys(attributes_number)", "bloom_filter(0.01)"),
+    ),
+    ttl=f"toDateTime(start) + toIntervalDay({_SPAN_TTL_DAYS})",
+    settings={
+        # See ingest.batcher: WAL replay is idempotent by token, and parts are fsync'd
+        # because the WAL forgets a block once it is inserted.
+        "non_replicated_deduplication_window": 10000,
+        "index_granularity": 2048,
+        "fsync_after_insert": 1,
+        "fsync_part_directory": 1,
+        # Partitions are days and the TTL is whole days: expire whole parts, never rewrite.
+        "ttl_only_drop_parts": 1,
+    },
+    comment="Spans, sorted for search by service, operation and time.",
+)
+
+TRACE_INDEX = Table(
+    name="trace_index",
+    columns=(
+        Column("project", "LowCardinality(String)"),
+        Column("trace_id", "FixedString(32)", "ZSTD(1)"),
+        Column("day", "Date"),
+        Column("start_ns", "SimpleAggregateFunction(min, Int64)"),
+        Column("end_ns", "SimpleAggregateFunction(max, Int64)"),
+        Column("span_count", "SimpleAggregateFunction(sum, UInt64)"),
+    ),
+    # Rows of a trace from several blocks collapse on merge (min start, max end, summed count);
+    # readers still aggregate, as parts merge late.
+    engine="AggregatingMergeTree",
+    order_by="(project, trace_id)",
+    partition_by="day",
+    ttl=f"day + toIntervalDay({_SPAN_TTL_DAYS})",
+    settings={
+        "non_replicated_deduplication_window": 10000,
+        "fsync_after_insert": 1,
+        "fsync_part_directory": 1,
+        "ttl_only_drop_parts": 1,
+    },
+    comment="Trace id -> the time range of its spans: makes fetching one trace a key lookup.",
+)
+
+TRACE_TABLES: tuple[Table, ...] = (SPANS, TRACE_INDEX)
