@@ -65,6 +65,9 @@ def server(
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
+        from stackwatch.collectors.scrape import configs_from_settings
+
+        configs_from_settings(settings)  # checked here too, so a bad job is a message, not a traceback
         rt = Runtime.open(settings)
     except ConfigError as exc:
         fail(str(exc), 2)
@@ -78,6 +81,47 @@ def server(
         uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", access_log=False)
     finally:
         rt.close()
+
+
+@app.command()
+def agent(
+    server_url: Annotated[str | None, typer.Option("--server", envvar="STACKWATCH_URL", help="Server URL.")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="STACKWATCH_INGEST_TOKEN", help="The project's ingest token.")
+    ] = None,
+    config: Annotated[str | None, typer.Option(help="Agent YAML (interval, labels, scrape_configs...).")] = None,
+    interval: Annotated[str | None, typer.Option(help="Collection interval, e.g. 15s.")] = None,
+    buffer_dir: Annotated[str | None, typer.Option(help="Disk buffer directory (default ./agent-buffer).")] = None,
+    job: Annotated[str | None, typer.Option(help="The job label of host metrics (default node).")] = None,
+    instance: Annotated[str | None, typer.Option(help="The instance label (default the host name).")] = None,
+) -> None:
+    """Run the host agent: host metrics and local exporters, remote-written through a disk buffer."""
+    import asyncio
+    import logging
+    import signal
+
+    from stackwatch.collectors.agent import Agent, load_agent_config
+
+    try:
+        cfg = load_agent_config(
+            Path(config) if config else None, server_url=server_url, token=token, interval=interval,
+            buffer_dir=buffer_dir, job=job, instance=instance,
+        )
+    except ConfigError as exc:
+        fail(str(exc), 2)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = Agent(cfg)
+    console.print(f"[bold green]Stackwatch agent[/bold green] sending to [bold]{cfg.server_url}[/bold] every "
+                  f"{cfg.interval_s:g}s as instance {cfg.instance!r} (buffer {cfg.buffer_dir})")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runner.stop)
+        await runner.run()
+
+    asyncio.run(main())
 
 
 def bootstrap_lines(boot: Any, settings: Any) -> list[str]:
