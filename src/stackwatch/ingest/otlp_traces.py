@@ -59,6 +59,8 @@ _JSON_CONTENT_TYPE = "application/json"
 _KIND_NAMES = {f"SPAN_KIND_{name.upper()}": i for i, name in enumerate(SPAN_KINDS)}
 _STATUS_NAMES = {f"STATUS_CODE_{name.upper()}": i for i, name in enumerate(STATUS_CODES)}
 _MAX_REASONS = 5
+#: Nanosecond timestamps a DateTime64(9) holds: up to 2262-04-11.
+_MAX_NS = 2**63 - 1
 
 
 @dataclass
@@ -170,6 +172,9 @@ def _span(
         return
     if start_ns <= 0:
         batch.reject(f"{where}: startTimeUnixNano is missing")
+        return
+    if start_ns > _MAX_NS or end_ns > _MAX_NS:
+        batch.reject(f"{where}: start or end time is past the year 2262")
         return
     if scope.attributes:
         # Span attributes win over scope attributes of the same name.
