@@ -125,6 +125,14 @@ SETTINGS: tuple[Setting, ...] = (
         "How often the span-derived RED series (traces_spanmetrics_*) are written, like a scrape interval.",
     ),
     Setting("log_level", str, "INFO", "The server's own log level."),
+    Setting(
+        "alerting_file",
+        str,
+        "",
+        "Alertmanager configuration file (route, receivers, inhibit_rules, time_intervals); the YAML key "
+        "`alerting:` may instead hold the configuration inline or the file path. Empty: alerts are kept and "
+        "shown in the API but sent nowhere.",
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -161,6 +169,7 @@ class Settings:
     traces_retention_days: int = 7
     traces_spanmetrics_flush_s: float = 15.0
     log_level: str = "INFO"
+    alerting_file: str = ""
     #: Sections the server passes to components as they are (pipeline, later rules/alerting).
     extra: Mapping[str, Any] = field(default_factory=dict)
 

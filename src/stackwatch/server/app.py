@@ -134,5 +134,8 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
 
     app.include_router(traces_api.router)
     app.include_router(traces_ui.router)
+    from stackwatch.server.api import alertmanager as alertmanager_api
+
+    app.include_router(alertmanager_api.router)
     app.include_router(es.router)  # last: it answers catch-all Elasticsearch paths
     return app

@@ -67,6 +67,8 @@ class Runtime:
     metrics: MetricStore | None = None
     traces: TraceStore | None = None
     spanmetrics: SpanMetrics | None = None
+    #: Alert routing, grouping, muting and notifications (stackwatch.alerting.dispatcher.Dispatcher).
+    dispatcher: Any = None
 
     @classmethod
     def open(cls, settings: Any) -> Runtime:
@@ -122,10 +124,16 @@ class Runtime:
         batcher.start()
         retention.start(settings.retention_interval_s)
         spanmetrics.start(settings.traces_spanmetrics_flush_s)
+        from stackwatch.alerting.dispatcher import open_dispatcher
+
+        dispatcher = open_dispatcher(settings, meta)
         return cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap,
-                   metrics=metrics, traces=traces, spanmetrics=spanmetrics)
+                   metrics=metrics, traces=traces, spanmetrics=spanmetrics,
+                   dispatcher=dispatcher)
 
     def close(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         self.retention.stop()
         if self.spanmetrics is not None:
             self.spanmetrics.stop()

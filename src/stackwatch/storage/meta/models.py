@@ -385,3 +385,85 @@ class OncallProfile(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     receivers: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- alerting: silences, maintenance windows, notification log, deliveries (migration 0004) ----
+
+
+class AlertSilence(Base):
+    """A silence (Alertmanager's model): alerts matching ``matchers`` are not notified while active.
+
+    Expiring a silence sets ``ends_at`` to the moment it was expired; rows are kept for the API's
+    history and pruned by the dispatcher some days after they ended.
+    """
+
+    __tablename__ = "alert_silences"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    #: Alertmanager v2 shape: ``[{"name", "value", "isRegex", "isEqual"}]``.
+    matchers: Mapped[list[Any]] = mapped_column(JSON)
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime] = mapped_column(index=True)
+    created_by: Mapped[str] = mapped_column(String(320))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MaintenanceWindow(Base):
+    """A planned window that mutes alerts below a severity: one-off (starts/ends) or recurring.
+
+    Recurring windows are Alertmanager time intervals (``times``, ``weekdays``, ..., ``location``),
+    optionally bounded by ``starts_at``/``ends_at``.
+    """
+
+    __tablename__ = "alert_maintenance_windows"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    matchers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    starts_at: Mapped[datetime | None] = mapped_column(default=None)
+    ends_at: Mapped[datetime | None] = mapped_column(default=None)
+    recurrence: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    #: Alerts at least this severe still notify during the window (P0 by default).
+    pass_severity: Mapped[str] = mapped_column(String(8), default="P0")
+    created_by: Mapped[str] = mapped_column(String(320), default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AlertNotificationLog(Base):
+    """What was last sent for one group to one notifier, so a restart does not page again.
+
+    ``id`` is the SHA-256 of ``group key, receiver, notifier``; the fingerprints of the alerts
+    that were firing and resolved in that notification decide whether the next flush is news.
+    """
+
+    __tablename__ = "alert_notification_log"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group_key: Mapped[str] = mapped_column(Text)
+    receiver: Mapped[str] = mapped_column(String(200))
+    integration: Mapped[str] = mapped_column(String(64))
+    firing: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    resolved: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    sent_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AlertDelivery(Base):
+    """One notification attempt chain (with its retries) and how it ended, for the API."""
+
+    __tablename__ = "alert_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    receiver: Mapped[str] = mapped_column(String(200))
+    integration: Mapped[str] = mapped_column(String(64))
+    group_key: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    notification_status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    alerts: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str] = mapped_column(Text, default="")

@@ -354,6 +354,10 @@
         button.fieldValue = value; // typed, so numbers and booleans are written unquoted
       }
       cell.append(include, exclude);
+      if (field === "trace_id" && /^[0-9a-fA-F]{32}$/.test(text)) {
+        // A trace id opens the whole request: its spans, its other log lines, its errors.
+        cell.append(" ", el("a", { class: "trace-link", href: `/traces/${text.toLowerCase()}` }, "Open trace"));
+      }
     } else {
       cell.append(el("span", { class: "plain" }, text));
     }

@@ -110,7 +110,7 @@
     const axis = el("div", { class: "wf-row wf-axis" }, el("div", { class: "wf-label" }, "Service · operation"));
     const ticks = el("div", { class: "wf-track" });
     for (let i = 0; i <= 4; i++) {
-      ticks.append(el("span", { class: "tick", style: { left: `${i * 25}%` } }, fmtMs((total * i) / 4)));
+      ticks.append(el("span", { class: "tick", style: { left: `${i * 25}%` } }, i ? fmtMs((total * i) / 4) : "0"));
     }
     axis.append(ticks);
     box.append(axis);
@@ -223,7 +223,7 @@
     $("errors-empty").hidden = errors.length > 0;
     for (const err of errors) {
       const title = err.issue_id ? el("a", { href: `/issues/${encodeURIComponent(err.issue_id)}` }, err.title) : el("span", {}, err.title);
-      list.append(el("li", { class: `level-${err.level}` },
+      list.append(el("li", { class: `lvl-${err.level}` },
         el("span", { class: "lvl" }, err.level), " ", title, " ",
         el("span", { class: "muted" }, err.culprit || ""), " ",
         el("time", { class: "muted" }, err.timestamp)));
@@ -235,10 +235,10 @@
     $("logs-count").textContent = `(${logs.length})`;
     $("logs-empty").hidden = logs.length > 0;
     for (const hit of logs) {
-      tbody.append(el("tr", { class: `level-${String(hit.level).toLowerCase()}` },
+      tbody.append(el("tr", {},
         el("td", { class: "time" }, hit.timestamp.replace("T", " ").slice(0, 23)),
         el("td", { class: "num" }, hit.offset_ms.toFixed(1)),
-        el("td", {}, hit.level),
+        el("td", { class: `lvl lvl-${String(hit.level).toLowerCase()}` }, hit.level),
         el("td", {}, hit.service),
         el("td", { class: "message" }, hit.message)));
     }
