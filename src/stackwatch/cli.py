@@ -302,6 +302,26 @@ def demo(
         fail(str(exc))
 
 
+@app.command()
+def projects(
+    as_json: Annotated[bool, typer.Option("--json", help="The API's JSON as it is.")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = "",
+) -> None:
+    """List projects with their ingest endpoints and Sentry DSN."""
+    with _client(url, token) as client:
+        data = _check(client.get("/api/v1/projects"))
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    for project in data["projects"]:
+        console.print(f"[bold]{project['slug']}[/bold] (id {project['id']}) {project['name']}", highlight=False)
+        console.print(f"  dsn: {project.get('dsn') or '(no DSN key: create an ingest token with dsn=true)'}",
+                      highlight=False, soft_wrap=True)
+        for name, endpoint in sorted(project.get("ingest", {}).items()):
+            console.print(f"  {name}: {endpoint}", highlight=False, soft_wrap=True)
+
+
 @config_app.command("docs")
 def config_docs() -> None:
     """Print the settings reference (Markdown)."""

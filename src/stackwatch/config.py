@@ -126,6 +126,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", str, "INFO", "The server's own log level."),
     Setting(
+        "errors_max_event_bytes",
+        int,
+        1024 * 1024,
+        "Largest Sentry event or transaction accepted (uncompressed); a larger one is refused with 413.",
+    ),
+    Setting(
+        "errors_max_attachment_bytes",
+        int,
+        1024 * 1024,
+        "Largest Sentry attachment kept with its event; larger ones are dropped and counted (attachment/too_large).",
+    ),
+    Setting(
         "alerting_file",
         str,
         "",
@@ -169,6 +181,8 @@ class Settings:
     traces_retention_days: int = 7
     traces_spanmetrics_flush_s: float = 15.0
     log_level: str = "INFO"
+    errors_max_event_bytes: int = 1024 * 1024
+    errors_max_attachment_bytes: int = 1024 * 1024
     alerting_file: str = ""
     #: Sections the server passes to components as they are (pipeline, later rules/alerting).
     extra: Mapping[str, Any] = field(default_factory=dict)

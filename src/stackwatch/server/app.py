@@ -137,5 +137,12 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
     from stackwatch.server.api import alertmanager as alertmanager_api
 
     app.include_router(alertmanager_api.router)
+    from stackwatch.server.api import issues as issues_api
+    from stackwatch.server.api import sentry as sentry_api
+    from stackwatch.server.ui import issues as issues_ui
+
+    app.include_router(sentry_api.router)
+    app.include_router(issues_api.router)
+    app.include_router(issues_ui.router)
     app.include_router(es.router)  # last: it answers catch-all Elasticsearch paths
     return app

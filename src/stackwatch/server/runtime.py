@@ -22,6 +22,8 @@ from stackwatch.ingest.spanmetrics import SpanMetrics
 from stackwatch.ingest.wal import WAL
 from stackwatch.ingest.workers import BlockBuilder
 from stackwatch.pipeline.pipeline import PipelineConfig
+from stackwatch.redaction import Redactor
+from stackwatch.storage.errors import ErrorStore
 from stackwatch.storage.executor import Executor, open_executor
 from stackwatch.storage.logs import LogStore
 from stackwatch.storage.meta.db import MetaStore
@@ -65,6 +67,7 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     bootstrap: Any = None
     metrics: MetricStore | None = None
+    errors: ErrorStore | None = None
     traces: TraceStore | None = None
     spanmetrics: SpanMetrics | None = None
     #: Alert routing, grouping, muting and notifications (stackwatch.alerting.dispatcher.Dispatcher).
@@ -112,10 +115,19 @@ class Runtime:
             traces.insert(batches, dedup_token=token)
             spanmetrics.observe(batches, token)
 
+        # Errors (Sentry protocol): scrubbed with the log pipeline's redaction rules.
+        errors = ErrorStore(
+            executor,
+            meta,
+            Redactor(PipelineConfig.from_dict(_pipeline_config(settings)).redact),
+            lambda: {p.slug: p.id for p in auth.list_projects()},
+        )
+        errors.ensure_schema()
+
         batcher = Batcher(
             wal,
             data / "wal" / "checkpoint.json",
-            {"logs": store_logs, "metrics": metrics.store_entries, "spans": store_spans},
+            {"logs": store_logs, "metrics": metrics.store_entries, "errors": errors.store_entries, "spans": store_spans},
             max_rows=settings.batch_max_rows,
             max_delay_s=settings.batch_max_delay_ms / 1000,
             buffer_bytes=settings.ingest_buffer_bytes,
@@ -128,7 +140,7 @@ class Runtime:
 
         dispatcher = open_dispatcher(settings, meta)
         return cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap,
-                   metrics=metrics, traces=traces, spanmetrics=spanmetrics,
+                   metrics=metrics, traces=traces, spanmetrics=spanmetrics, errors=errors,
                    dispatcher=dispatcher)
 
     def close(self) -> None:

@@ -285,3 +285,54 @@ TRACE_INDEX = Table(
 )
 
 TRACE_TABLES: tuple[Table, ...] = (SPANS, TRACE_INDEX)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+# One row per error event (Sentry protocol). Sort key: an issue's events are read together
+# (latest event, events list, hourly counts for the sparkline), always within one project, so
+# (project, issue_id, timestamp) makes each of those a range scan. Events of one trace are
+# found by the bloom filter on trace_id; an event by id (duplicate check) by the one on event_id.
+ERROR_EVENTS = Table(
+    name="error_events",
+    columns=(
+        Column("project", "LowCardinality(String)"),
+        Column("issue_id", "UInt64"),
+        Column("timestamp", "DateTime64(3, 'UTC')", "Delta(8), ZSTD(1)"),
+        Column("received", "DateTime64(3, 'UTC')", "Delta(8), ZSTD(1)"),
+        Column("event_id", "FixedString(32)"),
+        Column("fingerprint", "LowCardinality(String)"),
+        Column("level", "LowCardinality(String)"),
+        Column("title", "String", "ZSTD(1)"),
+        Column("culprit", "String", "ZSTD(1)"),
+        Column("message", "String", "ZSTD(3)"),
+        Column("exception_type", "LowCardinality(String)"),
+        Column("exception_value", "String", "ZSTD(3)"),
+        Column("release", "LowCardinality(String)"),
+        Column("environment", "LowCardinality(String)"),
+        Column("platform", "LowCardinality(String)"),
+        Column("transaction", "String", "ZSTD(1)"),
+        Column("user_id", "String", "ZSTD(1)"),
+        Column("user_ip", "String", "ZSTD(1)"),
+        # A hash, not the address: enough to count and match users, nothing to leak.
+        Column("user_email_hash", "String", "ZSTD(1)"),
+        Column("user_key", "String", "ZSTD(1)", comment="hash identifying the user for user counts"),
+        Column("trace_id", "String", "ZSTD(1)"),
+        Column("span_id", "String", "ZSTD(1)"),
+        Column("tags", "Map(LowCardinality(String), String)", "ZSTD(1)"),
+        Column("payload", "String", "ZSTD(6)", comment="the whole scrubbed event as JSON"),
+        Column("attachments", "String", "ZSTD(3)", comment="JSON list of attachments kept under the size limit"),
+    ),
+    order_by="(project, issue_id, timestamp)",
+    partition_by="toYYYYMM(timestamp)",
+    indexes=(
+        Index("idx_event_id", "event_id", "bloom_filter(0.01)"),
+        Index("idx_trace_id", "trace_id", "bloom_filter(0.01)"),
+        Index("idx_release", "release", "set(100)"),
+        Index("idx_environment", "environment", "set(100)"),
+    ),
+    settings={"non_replicated_deduplication_window": 10000, "fsync_after_insert": 1, "fsync_part_directory": 1},
+    comment="Error events (Sentry protocol), scrubbed, grouped into issues kept in the meta store.",
+)
+
+ERROR_TABLES: tuple[Table, ...] = (ERROR_EVENTS,)

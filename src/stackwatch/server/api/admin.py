@@ -25,6 +25,10 @@ def _project_id(request: Request, slug: str | None = None) -> int:
 def _project_json(request: Request, project: Any) -> dict[str, Any]:
     rt = runtime(request)
     base = rt.settings.url.rstrip("/")
+    if not rt.settings.public_url and rt.settings.host in ("0.0.0.0", "::", ""):
+        # Listening on every address says nothing about the one clients use: take the one this
+        # request came to (set public_url when a proxy sits in front).
+        base = str(request.base_url).rstrip("/")
     key = rt.auth.dsn_public_key(project.id)
     scheme, _, hostport = base.partition("://")
     dsn = f"{scheme}://{key}@{hostport}/{project.id}" if key else None
@@ -38,6 +42,8 @@ def _project_json(request: Request, project: Any) -> dict[str, Any]:
             "ndjson": f"{base}/api/v1/logs",
             "otlp_logs": f"{base}/v1/logs",
             "elasticsearch_bulk": f"{base}/_bulk",
+            "sentry_envelope": f"{base}/api/{project.id}/envelope/",
+            "sentry_store": f"{base}/api/{project.id}/store/",
         },
     }
 

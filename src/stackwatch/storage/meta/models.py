@@ -467,3 +467,99 @@ class AlertDelivery(Base):
     alerts: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+# -- errors: issues grouped from Sentry-protocol events (migration 0002) ---------------------
+
+ISSUE_STATUSES: Final[tuple[str, ...]] = ("unresolved", "resolved", "resolved_in_next_release", "ignored")
+"""Issue states. ``resolved_in_next_release`` stays resolved for events of the release it was
+resolved in (and older ones) and regresses only on an event from a newer release."""
+
+_ISSUE_STATUS_CHECK = "status IN ('unresolved', 'resolved', 'resolved_in_next_release', 'ignored')"
+
+
+class ErrorIssue(Base):
+    """Events of one project that share a grouping fingerprint, with their counters and triage state.
+
+    The event rows themselves are in ClickHouse (``error_events``); this row is what the issue
+    list sorts and filters, and what people change (status, assignee).
+    """
+
+    __tablename__ = "error_issues"
+    __table_args__ = (
+        UniqueConstraint("project_id", "fingerprint", name="uq_error_issues_project_id"),
+        CheckConstraint(_ISSUE_STATUS_CHECK, name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(500))
+    culprit: Mapped[str] = mapped_column(String(500), default="")
+    level: Mapped[str] = mapped_column(String(16))
+    #: ``error`` (an exception) or ``default`` (a message), as Sentry names them.
+    type: Mapped[str] = mapped_column(String(16))
+    #: Exception type/value, filename and function of the first event, for the list view.
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(32), default="unresolved", index=True)
+    assignee: Mapped[str | None] = mapped_column(String(320), default=None)
+    regressed: Mapped[bool] = mapped_column(default=False)
+    times_regressed: Mapped[int] = mapped_column(Integer, default=0)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime] = mapped_column(index=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    user_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_release: Mapped[str | None] = mapped_column(String(250), default=None)
+    last_release: Mapped[str | None] = mapped_column(String(250), default=None)
+    environments: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: For ``resolved_in_next_release``: the newest release known when it was resolved.
+    resolved_in_release: Mapped[str | None] = mapped_column(String(250), default=None)
+    last_event_id: Mapped[str] = mapped_column(String(32), default="")
+
+
+class ErrorIssueUser(Base):
+    """One distinct user an issue has affected (a hash of their id, e-mail, name or IP).
+
+    Kept per issue so that ``user_count`` grows only on a user not seen before, batch by batch,
+    without scanning the issue's events again.
+    """
+
+    __tablename__ = "error_issue_users"
+
+    issue_id: Mapped[int] = mapped_column(ForeignKey("error_issues.id", ondelete="CASCADE"), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class ErrorIssueActivity(Base):
+    """What happened to an issue: first seen, resolved, regression, ignored, assigned..."""
+
+    __tablename__ = "error_issue_activity"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("error_issues.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str | None] = mapped_column(String(320), default=None)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ErrorRelease(Base):
+    """A release seen in a project's events; ``first_seen`` orders releases ("newer than")."""
+
+    __tablename__ = "error_releases"
+    __table_args__ = (UniqueConstraint("project_id", "version", name="uq_error_releases_project_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    version: Mapped[str] = mapped_column(String(250))
+    first_seen: Mapped[datetime]
+
+
+class ErrorBatch(Base):
+    """A WAL block whose events were already counted into issues: replaying it counts nothing again."""
+
+    __tablename__ = "error_batches"
+
+    token: Mapped[str] = mapped_column(String(128), primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
