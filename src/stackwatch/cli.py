@@ -27,6 +27,11 @@ config_app = typer.Typer(help="Configuration reference.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
 app.add_typer(config_app, name="config")
 
+from stackwatch.incidents.cli import incidents_app, oncall_app  # noqa: E402 - typer only, HTTP clients
+
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(oncall_app, name="oncall")
+
 console = Console()
 err_console = Console(stderr=True)
 

@@ -126,6 +126,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", str, "INFO", "The server's own log level."),
     Setting(
+        "secret_key",
+        str,
+        "",
+        "Key that signs links the server hands out (incident acknowledge links). "
+        "Empty: generated once and kept in data_dir/secret_key.",
+    ),
+    Setting(
         "errors_max_event_bytes",
         int,
         1024 * 1024,
@@ -181,6 +188,7 @@ class Settings:
     traces_retention_days: int = 7
     traces_spanmetrics_flush_s: float = 15.0
     log_level: str = "INFO"
+    secret_key: str = ""
     errors_max_event_bytes: int = 1024 * 1024
     errors_max_attachment_bytes: int = 1024 * 1024
     alerting_file: str = ""
@@ -271,7 +279,8 @@ def load_settings(
 
 
 #: Top-level YAML sections handed to components (their own schema is theirs to validate).
-_SECTIONS = ("pipeline", "retention", "rule_files", "evaluation_interval", "alerting", "scrape_configs", "global")
+_SECTIONS = ("pipeline", "retention", "rule_files", "evaluation_interval", "alerting", "scrape_configs", "global",
+             "incidents")
 
 
 def settings_markdown() -> str:

@@ -144,5 +144,9 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(sentry_api.router)
     app.include_router(issues_api.router)
     app.include_router(issues_ui.router)
+    from stackwatch.server.api import incidents as incidents_api
+
+    app.include_router(incidents_api.router)
+    app.include_router(incidents_api.ack_router)
     app.include_router(es.router)  # last: it answers catch-all Elasticsearch paths
     return app

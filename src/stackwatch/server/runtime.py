@@ -72,6 +72,9 @@ class Runtime:
     spanmetrics: SpanMetrics | None = None
     #: Alert routing, grouping, muting and notifications (stackwatch.alerting.dispatcher.Dispatcher).
     dispatcher: Any = None
+    #: Incidents, on-call and escalation (stackwatch.incidents: IncidentService, EscalationEngine).
+    incidents: Any = None
+    escalation: Any = None
 
     @classmethod
     def open(cls, settings: Any) -> Runtime:
@@ -139,11 +142,17 @@ class Runtime:
         from stackwatch.alerting.dispatcher import open_dispatcher
 
         dispatcher = open_dispatcher(settings, meta)
-        return cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap,
-                   metrics=metrics, traces=traces, spanmetrics=spanmetrics, errors=errors,
-                   dispatcher=dispatcher)
+        rt = cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap,
+                 metrics=metrics, traces=traces, spanmetrics=spanmetrics, errors=errors,
+                 dispatcher=dispatcher)
+        from stackwatch.incidents.wiring import attach_incidents
+
+        attach_incidents(rt)  # after the dispatcher: it hooks into its group listeners
+        return rt
 
     def close(self) -> None:
+        if self.escalation is not None:
+            self.escalation.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         self.retention.stop()
