@@ -321,7 +321,7 @@ class Dispatcher:
                     for name in route_cfg.active_time_intervals):
                 return None, []
             alerts = [a for a in snapshot.values() if not self._muted_by(a, now)]
-            alerts.sort(key=lambda a: (a.starts_at, a.fingerprint))
+            alerts.sort(key=_alert_order)
             if not alerts:
                 return None, []
             firing = [a.fingerprint for a in alerts if not a.resolved(now)]
@@ -854,6 +854,11 @@ class Dispatcher:
                 row = s.get(MaintenanceWindow, window_id)
                 if row is not None:
                     s.delete(row)
+
+
+def _alert_order(a: Alert) -> tuple[str, str, list[tuple[str, str]]]:
+    # Alertmanager's order within a notification: by job, then instance, then the whole label set.
+    return a.labels.get("job", ""), a.labels.get("instance", ""), sorted(a.labels.items())
 
 
 def _common_labels(sets: list[dict[str, str]]) -> dict[str, str]:
