@@ -1,4 +1,4 @@
-"""Syslog parsing, TCP framing, and the listener driven by real clients on loopback."""
+"""Syslog TCP framing, and the listener driven by real clients on loopback (parsing: tests/pipeline/test_syslog_parse.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stackwatch.ingest.syslog import SyslogServer, _Framer, parse_syslog
+from stackwatch.ingest.syslog import SyslogServer, _Framer
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -24,173 +24,6 @@ NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()
 def ns(text: str) -> int:
     stamp = datetime.fromisoformat(text)
     return int(stamp.timestamp()) * 1_000_000_000 + stamp.microsecond * 1000
-
-
-# --------------------------------------------------------------------------- RFC 5424
-
-
-def test_rfc5424_example_1() -> None:
-    line = "<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \ufeff'su root' failed for lonvick on /dev/pts/8"
-    assert parse_syslog(line) == {
-        "severity_text": "FATAL",
-        "severity_number": 22,
-        "log_type": "security",
-        "timestamp": ns("2003-10-11T22:14:15.003+00:00"),
-        "host": "mymachine.example.com",
-        "service": "su",
-        "message": "'su root' failed for lonvick on /dev/pts/8",
-        "attributes": {"syslog.facility": "auth", "syslog.severity": "crit", "syslog.msgid": "ID47"},
-    }
-
-
-def test_rfc5424_example_2_with_offset_and_microseconds() -> None:
-    event = parse_syslog(
-        "<165>1 2003-08-24T05:14:15.000003-07:00 192.0.2.1 myproc 8710 - - %% It's time to make the do-nuts."
-    )
-    assert event["timestamp"] == ns("2003-08-24T12:14:15.000003+00:00")
-    assert event["host"] == "192.0.2.1" and event["service"] == "myproc"
-    assert event["attributes"]["syslog.procid"] == "8710"
-    assert event["attributes"]["syslog.facility"] == "local4"
-    assert event["severity_text"] == "INFO" and event["attributes"]["syslog.severity"] == "notice"
-    assert event["message"] == "%% It's time to make the do-nuts."
-    assert event["log_type"] == "system"
-
-
-def test_rfc5424_structured_data() -> None:
-    line = (
-        '<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3" '
-        'eventSource="Application" eventID="1011"][examplePriority@32473 class="high"] An application event log entry...'
-    )
-    event = parse_syslog(line)
-    assert event["message"] == "An application event log entry..."
-    assert event["attributes"] == {
-        "syslog.facility": "local4",
-        "syslog.severity": "notice",
-        "syslog.msgid": "ID47",
-        "sd.exampleSDID@32473.iut": "3",
-        "sd.exampleSDID@32473.eventSource": "Application",
-        "sd.exampleSDID@32473.eventID": "1011",
-        "sd.examplePriority@32473.class": "high",
-    }
-
-
-def test_rfc5424_structured_data_escapes_and_no_message() -> None:
-    line = r'<13>1 - - app - - [meta path="C:\\temp\\x" quote="say \"hi\"" bracket="[a\]" odd="\n"]'
-    event = parse_syslog(line)
-    assert event["message"] == ""
-    assert "timestamp" not in event and "host" not in event
-    attributes = event["attributes"]
-    assert attributes["sd.meta.path"] == "C:\\temp\\x"
-    assert attributes["sd.meta.quote"] == 'say "hi"'
-    assert attributes["sd.meta.bracket"] == "[a]"
-    assert attributes["sd.meta.odd"] == "\\n", "other backslashes are kept as sent (RFC 5424 6.3.3)"
-
-
-def test_rfc5424_element_without_params_and_nil_fields() -> None:
-    event = parse_syslog("<14>1 2024-05-01T10:00:00+02:00 - - - - [timeQuality] message")
-    assert event["timestamp"] == ns("2024-05-01T08:00:00+00:00")
-    assert event["message"] == "message"
-    assert set(event) == {
-        "severity_text",
-        "severity_number",
-        "log_type",
-        "attributes",
-        "timestamp",
-        "message",
-    }
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        "<14>1 2024-13-45T99:00:00Z host app - - - impossible date",
-        '<14>1 2024-05-01T10:00:00Z host app - - [unterminated x="1" message',
-        "<14>1 2024-05-01T10:00:00Z host",
-    ],
-)
-def test_rfc5424_lookalikes_still_become_events(line: str) -> None:
-    event = parse_syslog(line)
-    assert event["severity_text"] == "INFO"
-    assert event["message"]
-    assert event["log_type"] == "system"
-
-
-# --------------------------------------------------------------------------- RFC 3164 and friends
-
-
-def test_rfc3164_example() -> None:
-    event = parse_syslog(
-        "<34>Oct 11 22:14:15 mymachine su: 'su root' failed for lonvick on /dev/pts/8", now=NOW
-    )
-    assert event["timestamp"] == ns("2023-10-11T22:14:15+00:00"), "October is in the past on 1 May 2024"
-    assert event["host"] == "mymachine" and event["service"] == "su"
-    assert event["message"] == "'su root' failed for lonvick on /dev/pts/8"
-    assert event["severity_text"] == "FATAL" and event["log_type"] == "security"
-
-
-def test_rfc3164_with_pid_single_digit_day_and_this_year() -> None:
-    event = parse_syslog("<38>Apr  3 08:01:02 web-1 sshd[4242]: Accepted publickey for deploy", now=NOW)
-    assert event["timestamp"] == ns("2024-04-03T08:01:02+00:00")
-    assert event["service"] == "sshd" and event["attributes"]["syslog.procid"] == "4242"
-    assert event["host"] == "web-1" and event["message"] == "Accepted publickey for deploy"
-
-
-def test_rfc3164_december_message_read_in_january_is_last_year() -> None:
-    january = datetime(2025, 1, 1, 0, 0, 30, tzinfo=UTC).timestamp()
-    event = parse_syslog("<13>Dec 31 23:59:59 host app: late", now=january)
-    assert event["timestamp"] == ns("2024-12-31T23:59:59+00:00")
-
-
-def test_rfc3164_without_hostname_and_with_rfc3339_time() -> None:
-    event = parse_syslog("<13>Feb  5 17:32:18 cron[12]: job done", now=NOW)
-    assert "host" not in event and event["service"] == "cron"
-    event = parse_syslog("<13>2024-05-01T11:00:00.250+00:00 db-2 postgres[99]: checkpoint complete")
-    assert event["timestamp"] == ns("2024-05-01T11:00:00.250+00:00")
-    assert event["host"] == "db-2" and event["service"] == "postgres"
-
-
-def test_python_syslog_handler_format() -> None:
-    # SysLogHandler sends "<PRI>" + ident + the formatted record + NUL, nothing else.
-    event = parse_syslog("<11>myapp: disk almost full\x00", peer="10.0.0.5")
-    assert event["service"] == "myapp" and event["message"] == "disk almost full"
-    assert event["severity_text"] == "ERROR" and event["severity_number"] == 17
-    assert event["host"] == "10.0.0.5", "with no HOSTNAME in the message, the sender's address"
-    assert "timestamp" not in event
-
-
-@pytest.mark.parametrize("line", ["no priority at all", "<>1 x", "<192>too big", "<abc>x", ""])
-def test_malformed_lines_are_kept_as_messages(line: str) -> None:
-    assert parse_syslog(line) == {"message": line, "log_type": "system"}
-
-
-@pytest.mark.parametrize(
-    ("severity", "name", "number", "keyword"),
-    [
-        (0, "FATAL", 24, "emerg"),
-        (1, "FATAL", 23, "alert"),
-        (2, "FATAL", 22, "crit"),
-        (3, "ERROR", 17, "err"),
-        (4, "WARN", 13, "warning"),
-        (5, "INFO", 10, "notice"),
-        (6, "INFO", 9, "info"),
-        (7, "DEBUG", 5, "debug"),
-    ],
-)
-def test_every_severity(severity: int, name: str, number: int, keyword: str) -> None:
-    event = parse_syslog(f"<{16 * 8 + severity}>msg")  # local0
-    assert (event["severity_text"], event["severity_number"]) == (name, number)
-    assert event["attributes"] == {"syslog.facility": "local0", "syslog.severity": keyword}
-
-
-@given(
-    line=st.text(max_size=200)
-    | st.builds(lambda pri, rest: f"<{pri}>{rest}", st.integers(0, 300), st.text(max_size=120))
-)
-@settings(max_examples=200, deadline=None)
-def test_fuzz_parse_never_raises(line: str) -> None:
-    event = parse_syslog(line, now=NOW)
-    assert isinstance(event["message"], str)
-    assert event["log_type"] in ("system", "security")
 
 
 # --------------------------------------------------------------------------- framing
@@ -330,7 +163,7 @@ def test_stdlib_syslog_handler_over_udp_and_tcp(socktype: socket.SocketKind) -> 
         ("slow query", "WARN", "shop"),
         ("ünïcode ok", "INFO", "shop"),
     ]
-    assert all(e["host"] == "127.0.0.1" and e["attributes"]["syslog.facility"] == "user" for e in events)
+    assert all(e["host"] == "127.0.0.1" and e["syslog.facility"] == "user" for e in events)
 
 
 def test_hand_written_rfc5424_lines_over_tcp_with_both_framings() -> None:
@@ -349,9 +182,9 @@ def test_hand_written_rfc5424_lines_over_tcp_with_both_framings() -> None:
         return await sink.wait_for(2)
 
     counted, framed = _run(_with_server(scenario))
-    assert counted["message"] == "counted" and counted["attributes"]["sd.exampleSDID@32473.iut"] == "3"
+    assert counted["message"] == "counted" and counted["syslog.sd.exampleSDID@32473.iut"] == "3"
     assert framed["message"] == "newline framed" and framed["service"] == "api" and framed["host"] == "web-1"
-    assert framed["attributes"]["syslog.msgid"] == "REQ" and framed["attributes"]["syslog.procid"] == "77"
+    assert framed["syslog.msgid"] == "REQ" and framed["process.pid"] == 77
 
 
 @pytest.mark.skipif(shutil.which("logger") is None, reason="util-linux logger is not installed")
@@ -373,10 +206,10 @@ def test_util_linux_logger(transport: list[str]) -> None:
     assert event["message"] == "invoice overdue"
     assert event["service"] == "billing"
     assert event["severity_text"] == "WARN"
-    assert event["attributes"]["syslog.facility"] == "local3"
-    assert event["attributes"]["syslog.msgid"] == "INV42"
-    assert event["attributes"]["sd.order@32473.id"] == "9001"
-    assert event["attributes"]["sd.timeQuality.tzKnown"] == "1"
+    assert event["syslog.facility"] == "local3"
+    assert event["syslog.msgid"] == "INV42"
+    assert event["syslog.sd.order@32473.id"] == "9001"
+    assert event["syslog.sd.timeQuality.tzKnown"] == "1"
     assert abs(event["timestamp"] / 1e9 - datetime.now(UTC).timestamp()) < 60
 
 
@@ -431,7 +264,7 @@ ruleset(name="fwd") {{
     [event] = _run(_with_server(scenario))
     assert event["service"] == "cron"
     assert event["log_type"] == "security"
-    assert event["attributes"]["syslog.facility"] == "authpriv"
+    assert event["syslog.facility"] == "authpriv"
     assert event["message"] == "session opened for user root"
     assert "timestamp" in event and event["host"]
 

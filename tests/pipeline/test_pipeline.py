@@ -231,7 +231,7 @@ def test_public_surface() -> None:
     assert set(pipeline_package.__all__) == {
         "ERROR_ATTRIBUTE", "BatchContext", "EnrichConfig", "Enricher", "Normalizer", "ParseConfig", "Parser",
         "Pipeline", "PipelineConfig", "RedactStage", "RegexRule", "ServiceMapRule", "Stage", "mark_error",
-        "parse_access_log_line", "parse_syslog_line", "parse_timestamp",
+        "parse_access_log_line", "parse_syslog", "parse_timestamp",
     }  # fmt: skip
 
 

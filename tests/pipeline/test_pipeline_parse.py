@@ -13,7 +13,6 @@ from stackwatch.pipeline.parse import (
     Parser,
     RegexRule,
     parse_access_log_line,
-    parse_syslog_line,
 )
 from stackwatch.pipeline.stage import ERROR_ATTRIBUTE, BatchContext
 
@@ -111,75 +110,24 @@ def test_unparseable_request_line_is_kept_raw() -> None:
     assert event is not None and event["http.request"] == "\\x16\\x03" and "http.method" not in event
 
 
-def test_rfc5424_with_structured_data() -> None:
-    line = (
-        "<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 "
-        '[exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"][ex@1 q="a\\"b"] \ufeffAn application event'
-    )
-    assert parse_syslog_line(line) == {
-        "message": "An application event",
-        "log_type": "system",
-        "level": "NOTICE",
-        "syslog.facility": "local4",
-        "syslog.severity": 5,
-        "timestamp": "2003-10-11T22:14:15.003Z",
-        "host": "mymachine.example.com",
-        "service": "evntslog",
-        "syslog.msgid": "ID47",
-        "syslog.sd.exampleSDID@32473.iut": "3",
-        "syslog.sd.exampleSDID@32473.eventSource": "Application",
-        "syslog.sd.exampleSDID@32473.eventID": "1011",
-        "syslog.sd.ex@1.q": 'a"b',
-    }
+def test_syslog_lines_are_parsed_by_the_shared_syslog_parser() -> None:
+    line = "<34>Oct 11 22:14:15 mymachine su[230]: 'su root' failed for lonvick on /dev/pts/8"
+    out = Parser().parse_event({"message": line, "file": "/var/log/auth.log"})
+    assert out["message"] == "'su root' failed for lonvick on /dev/pts/8"
+    assert out["file"] == "/var/log/auth.log"
+    assert (out["host"], out["service"], out["process.pid"]) == ("mymachine", "su", 230)
+    assert (out["severity_text"], out["log_type"], out["syslog.facility"]) == ("FATAL", "security", "auth")
+    assert Parser().parse_event({"message": "<11>not syslog"}) == {"message": "<11>not syslog"}
 
 
-def test_rfc3164_auth_facility_is_security() -> None:
-    event = parse_syslog_line(
-        "<34>Oct 11 22:14:15 mymachine su[230]: 'su root' failed for lonvick on /dev/pts/8"
-    )
-    assert event == {
-        "message": "'su root' failed for lonvick on /dev/pts/8",
-        "timestamp": "Oct 11 22:14:15",
-        "log_type": "security",
-        "level": "CRIT",
-        "syslog.facility": "auth",
-        "syslog.severity": 2,
-        "host": "mymachine",
-        "service": "su",
-        "process.pid": 230,
-    }
+def test_syslog_records_normalize_with_the_otel_severity() -> None:
+    from stackwatch.pipeline.normalize import normalize
 
-
-@pytest.mark.parametrize(
-    ("line", "host", "service", "message"),
-    [
-        ("<13>Oct  1 02:03:04 cron: job done", None, "cron", "job done"),
-        (
-            "Oct 11 22:14:15 web-1 sshd[99]: Accepted publickey for bob",
-            "web-1",
-            "sshd",
-            "Accepted publickey for bob",
-        ),
-        ("<14>2025-10-06T12:00:00.123+02:00 api-1 app[7]: started", "api-1", "app", "started"),
-        ("<14>Oct 11 22:14:15 web-1 plain text without tag", "web-1", None, "plain text without tag"),
-    ],
-)
-def test_rfc3164_variants(line: str, host: str | None, service: str | None, message: str) -> None:
-    event = parse_syslog_line(line)
-    assert event.get("host") == host
-    assert event.get("service") == service
-    assert event["message"] == message
-
-
-def test_non_syslog_line_still_becomes_an_event() -> None:
-    assert parse_syslog_line("<11>garbage") == {
-        "message": "garbage",
-        "log_type": "system",
-        "level": "ERR",
-        "syslog.facility": "user",
-        "syslog.severity": 3,
-    }
-    assert parse_syslog_line("hello\n") == {"message": "hello", "log_type": "system"}
+    raw = Parser().parse_event({"message": "<165>1 2003-10-11T22:14:15.003Z m evntslog 8 ID47 [ex@1 q=\"v\"] event"})
+    record = normalize(raw, project="p", observed_ns=1, defaults={})
+    assert (record["severity_text"], record["severity_number"]) == ("INFO", 10)
+    assert record["timestamp"] == 1065910455003000000
+    assert record["attributes"]["process.pid"] == 8 and record["attributes"]["syslog.sd.ex@1.q"] == "v"
 
 
 def test_syslog_carrying_json_is_parsed_further() -> None:
@@ -247,4 +195,3 @@ def test_stage_marks_an_event_it_cannot_parse_and_keeps_it() -> None:
 def test_parser_never_raises_on_arbitrary_text(text: str) -> None:
     out = Parser().parse_event({"message": text})
     assert isinstance(out, dict)
-    assert isinstance(parse_syslog_line(text), dict)

@@ -1,24 +1,10 @@
-"""Syslog: RFC 5424 and RFC 3164 messages over UDP and TCP.
+"""The syslog listener: RFC 5424 and RFC 3164 messages over UDP and TCP.
 
-:func:`parse_syslog` turns one message into a raw event in the model's names:
-
-==================  ===================================================================
-``severity_text``   PRI severity: emerg/alert/crit -> ``FATAL``, err -> ``ERROR``,
-                    warning -> ``WARN``, notice/info -> ``INFO``, debug -> ``DEBUG``
-``severity_number`` the OTel number for it (the mapping OTel's syslog receiver uses)
-``timestamp``       ns since the epoch, when the message has a valid one
-``host``            HOSTNAME (else the sender's address, as rsyslog's ``fromhost``)
-``service``         APP-NAME (RFC 5424) or TAG (RFC 3164)
-``message``         MSG
-``log_type``        ``"security"`` for the auth/authpriv/security facilities, else ``"system"``
-``attributes``      ``syslog.facility``, ``syslog.severity`` (keyword), ``syslog.procid``,
-                    ``syslog.msgid``, and each structured-data parameter as
-                    ``sd.<SD-ID>.<PARAM-NAME>``
-==================  ===================================================================
-
-Syslog gives no way to tell a sender its message was bad, so nothing is rejected: a line
-without a valid PRI becomes ``{"message": line, "log_type": "system"}``, and RFC 3164 parsing
-takes whatever parts it recognises.
+Each message is parsed by :func:`stackwatch.pipeline.syslog.parse_syslog` (the one syslog
+parser, shared with the pipeline's parse stage; its docstring lists the fields). Syslog gives
+no way to tell a sender its message was bad, so nothing is rejected: a line without a valid
+PRI becomes ``{"message": line, "log_type": "system"}``, and RFC 3164 parsing takes whatever
+parts it recognises.
 
 :class:`SyslogServer` listens on UDP (one message per datagram, RFC 5426) and TCP, where each
 frame is either octet-counted (``123 <34>1 ...``, RFC 6587 3.4.1) or ends with LF or NUL
@@ -29,211 +15,15 @@ sends no newline). It batches messages and awaits the sink once per batch.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import logging
-import re
-import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, Final
 
-__all__ = ["FACILITIES", "SYSLOG_SEVERITIES", "SyslogServer", "parse_syslog"]
+from stackwatch.pipeline.syslog import parse_syslog
+
+__all__ = ["SyslogServer", "parse_syslog"]
 
 _log = logging.getLogger(__name__)
-
-#: Facility codes (RFC 5424 table 1) and the keywords syslog implementations use for them.
-FACILITIES: Final[tuple[str, ...]] = (
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news",
-    "uucp", "cron", "authpriv", "ftp", "ntp", "security", "console", "solaris-cron",
-    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
-)  # fmt: skip
-
-#: Severity code -> (keyword, model severity name, OTel severity number).
-SYSLOG_SEVERITIES: Final[tuple[tuple[str, str, int], ...]] = (
-    ("emerg", "FATAL", 24),
-    ("alert", "FATAL", 23),
-    ("crit", "FATAL", 22),
-    ("err", "ERROR", 17),
-    ("warning", "WARN", 13),
-    ("notice", "INFO", 10),
-    ("info", "INFO", 9),
-    ("debug", "DEBUG", 5),
-)
-
-_SECURITY_FACILITIES: Final = frozenset({4, 10, 13})  # auth, authpriv, security (log audit)
-_MONTHS: Final = {m: i for i, m in enumerate(calendar.month_abbr) if m}
-
-_PRI = re.compile(r"<(\d{1,3})>")
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d\d):(\d\d))"
-)
-_BSD_TIME = re.compile(r"([A-Z][a-z]{2}) ([ \d]\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?")
-_TAG = re.compile(r"([^\s:\[\]]{1,128})(?:\[([^\]\s]{0,128})\])?:(?: |$)")
-_SD_ID = re.compile(r'\[([^ \]="]{1,32})')
-_SD_PARAM = re.compile(r' ([^ \]="]{1,32})="((?:[^"\\]|\\.)*)"', re.DOTALL)
-_SD_UNESCAPE = re.compile(r'\\(["\\\]])')
-
-
-def parse_syslog(line: str, *, peer: str | None = None, now: float | None = None) -> dict[str, Any]:
-    """Parse one RFC 5424 or RFC 3164 message (without its transport framing) into a raw event.
-
-    ``peer`` (the sender's address) becomes ``host`` when the message names none. RFC 3164
-    timestamps carry neither year nor zone: they are read as UTC in the year that puts them
-    no more than a day after ``now`` (default: the current time), so December messages
-    arriving in January land in the right year.
-    """
-    line = line.rstrip("\r\n\x00")
-    match = _PRI.match(line)
-    if match is None or int(match.group(1)) > 191:
-        event: dict[str, Any] = {"message": line, "log_type": "system"}
-        if peer:
-            event["host"] = peer
-        return event
-    pri = int(match.group(1))
-    facility, severity = divmod(pri, 8)
-    keyword, name, number = SYSLOG_SEVERITIES[severity]
-    attributes: dict[str, Any] = {"syslog.facility": FACILITIES[facility], "syslog.severity": keyword}
-    event = {
-        "severity_text": name,
-        "severity_number": number,
-        "log_type": "security" if facility in _SECURITY_FACILITIES else "system",
-        "attributes": attributes,
-    }
-    rest = line[match.end() :]
-    if not (rest.startswith("1 ") and _parse_5424(rest[2:], event, attributes)):
-        _parse_3164(rest, event, attributes, now)
-    if peer and "host" not in event:
-        event["host"] = peer
-    return event
-
-
-def _parse_5424(rest: str, event: dict[str, Any], attributes: dict[str, Any]) -> bool:
-    """Fill ``event`` from an RFC 5424 header (after ``VERSION SP``); False if it is not one."""
-    fields = rest.split(" ", 5)
-    if len(fields) < 5:
-        return False
-    stamp, host, app, procid, msgid = fields[:5]
-    remainder = fields[5] if len(fields) == 6 else "-"
-    if remainder.startswith("-"):
-        if len(remainder) > 1 and remainder[1] != " ":
-            return False
-        sd: dict[str, str] = {}
-        message = remainder[2:]
-    elif remainder.startswith("["):
-        parsed = _parse_structured_data(remainder)
-        if parsed is None:
-            return False
-        sd, end = parsed
-        message = remainder[end + 1 :] if remainder[end : end + 1] == " " else remainder[end:]
-    else:
-        return False
-    if stamp != "-":
-        match = _RFC3339.fullmatch(stamp)
-        if match is None:
-            return False
-        timestamp = _rfc3339_ns(match)
-        if timestamp is not None:
-            event["timestamp"] = timestamp
-    if host != "-":
-        event["host"] = host
-    if app != "-":
-        event["service"] = app
-    if procid != "-":
-        attributes["syslog.procid"] = procid
-    if msgid != "-":
-        attributes["syslog.msgid"] = msgid
-    attributes.update(sd)
-    event["message"] = message.removeprefix("\ufeff")  # RFC 5424 marks UTF-8 MSGs with a BOM
-    return True
-
-
-def _parse_structured_data(text: str) -> tuple[dict[str, str], int] | None:
-    """Parse SD-ELEMENTs at the start of ``text``: (``sd.<id>.<param>`` -> value, end offset)."""
-    params: dict[str, str] = {}
-    position = 0
-    while position < len(text) and text[position] == "[":
-        element = _SD_ID.match(text, position)
-        if element is None:
-            return None
-        sd_id = element.group(1)
-        position = element.end()
-        while (param := _SD_PARAM.match(text, position)) is not None:
-            params[f"sd.{sd_id}.{param.group(1)}"] = _SD_UNESCAPE.sub(r"\1", param.group(2))
-            position = param.end()
-        if text[position : position + 1] != "]":
-            return None
-        position += 1
-    return params, position
-
-
-def _parse_3164(rest: str, event: dict[str, Any], attributes: dict[str, Any], now: float | None) -> None:
-    """Take what an RFC 3164 (BSD) message offers: TIMESTAMP HOSTNAME TAG[PID]: MSG.
-
-    Every part is optional in practice (Python's ``SysLogHandler`` sends ``<PRI>`` + the
-    formatted record and nothing else), so each is recognised by its shape.
-    """
-    timestamp: int | None = None
-    has_time = False
-    match = _BSD_TIME.match(rest)
-    if match is not None:
-        has_time = True
-        timestamp = _bsd_ns(match, now)
-    else:
-        match = _RFC3339.match(rest)  # rsyslog's forwarding format puts RFC 3339 time here
-        if match is not None:
-            has_time = True
-            timestamp = _rfc3339_ns(match)
-    if has_time and match is not None:
-        rest = rest[match.end() :].lstrip(" ")
-        if timestamp is not None:
-            event["timestamp"] = timestamp
-        # After a timestamp comes HOSTNAME, unless the sender skipped it and this is the TAG.
-        host, sep, after = rest.partition(" ")
-        if sep and host and not _TAG.match(rest):
-            event["host"] = host
-            rest = after
-    tag = _TAG.match(rest)
-    if tag is not None:
-        event["service"] = tag.group(1)
-        if tag.group(2):
-            attributes["syslog.procid"] = tag.group(2)
-        rest = rest[tag.end() :]
-    event["message"] = rest
-
-
-def _rfc3339_ns(match: re.Match[str]) -> int | None:
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
-    try:
-        datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
-    except ValueError:
-        return None
-    seconds = calendar.timegm((int(year), int(month), int(day), int(hour), int(minute), int(second)))
-    if not zulu:
-        offset = int(off_h) * 3600 + int(off_m) * 60
-        seconds -= offset if sign == "+" else -offset
-    nanos = int(fraction.ljust(9, "0")) if fraction else 0
-    return seconds * 1_000_000_000 + nanos
-
-
-def _bsd_ns(match: re.Match[str], now: float | None) -> int | None:
-    month_name, day, hour, minute, second, fraction = match.groups()
-    month = _MONTHS.get(month_name)
-    if month is None:
-        return None
-    current = time.time() if now is None else now
-    year = datetime.fromtimestamp(current, UTC).year
-    for candidate in (year, year - 1):
-        try:
-            stamp = datetime(candidate, month, int(day), int(hour), int(minute), int(second), tzinfo=UTC)
-        except ValueError:
-            continue  # 29 February in a common year, or a bad field
-        if stamp.timestamp() <= current + 86400:
-            nanos = int(fraction.ljust(9, "0")) if fraction else 0
-            return calendar.timegm(stamp.timetuple()) * 1_000_000_000 + nanos
-    return None
-
-
-# --------------------------------------------------------------------------- server
 
 Sink = Callable[[list[dict[str, Any]]], Awaitable[None]]
 

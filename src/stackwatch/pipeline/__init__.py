@@ -6,10 +6,11 @@ The ``normalize`` *function* is deliberately not re-exported here: it would shad
 
 from stackwatch.pipeline.enrich import EnrichConfig, Enricher, ServiceMapRule
 from stackwatch.pipeline.normalize import Normalizer, parse_timestamp
-from stackwatch.pipeline.parse import ParseConfig, Parser, RegexRule, parse_access_log_line, parse_syslog_line
+from stackwatch.pipeline.parse import ParseConfig, Parser, RegexRule, parse_access_log_line
 from stackwatch.pipeline.pipeline import Pipeline, PipelineConfig
 from stackwatch.pipeline.redact import RedactStage
 from stackwatch.pipeline.stage import ERROR_ATTRIBUTE, BatchContext, Stage, mark_error
+from stackwatch.pipeline.syslog import parse_syslog
 
 __all__ = [
     "ERROR_ATTRIBUTE",
@@ -27,6 +28,6 @@ __all__ = [
     "Stage",
     "mark_error",
     "parse_access_log_line",
-    "parse_syslog_line",
+    "parse_syslog",
     "parse_timestamp",
 ]

@@ -33,8 +33,8 @@ of these, tried in order:
   =======================  ==================================================
 
   Severity comes from the status: 5xx ERROR, 4xx WARN, else INFO.
-* **syslog** (RFC 5424 and RFC 3164, with or without ``<PRI>``), see
-  :func:`parse_syslog_line`.
+* **syslog** (RFC 5424, and RFC 3164 with a timestamp, with or without ``<PRI>``), by
+  :func:`stackwatch.pipeline.syslog.match_syslog`, the parser the syslog listener uses too.
 
 Events matching nothing pass through unchanged: normalize keeps their text as the message.
 """
@@ -52,13 +52,13 @@ import orjson
 
 from stackwatch.model.logs import LOG_TYPES
 from stackwatch.pipeline.stage import BatchContext, mark_error
+from stackwatch.pipeline.syslog import match_syslog
 
 __all__ = [
     "ParseConfig",
     "Parser",
     "RegexRule",
     "parse_access_log_line",
-    "parse_syslog_line",
 ]
 
 _BODY_KEYS: Final = ("message", "line", "log", "msg")
@@ -68,31 +68,6 @@ _TEXT_GROUPS: Final = frozenset(
     {"message", "msg", "level", "lvl", "severity", "levelname", "trace_id", "span_id", "request_id",
      "host", "hostname", "service", "logger", "function", "source"}
 )  # fmt: skip
-
-_FACILITIES: Final = (
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
-    "ftp", "ntp", "security", "console", "solaris-cron",
-    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
-)  # fmt: skip
-_SECURITY_FACILITIES: Final = frozenset({4, 10, 13})  # auth, authpriv, log audit
-#: Syslog severity 0..7 spelled so that severity_from_text maps them (EMERG->FATAL...).
-_SYSLOG_LEVELS: Final = ("EMERG", "ALERT", "CRIT", "ERR", "WARNING", "NOTICE", "INFO", "DEBUG")
-
-_SD_ELEMENT = r'\[(?:[^\]"\\]|"(?:[^"\\]|\\.)*")*\]'
-_RFC5424 = re.compile(
-    rf"<(\d{{1,3}})>([1-9]\d?) (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:{_SD_ELEMENT})+)(?: (.*))?$",
-    re.DOTALL,
-)
-_SD_PARTS = re.compile(r'\[([^\s\]=]+)|([^\s=\]]+)="((?:[^"\\]|\\.)*)"')
-_RFC3164_TIME = (
-    r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"
-)
-_RFC3164 = re.compile(
-    rf"(?:<(\d{{1,3}})>)?({_RFC3164_TIME}) (?:(\S+) )?([^\s:\[\]]+)(?:\[(\d+)\])?: ?(.*)$",
-    re.DOTALL,
-)
-_RFC3164_NO_TAG = re.compile(rf"(?:<(\d{{1,3}})>)?({_RFC3164_TIME}) (\S+) (.*)$", re.DOTALL)
-_PRI_ONLY = re.compile(r"<(\d{1,3})>(.*)$", re.DOTALL)
 
 _ACCESS = re.compile(
     r'(\S+) (\S+) (\S+|"[^"]*") \[([^\]]+)\] "((?:[^"\\]|\\.)*)" (\d{3}) (\d+|-)'
@@ -216,100 +191,6 @@ def parse_access_log_line(line: str) -> dict[str, Any] | None:
         if timing is not None:
             event["http.request_time"] = float(timing.group(1))
     return event
-
-
-def _from_pri(pri: str | None, event: dict[str, Any]) -> None:
-    if pri is None:
-        return
-    value = int(pri)
-    if value > 191:
-        return
-    facility, severity = divmod(value, 8)
-    event["level"] = _SYSLOG_LEVELS[severity]
-    event["syslog.facility"] = _FACILITIES[facility]
-    event["syslog.severity"] = severity
-    if facility in _SECURITY_FACILITIES:
-        event["log_type"] = "security"
-
-
-def _syslog_5424(line: str) -> dict[str, Any] | None:
-    match = _RFC5424.match(line)
-    if match is None:
-        return None
-    pri, _version, when, host, app, procid, msgid, structured, message = match.groups()
-    event: dict[str, Any] = {"message": (message or "").removeprefix("\ufeff"), "log_type": "system"}
-    _from_pri(pri, event)
-    if when != "-":
-        event["timestamp"] = when
-    if host != "-":
-        event["host"] = host
-    if app != "-":
-        event["service"] = app
-    if procid != "-":
-        event["process.pid"] = int(procid) if procid.isdigit() else procid
-    if msgid != "-":
-        event["syslog.msgid"] = msgid
-    if structured != "-":
-        element = ""
-        for part in _SD_PARTS.finditer(structured):
-            if part.group(1):
-                element = part.group(1)
-            elif element:
-                value = re.sub(r"\\([\"\\\]])", r"\1", part.group(3))
-                event[f"syslog.sd.{element}.{part.group(2)}"] = value
-    return event
-
-
-def _syslog_3164(line: str) -> dict[str, Any] | None:
-    match = _RFC3164.match(line)
-    if match is not None:
-        pri, when, host, tag, pid, message = match.groups()
-    else:
-        match = _RFC3164_NO_TAG.match(line)
-        if match is None:
-            return None
-        pri, when, host, message = match.groups()
-        tag = pid = None
-    event: dict[str, Any] = {"message": message, "timestamp": when, "log_type": "system"}
-    _from_pri(pri, event)
-    if host:
-        event["host"] = host
-    if tag:
-        event["service"] = tag
-    if pid:
-        event["process.pid"] = int(pid)
-    return event
-
-
-def _match_syslog(line: str) -> dict[str, Any] | None:
-    if line[:1] == "<":
-        return _syslog_5424(line) or _syslog_3164(line)
-    if line[:1].isalpha() or line[:1].isdigit():
-        return _syslog_3164(line)
-    return None
-
-
-def parse_syslog_line(line: str) -> dict[str, Any]:
-    """Parse one syslog line (RFC 5424 or RFC 3164, ``<PRI>`` optional) into a raw event.
-
-    Always returns an event, so a network listener can hand every datagram to the pipeline:
-    a line that is not syslog becomes ``{"message": line, "log_type": "system"}`` (with the
-    severity of a leading ``<PRI>`` when there is one). Fields: ``message``, ``timestamp``
-    (as sent; normalize converts it), ``host``, ``service`` (APP-NAME / tag), ``level`` (from
-    PRI), ``log_type`` ("system", or "security" for the auth/authpriv/audit facilities), and
-    attributes ``syslog.facility``, ``syslog.severity``, ``process.pid``, ``syslog.msgid`` and
-    ``syslog.sd.<SD-ID>.<PARAM>`` for RFC 5424 structured data.
-    """
-    line = line.rstrip("\r\n\x00")
-    event = _match_syslog(line)
-    if event is not None:
-        return event
-    fallback: dict[str, Any] = {"message": line, "log_type": "system"}
-    pri_only = _PRI_ONLY.match(line)
-    if pri_only is not None:
-        fallback["message"] = pri_only.group(2)
-        _from_pri(pri_only.group(1), fallback)
-    return fallback
 
 
 def _loads_object(text: str) -> dict[str, Any] | None:
@@ -458,7 +339,7 @@ class Parser:
             if event is not None:
                 return event
         if self._syslog:
-            event = _match_syslog(text)
+            event = match_syslog(text)
             if event is not None:
                 body = event.get("message", "")
                 if self._json and body[:1] == "{":
