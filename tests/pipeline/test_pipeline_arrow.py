@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from pipeline_mmdb import write_mmdb
 
 import stackwatch.pipeline.normalize as normalize_module
+from stackwatch.model.logs_arrow import records_to_arrow
 from stackwatch.pipeline import BatchContext, Normalizer, Parser, Pipeline, PipelineConfig
 from stackwatch.pipeline.normalize import _iso_to_ns, _timestamp_column, normalize, parse_timestamp
 from stackwatch.pipeline.redact import RedactStage
-from stackwatch.storage.logs import records_to_arrow
 
 OBSERVED = 1_795_000_000_000_000_000  # 2026-11-18
 

@@ -1,7 +1,7 @@
 """The pipeline on columns: a batch of raw events straight to the storage block.
 
 :meth:`Pipeline.process <stackwatch.pipeline.pipeline.Pipeline.process>` builds one dict per
-event and :func:`~stackwatch.storage.logs.records_to_arrow` then takes them apart again into
+event and :func:`~stackwatch.model.logs_arrow.records_to_arrow` then takes them apart again into
 columns; at ingest rates that Python-per-event work is the bottleneck (design principle 6).
 :func:`process_to_arrow` returns the same table, computed per column wherever events allow:
 
@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from stackwatch.model.logs import LogRecord, float64_array
+from stackwatch.model.logs_arrow import records_to_arrow
 from stackwatch.pipeline.enrich import Enricher
 from stackwatch.pipeline.normalize import (
     _BLOCK_TEXT,
@@ -49,7 +50,6 @@ from stackwatch.pipeline.normalize import (
 from stackwatch.pipeline.parse import Parser
 from stackwatch.pipeline.redact import RedactStage
 from stackwatch.pipeline.stage import BatchContext
-from stackwatch.storage.logs import records_to_arrow
 
 __all__ = ["process_to_arrow"]
 

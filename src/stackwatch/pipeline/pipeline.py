@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from stackwatch.errors import ConfigError
 from stackwatch.model.logs import LogRecord
+from stackwatch.model.logs_arrow import records_to_arrow
 from stackwatch.pipeline.columnar import process_to_arrow
 from stackwatch.pipeline.enrich import EnrichConfig, Enricher
 from stackwatch.pipeline.normalize import Normalizer
@@ -44,7 +45,6 @@ from stackwatch.pipeline.parse import ParseConfig, Parser
 from stackwatch.pipeline.redact import RedactStage
 from stackwatch.pipeline.stage import BatchContext, Stage, gc_paused
 from stackwatch.redaction import RedactionConfig
-from stackwatch.storage.logs import records_to_arrow
 
 __all__ = ["Pipeline", "PipelineConfig"]
 
