@@ -98,17 +98,24 @@ def test_replayed_block_is_counted_and_stored_once(store: ErrorStore) -> None:
     assert stored_rows(store) == 2
 
 
-def test_replay_after_the_meta_commit_but_before_the_insert_stores_the_rows(store: ErrorStore) -> None:
-    # Simulate a crash between the two steps: counters committed, rows never inserted.
-    events = [exc_event()]
-    original_insert = store._insert
-    store._insert = lambda evs, token: None  # type: ignore[method-assign]
-    token = sink(store, *events)
-    store._insert = original_insert  # type: ignore[method-assign]
-    assert stored_rows(store) == 0
-    sink(store, *events, token=token)
-    assert issues(store)[0]["count"] == 1
-    assert stored_rows(store) == 1
+def test_replay_after_a_crash_between_insert_and_counting_counts_once(store: ErrorStore) -> None:
+    # The crash comes after the rows are inserted and before the issue counters commit.
+    events = [exc_event(), exc_event()]
+
+    def crash(evs: Any, token: str) -> None:
+        raise RuntimeError("power cut")
+
+    original = store._count_block
+    store._count_block = crash  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        token = "errors-900-900"
+        sink(store, *events, token=token)
+    store._count_block = original  # type: ignore[method-assign]
+    assert stored_rows(store) == 2 and issues(store) == []  # stored, not yet counted: not listed
+    sink(store, *events, token="errors-900-900")  # the batcher replays the same block
+    (issue,) = issues(store)
+    assert issue["count"] == 2
+    assert stored_rows(store) == 2
 
 
 def test_an_event_id_sent_twice_is_counted_once(store: ErrorStore) -> None:

@@ -313,17 +313,26 @@ class ErrorStore:
         return self.store(processed, token)
 
     def store(self, events: list[ProcessedEvent], token: str) -> int:
-        """Count ``events`` into their issues and store them; a repeated ``token`` counts nothing."""
+        """Count ``events`` into their issues and store them; a repeated ``token`` counts nothing.
+
+        Three steps, each safe to repeat: find or create the issues (so rows can name them),
+        insert the rows (ClickHouse drops a repeated token), then count them into the issues
+        (skipped when the token was counted before). Rows land before counts, so an issue
+        that shows a count also shows its events.
+        """
         with self._lock:
-            events = self._drop_duplicates(events)
+            events = self._drop_duplicates(events, token)
             if not events:
                 return 0
-            events = self._update_issues(events, token)
+            events = self._assign_issues(events)
             self._insert(events, token)
+            self._count_block(events, token)
             self.outcomes.add("error", "accepted", len(events))
             return len(events)
 
-    def _drop_duplicates(self, events: list[ProcessedEvent]) -> list[ProcessedEvent]:
+    def _drop_duplicates(self, events: list[ProcessedEvent], token: str) -> list[ProcessedEvent]:
+        """Events whose id is not stored yet by another block (an SDK resending an event whose
+        answer it lost must not count twice; a replayed block must still find its own)."""
         seen: set[tuple[str, str]] = set()
         unique = []
         for ev in events:
@@ -333,74 +342,76 @@ class ErrorStore:
                 unique.append(ev)
         rows = self.ex.rows(
             f"SELECT project, toString(event_id) AS event_id FROM `{self.db}`.`error_events` "
-            "WHERE project IN {projects:Array(String)} AND event_id IN {ids:Array(String)}",
-            {"projects": sorted({e.project for e in unique}), "ids": sorted({e.event_id for e in unique})},
+            "WHERE project IN {projects:Array(String)} AND event_id IN {ids:Array(String)} AND batch != {token:String}",
+            {"projects": sorted({e.project for e in unique}), "ids": sorted({e.event_id for e in unique}),
+             "token": token},
         )
         stored = {(r["project"], r["event_id"]) for r in rows}
         if stored:
             self.outcomes.add("error", "duplicate", sum(1 for e in unique if (e.project, e.event_id) in stored))
         return [e for e in unique if (e.project, e.event_id) not in stored]
 
-    def _update_issues(self, events: list[ProcessedEvent], token: str) -> list[ProcessedEvent]:
-        """Count events into issues (unless ``token`` was counted already); returns the events
-        that belong to a known project, each with its ``issue_id`` set."""
+    def _by_project(self, events: list[ProcessedEvent]) -> dict[int, list[ProcessedEvent]]:
         project_ids = self._project_ids()
+        out: dict[int, list[ProcessedEvent]] = {}
+        for ev in events:
+            project_id = project_ids.get(ev.project)
+            if project_id is None:
+                log.error("error event for unknown project %r dropped", ev.project)
+                self.outcomes.add("error", "unknown_project")
+                continue
+            out.setdefault(project_id, []).append(ev)
+        return out
+
+    def _assign_issues(self, events: list[ProcessedEvent]) -> list[ProcessedEvent]:
+        """Set each event's ``issue_id``, creating issues (with no count yet) for new fingerprints;
+        returns the events of known projects."""
+        kept: list[ProcessedEvent] = []
+        with self.meta.session() as s:
+            for project_id, evs in self._by_project(events).items():
+                fingerprints = sorted({e.fingerprint for e in evs})
+                issues = {
+                    i.fingerprint: i.id
+                    for i in s.scalars(
+                        select(ErrorIssue).where(
+                            ErrorIssue.project_id == project_id, ErrorIssue.fingerprint.in_(fingerprints)
+                        )
+                    )
+                }
+                for ev in sorted(evs, key=lambda e: e.timestamp):
+                    if ev.fingerprint not in issues:
+                        issue = ErrorIssue(
+                            project_id=project_id, fingerprint=ev.fingerprint, title=ev.title[:500],
+                            culprit=ev.culprit[:500], level=ev.level, type=ev.issue_type, details=ev.details,
+                            status="unresolved", regressed=False, times_regressed=0, first_seen=_dt(ev.timestamp),
+                            last_seen=_dt(ev.timestamp), count=0, user_count=0, environments=[],
+                            last_event_id=ev.event_id,
+                        )
+                        s.add(issue)
+                        s.flush()
+                        s.add(ErrorIssueActivity(issue_id=issue.id, kind="first_seen", at=self._now(),
+                                                 data={"event_id": ev.event_id, "release": ev.release}))
+                        issues[ev.fingerprint] = issue.id
+                    ev.issue_id = issues[ev.fingerprint]
+                    kept.append(ev)
+        return kept
+
+    def _count_block(self, events: list[ProcessedEvent], token: str) -> None:
+        """Count a block's events into their issues, once per ``token``, in one transaction."""
         now = self._now()
         with self.meta.session() as s:
-            replay = s.get(ErrorBatch, token) is not None
-            if not replay:
-                s.add(ErrorBatch(token=token, processed_at=now))
-                s.execute(delete(ErrorBatch).where(ErrorBatch.processed_at < now - _BATCH_TOKEN_TTL))
-            by_project: dict[str, list[ProcessedEvent]] = {}
-            for ev in events:
-                by_project.setdefault(ev.project, []).append(ev)
-            for slug, evs in by_project.items():
-                project_id = project_ids.get(slug)
-                if project_id is None:
-                    log.error("error events for unknown project %r dropped", slug)
-                    self.outcomes.add("error", "unknown_project", len(evs))
-                    for ev in evs:
-                        ev.issue_id = 0
-                    continue
-                self._update_project(s, project_id, evs, count=not replay)
-        return [ev for ev in events if ev.issue_id]
-
-    def _update_project(self, s: Any, project_id: int, events: list[ProcessedEvent], *, count: bool) -> None:
-        fingerprints = sorted({e.fingerprint for e in events})
-        issues = {
-            i.fingerprint: i
-            for i in s.scalars(
-                select(ErrorIssue)
-                .where(ErrorIssue.project_id == project_id, ErrorIssue.fingerprint.in_(fingerprints))
-                .with_for_update()
-            )
-        }
-        releases = self._note_releases(s, project_id, events) if count else {}
-        groups: dict[str, list[ProcessedEvent]] = {}
-        for ev in sorted(events, key=lambda e: e.timestamp):
-            groups.setdefault(ev.fingerprint, []).append(ev)
-        for fp, evs in groups.items():
-            issue = issues.get(fp)
-            if issue is None:
-                first = evs[0]
-                issue = ErrorIssue(
-                    project_id=project_id, fingerprint=fp, title=first.title[:500], culprit=first.culprit[:500],
-                    level=first.level, type=first.issue_type, details=first.details, status="unresolved",
-                    regressed=False, times_regressed=0, first_seen=_dt(first.timestamp),
-                    last_seen=_dt(first.timestamp), count=0, user_count=0, first_release=first.release or None,
-                    environments=[], last_event_id=first.event_id,
-                )
-                s.add(issue)
-                s.flush()
-                s.add(ErrorIssueActivity(issue_id=issue.id, kind="first_seen", at=_dt(first.received),
-                                         data={"event_id": first.event_id, "release": first.release}))
-                count_these = True
-            else:
-                count_these = count
-            for ev in evs:
-                ev.issue_id = issue.id
-            if count_these:
-                self._count(s, issue, evs, releases)
+            if s.get(ErrorBatch, token) is not None:
+                return  # a replayed block: counted before the crash
+            s.add(ErrorBatch(token=token, processed_at=now))
+            s.execute(delete(ErrorBatch).where(ErrorBatch.processed_at < now - _BATCH_TOKEN_TTL))
+            for project_id, evs in self._by_project(events).items():
+                releases = self._note_releases(s, project_id, evs)
+                groups: dict[int, list[ProcessedEvent]] = {}
+                for ev in sorted(evs, key=lambda e: e.timestamp):
+                    groups.setdefault(ev.issue_id, []).append(ev)
+                issues = s.scalars(select(ErrorIssue).where(ErrorIssue.id.in_(sorted(groups))).with_for_update())
+                for issue in issues:
+                    self._count(s, issue, groups[issue.id], releases)
 
     def _note_releases(self, s: Any, project_id: int, events: list[ProcessedEvent]) -> dict[str, datetime]:
         """Record releases seen for the first time; return first-seen times of the block's releases."""
@@ -506,6 +517,7 @@ class ErrorStore:
         columns["attachments"] = pa.array(
             [orjson.dumps(e.attachments).decode() if e.attachments else "" for e in events], pa.string()
         )
+        columns["batch"] = pa.array([token] * len(events), pa.string())
         self.ex.insert_arrow(ERROR_EVENTS.name, pa.table(columns), dedup_token=token)
 
     # -- reading: issues ---------------------------------------------------------------------------
@@ -544,7 +556,8 @@ class ErrorStore:
             raise BadRequest("limit must be between 1 and 1000")
         if offset < 0:
             raise BadRequest("offset must not be negative")
-        cond = [ErrorIssue.project_id == project_id]
+        # An issue is created just before its first events are counted: hide it until they are.
+        cond = [ErrorIssue.project_id == project_id, ErrorIssue.count > 0]
         if status:
             cond.append(ErrorIssue.status == status)
         if level:

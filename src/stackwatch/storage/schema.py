@@ -322,6 +322,9 @@ ERROR_EVENTS = Table(
         Column("tags", "Map(LowCardinality(String), String)", "ZSTD(1)"),
         Column("payload", "String", "ZSTD(6)", comment="the whole scrubbed event as JSON"),
         Column("attachments", "String", "ZSTD(3)", comment="JSON list of attachments kept under the size limit"),
+        # The WAL block that wrote the row: a replayed block recognises its own rows (they are
+        # not duplicates of earlier events) when it checks which event ids are already stored.
+        Column("batch", "String", "ZSTD(1)"),
     ),
     order_by="(project, issue_id, timestamp)",
     partition_by="toYYYYMM(timestamp)",
