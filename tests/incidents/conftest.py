@@ -7,7 +7,6 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,8 +75,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def meta(tmp_path: Path) -> Iterator[MetaStore]:
-    store = MetaStore(f"sqlite:///{tmp_path / 'meta.db'}")
+def meta(meta_url: str) -> Iterator[MetaStore]:
+    """A migrated meta store: SQLite, then PostgreSQL (the root conftest's ``meta_url``)."""
+    store = MetaStore(meta_url)
     store.migrate()
     yield store
     store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,6 +25,12 @@ from stackwatch.server.app import create_app
 from stackwatch.storage.meta import MetaStore
 
 SECRET = b"api-test-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def meta_url(tmp_path: Path) -> str:
+    """SQLite only here: the service tests already cover both backends."""
+    return f"sqlite:///{tmp_path / 'meta.db'}"
 
 
 @pytest.fixture
