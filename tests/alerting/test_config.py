@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from stackwatch.alerting.config import AlertingConfigError, load_alerting_config, parse_alerting_config, parse_duration
+from stackwatch.alerting.config import (
+    AlertingConfigError,
+    load_alerting_config,
+    parse_alerting_config,
+    parse_duration,
+)
 from stackwatch.alerting.matchers import parse_matchers
 from stackwatch.alerting.routing import build_routes
 from stackwatch.alerting.severity import SEVERITIES, at_least, parse_severity
@@ -218,3 +224,19 @@ def test_severities_and_their_aliases() -> None:
     assert not at_least({}, "P4")
     with pytest.raises(ValueError):
         at_least({}, "P9")
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "alerting-notifications.md"
+
+
+def test_the_documented_configuration_and_template_examples_load() -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.S)
+    config = yaml.safe_load(blocks[0])["alerting"]
+    cfg = load_alerting_config(config)
+    assert cfg.correlation.labels == ("service",)
+    assert [r.config.receiver for r in build_routes(cfg.route).match({"severity": "P1", "team": "db"})] == [
+        "pager", "db-slack"]
+    slack = yaml.safe_load(blocks[1])
+    receiver = {"name": "s", "slack_configs": [{**slack["slack_configs"][0], "api_url": "http://x"}]}
+    parsed = parse_alerting_config({"route": {"receiver": "s"}, "receivers": [receiver]})
+    assert set(parsed.receivers["s"].integrations[0].templates) >= {"title", "text", "channel"}

@@ -15,8 +15,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from receivers import ManualClock, Recorder, self_signed_cert
-from serverproc import free_port
 
+from serverproc import free_port
 from stackwatch.alerting.config import parse_alerting_config
 from stackwatch.alerting.dispatcher import Dispatcher
 from stackwatch.alerting.notifiers.pagerduty import dedup_key
@@ -198,7 +198,7 @@ def test_email_over_starttls_with_auth_has_text_and_html_parts(
 
 def test_email_to_a_refused_recipient_fails_without_retrying(
         clock: ManualClock, smtp_server: tuple[int, _Inbox, Path]) -> None:
-    port, inbox, cert = smtp_server
+    port, inbox, _cert = smtp_server
     cfg = {"route": {"receiver": "mail"}, "receivers": [{"name": "mail", "email_configs": [{
         "to": "nobody@example.com", "from": "a@example.com", "smarthost": f"127.0.0.1:{port}",
         "auth_username": "alerts", "auth_password": "s3cret", "tls_config": {"insecure_skip_verify": True}}]}]}

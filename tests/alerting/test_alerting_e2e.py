@@ -1,0 +1,237 @@
+"""End to end through a real server process: alerts posted over the Alertmanager v2 API (by
+httpx as Prometheus would, and by a real Prometheus evaluating a rule) are grouped, sent once to a
+webhook receiver on loopback, silenced, inhibited, muted by a maintenance window, and resolved.
+
+The server runs on the wall clock, so the routes use short timings (group_wait 1s); the same
+behaviour with hours-long timings is covered in-process with the manual clock (test_dispatcher).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from receivers import Recorder
+
+from serverproc import ADMIN_TOKEN, INGEST_TOKEN, ServerProcess, free_port
+
+PROMETHEUS = shutil.which("prometheus")
+DOC = Path(__file__).resolve().parents[2] / "docs" / "alerting-notifications.md"
+
+
+@pytest.fixture(scope="module")
+def hook() -> Iterator[Recorder]:
+    r = Recorder()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, hook: Recorder) -> Iterator[ServerProcess]:
+    work = tmp_path_factory.mktemp("alerting-e2e")
+    config = {"alerting": {
+        "route": {"receiver": "ops", "group_by": ["alertname", "service"], "group_wait": "1s",
+                  "group_interval": "1s", "repeat_interval": "1h"},
+        "receivers": [{"name": "ops", "webhook_configs": [{"url": hook.url + "/ops"}]}],
+        "inhibit_rules": [{"source_matchers": ["severity=P1", "component=database"],
+                           "target_matchers": ['severity=~"P3|low"'], "equal": ["service"]}],
+    }}
+    path = work / "stackwatch.yml"
+    path.write_text(yaml.safe_dump(config))
+    srv = ServerProcess(work / "data", config=path).start()
+    yield srv
+    srv.stop()
+
+
+def post(server: ServerProcess, *alerts: dict[str, Any], token: str = INGEST_TOKEN) -> httpx.Response:
+    return httpx.post(server.url + "/api/v2/alerts", json=list(alerts), timeout=10,
+                      headers={"Authorization": f"Bearer {token}"})
+
+
+def alert(name: str, ends_in: float = 600, **labels: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {"labels": {"alertname": name, **labels}, "annotations": {"summary": f"{name} is bad"},
+            "startsAt": now.isoformat(), "endsAt": (now + timedelta(seconds=ends_in)).isoformat(),
+            "generatorURL": "http://prometheus.example:9090/graph?g0.expr=up"}
+
+
+def sent(hook: Recorder, name: str) -> list[dict[str, Any]]:
+    return [b for b in hook.bodies() if b["groupLabels"].get("alertname") == name]
+
+
+def wait_sent(hook: Recorder, name: str, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sent(hook, name)
+        if len(found) >= n:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"{name}: {len(sent(hook, name))} notifications, wanted {n}: {hook.bodies()}")
+
+
+def test_grouped_once_no_repeat_then_resolved(server: ServerProcess, hook: Recorder) -> None:
+    a, b = alert("ApiErrors", service="api", instance="a"), alert("ApiErrors", service="api", instance="b")
+    assert post(server, a, b).status_code == 200
+    (first,) = wait_sent(hook, "ApiErrors", 1)
+    assert [x["labels"]["instance"] for x in first["alerts"]] == ["a", "b"]
+    assert first["version"] == "4" and first["receiver"] == "ops"
+    for _ in range(6):  # re-sent like Prometheus does each evaluation: no new page
+        post(server, a, b)
+        time.sleep(0.5)
+    assert len(sent(hook, "ApiErrors")) == 1
+    with server.client() as c:
+        (group,) = [g for g in c.get("/api/v2/alerts/groups").json() if g["labels"].get("alertname") == "ApiErrors"]
+        assert group["receiver"] == {"name": "ops"} and len(group["alerts"]) == 2
+    a["endsAt"] = b["endsAt"] = datetime.now(UTC).isoformat()
+    post(server, a, b)
+    _, resolved = wait_sent(hook, "ApiErrors", 2)
+    assert resolved["status"] == "resolved"
+    with server.client() as c:
+        log = c.get("/api/v1/notifications", params={"receiver": "ops"}).json()["notifications"]
+    assert {(n["notification_status"], n["status"]) for n in log if "ApiErrors" in n["group_key"]} == {
+        ("firing", "success"), ("resolved", "success")}
+
+
+def test_silence_over_the_api_mutes_until_expired(server: ServerProcess, hook: Recorder) -> None:
+    now = datetime.now(UTC)
+    with server.client() as c:
+        r = c.post("/api/v2/silences", json={
+            "matchers": [{"name": "alertname", "value": "Flappy", "isRegex": False, "isEqual": True}],
+            "startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=1)).isoformat(),
+            "createdBy": "ops@example.com", "comment": "known issue"})
+        assert r.status_code == 200, r.text
+        sid = r.json()["silenceID"]
+        post(server, alert("Flappy", service="web"))
+        time.sleep(2.5)
+        assert sent(hook, "Flappy") == []
+        (shown,) = c.get("/api/v2/alerts", params={"filter": 'alertname="Flappy"'}).json()
+        assert shown["status"]["state"] == "suppressed" and shown["status"]["silencedBy"] == [sid]
+        assert c.get(f"/api/v2/silence/{sid}").json()["status"]["state"] == "active"
+        assert [s["id"] for s in c.get("/api/v2/silences").json()] == [sid]
+        assert c.delete(f"/api/v2/silence/{sid}").status_code == 200
+        assert c.get(f"/api/v2/silence/{sid}").json()["status"]["state"] == "expired"
+    post(server, alert("Flappy", service="web"))
+    wait_sent(hook, "Flappy", 1)
+
+
+def test_inhibition_and_maintenance_window(server: ServerProcess, hook: Recorder) -> None:
+    post(server, alert("PgDown", service="db", severity="P1", component="database"),
+         alert("SlowQueries", service="db", severity="P3", component="database"),
+         alert("SlowQueries", service="reports", severity="P3", component="database"))
+    wait_sent(hook, "PgDown", 1)
+    (slow,) = wait_sent(hook, "SlowQueries", 1)
+    assert slow["groupLabels"]["service"] == "reports"  # the db one is explained by PgDown
+    now = datetime.now(UTC)
+    with server.client() as c:
+        r = c.post("/api/v1/maintenance", json={
+            "name": "cache upgrade", "matchers": ['service="cache"'], "starts_at": now.isoformat(),
+            "ends_at": (now + timedelta(hours=1)).isoformat(), "comment": "planned"})
+        assert r.status_code == 201, r.text
+        window = r.json()
+        assert window["state"] == "active" and window["created_by"]
+        post(server, alert("CacheEvictions", service="cache", severity="P3"),
+             alert("CacheDown", service="cache", severity="P0"))
+        wait_sent(hook, "CacheDown", 1)
+        time.sleep(1.5)
+        assert sent(hook, "CacheEvictions") == []
+        (muted,) = c.get("/api/v2/alerts", params={"filter": 'alertname="CacheEvictions"'}).json()
+        assert muted["status"]["mutedBy"] == [window["id"]]
+        assert [w["id"] for w in c.get("/api/v1/maintenance").json()["windows"]] == [window["id"]]
+        assert c.delete(f"/api/v1/maintenance/{window['id']}").status_code == 204
+        assert c.get(f"/api/v1/maintenance/{window['id']}").status_code == 404
+
+
+def test_api_refuses_bad_input_and_missing_credentials(server: ServerProcess) -> None:
+    assert httpx.post(server.url + "/api/v2/alerts", json=[alert("X")]).status_code == 401
+    assert httpx.get(server.url + "/api/v2/alerts").status_code == 401
+    r = post(server, {"labels": {}})
+    assert r.status_code == 400 and "labels must be a non-empty object" in r.json()["error"]
+    r = post(server, {"labels": {"bad-name": "x"}})
+    assert r.status_code == 400 and "invalid label name" in r.json()["error"]
+    r = post(server, {"labels": {"a": "b"}, "startsAt": "yesterday"})
+    assert r.status_code == 400 and "RFC 3339" in r.json()["error"]
+    with server.client() as c:
+        r = c.post("/api/v2/silences", json={"matchers": [{"name": "a", "value": ".*", "isRegex": True}],
+                                            "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z",
+                                            "createdBy": "x"})
+        assert r.status_code == 400 and "matches every alert" in r.json()["error"]
+        assert c.get("/api/v2/silence/nope").status_code == 404
+        r = c.post("/api/v1/maintenance", json={"name": "x", "pass_severity": "P9", "recurrence": {}})
+        assert r.status_code == 400 and "unknown severity" in r.json()["error"]
+        r = c.get("/api/v2/alerts", params={"filter": 'a=~"("'})
+        assert r.status_code == 400
+        status = c.get("/api/v2/status").json()
+        assert status["cluster"]["status"] == "disabled" and "webhook_configs" in status["config"]["original"]
+        assert "<secret>" in status["config"]["original"]  # webhook URLs carry secrets
+        assert c.get("/api/v1/alerting/routes/test", params={"labels": 'alertname="x"'}).json()["receivers"] == ["ops"]
+
+
+def _doc_prometheus_alerting() -> str:
+    (block,) = re.findall(r"```yaml\n(alerting:\n  alertmanagers:.*?)```", DOC.read_text(), flags=re.S)
+    return block
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (scripts/system-deps.sh)")
+def test_a_real_prometheus_sends_its_alerts_to_us(server: ServerProcess, hook: Recorder,
+                                                  tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "demo", "rules": [{
+        "alert": "PrometheusSaysHi", "expr": "vector(42)", "labels": {"severity": "P2", "service": "prom"},
+        "annotations": {"summary": "value is {{ $value }}"}}]}]}))
+    host = server.url.removeprefix("http://")
+    alerting = yaml.safe_load(_doc_prometheus_alerting().replace("stackwatch.example.com:8040", host)
+                              .replace("<ingest token>", INGEST_TOKEN).replace("scheme: https", "scheme: http"))
+    config = {"global": {"evaluation_interval": "1s"}, "rule_files": [str(rules)], **alerting}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("wb")
+    assert PROMETHEUS is not None
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+                             # its first send can come before it has discovered us (then it is
+                             # dropped); re-send each second instead of each minute
+                             "--rules.alert.resend-delay=1s"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            (msg,) = wait_sent(hook, "PrometheusSaysHi", 1, timeout=45)
+        except AssertionError:
+            raise AssertionError((tmp_path / "prometheus.log").read_text()) from None
+        (a,) = msg["alerts"]
+        assert a["labels"] == {"alertname": "PrometheusSaysHi", "severity": "P2", "service": "prom"}
+        assert a["annotations"] == {"summary": "value is 42"}
+        assert a["generatorURL"].startswith("http://") and "/graph?g0.expr=vector" in a["generatorURL"]
+        with server.client() as c:
+            (shown,) = c.get("/api/v2/alerts", params={"filter": 'alertname="PrometheusSaysHi"'}).json()
+        assert shown["status"]["state"] == "active" and shown["receivers"] == [{"name": "ops"}]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_the_documented_maintenance_example(server: ServerProcess) -> None:
+    (body,) = re.findall(r"-d '(\{.*?\})'", DOC.read_text(), flags=re.S)
+    with server.client() as c:
+        r = c.post("/api/v1/maintenance", content=body)
+        assert r.status_code == 201, r.text
+        window = r.json()
+        assert window["recurrence"][0]["location"] == "Europe/Paris" and window["pass_severity"] == "P1"
+        assert c.delete(f"/api/v1/maintenance/{window['id']}").status_code == 204
+
+
+def test_admin_token_may_post_alerts_too(server: ServerProcess, hook: Recorder) -> None:
+    assert post(server, alert("ByAdmin", service="x"), token=ADMIN_TOKEN).status_code == 200
+    wait_sent(hook, "ByAdmin", 1)
