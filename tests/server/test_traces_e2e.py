@@ -319,3 +319,33 @@ def test_ingest_and_reads_need_their_tokens(server: ServerProcess) -> None:
         assert r.status_code == 400 and "invalid OTLP protobuf" in r.json()["error"]
         r = c.post("/v1/traces", content=b"{}", headers={"Content-Type": "text/plain"})
         assert r.status_code == 415
+
+
+def test_an_error_sent_with_sentry_sdk_inside_the_trace_is_joined(
+    server: ServerProcess, checkout_trace: dict[str, Any]
+) -> None:
+    """The checkout service also reports errors with sentry_sdk; the propagated trace context
+    (``sentry-trace``, as a Sentry-instrumented service receives it next to ``traceparent``)
+    puts the error event in the same trace."""
+    import sentry_sdk
+
+    get_trace(server, checkout_trace["trace_id"])
+    with server.client() as c:
+        projects = c.get("/api/v1/projects").json()["projects"]
+    dsn = next(p for p in projects if p["slug"] == "default")["dsn"]
+    sentry_sdk.init(dsn=dsn, default_integrations=False, traces_sample_rate=None)
+    try:
+        with sentry_sdk.isolation_scope():
+            sentry_sdk.continue_trace({"sentry-trace": f"{checkout_trace['trace_id']}-{checkout_trace['ids']['stripe']}-1"})
+            try:
+                raise RuntimeError("stripe said card_declined")
+            except RuntimeError as exc:
+                sentry_sdk.capture_exception(exc)
+        sentry_sdk.flush(10)
+    finally:
+        sentry_sdk.get_client().close()
+    with server.client() as c:
+        data = wait_for(lambda: c.get(f"/api/v1/traces/{checkout_trace['trace_id']}").json(), lambda d: d["errors"])
+    [error] = data["errors"]
+    assert "stripe said card_declined" in error["title"] + error["message"]
+    assert error["level"] == "error" and error["issue_id"]
