@@ -272,3 +272,26 @@ def test_weekly_review_names_noisy_ignored_and_flapping_alerts(service: Incident
     assert [m["number"] for m in review["missed_incidents"]] == [2]
     # A week later, none of this is in the window.
     assert weekly_review(meta, clock() + timedelta(days=8))["alert_firings"] == 0
+
+
+def test_alert_history_is_pruned_but_incident_alerts_stay(service: IncidentService, clock: Clock,
+                                                          meta: MetaStore) -> None:
+    service.handle_group_event(firing(clock, alert("DiskFilling", "low", clock()), key="disk"))
+    service.handle_group_event(firing(clock, alert("APIDown", "critical", clock()), key="api"))
+    assert service.prune_alert_history(clock() + timedelta(days=89)) == 0
+    assert service.prune_alert_history(clock() + timedelta(days=91)) == 1  # the P3 that opened nothing
+    review = weekly_review(meta, clock() + timedelta(days=1))
+    assert [n["alertname"] for n in review["noisiest_alerts"]] == ["APIDown"]
+
+
+def test_config_section_is_validated() -> None:
+    from stackwatch.errors import ConfigError
+
+    config = IncidentConfig.from_dict({"open_severities": ["critical", "P1"], "ack_link_ttl": "2h",
+                                       "escalation_policies_by_receiver": {"db-team": "dba"}})
+    assert config.open_severities == {"P0", "P1"} and config.ack_link_ttl_s == 7200
+    for bad, message in (({"open_severities": ["urgent"]}, "open_severities"), ({"ack_link_ttl": "soon"},
+                         "ack_link_ttl"), ({"auto_resolv": True}, "unknown key"), ({"alert_history_days": 0},
+                         "alert_history_days"), ([], "mapping")):
+        with pytest.raises(ConfigError, match=message):
+            IncidentConfig.from_dict(bad)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -74,9 +75,13 @@ class EscalationEngine:
         self._wake.set()
 
     def _run(self) -> None:
+        last_prune = 0.0
         while not self._stop.is_set():
             try:
                 self.tick()
+                if time.monotonic() - last_prune > 3600:  # housekeeping rides on the same thread
+                    last_prune = time.monotonic()
+                    self.service.prune_alert_history()
             except Exception:
                 log.exception("escalation tick failed")
             self._wake.wait(self.tick_s)

@@ -84,6 +84,8 @@ class IncidentConfig:
     policies_by_receiver: dict[str, str] = field(default_factory=dict)
     #: Receiver name → URL, for paging without the alert dispatcher (see sender.WebhookSender).
     webhooks: dict[str, str] = field(default_factory=dict)
+    #: Days alert occurrences that opened no incident are kept for the weekly review.
+    alert_history_days: int = 90
 
     @classmethod
     def from_dict(cls, raw: Any) -> IncidentConfig:
@@ -94,7 +96,7 @@ class IncidentConfig:
         if not isinstance(raw, dict):
             raise ConfigError("incidents: expected a mapping")
         known = {"open_severities", "default_severity", "auto_resolve", "ack_link_ttl", "escalation_tick",
-                 "escalation_policies_by_receiver", "webhooks"}
+                 "escalation_policies_by_receiver", "webhooks", "alert_history_days"}
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"incidents: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -109,6 +111,11 @@ class IncidentConfig:
             if sev is None:
                 raise ConfigError(f"incidents.default_severity: expected P0-P4, got {raw['default_severity']!r}")
             kwargs["default_severity"] = sev
+        if "alert_history_days" in raw:
+            days = raw["alert_history_days"]
+            if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+                raise ConfigError(f"incidents.alert_history_days: expected a whole number of days >= 1, got {days!r}")
+            kwargs["alert_history_days"] = days
         if "auto_resolve" in raw:
             kwargs["auto_resolve"] = bool(raw["auto_resolve"])
         if "ack_link_ttl" in raw:
@@ -589,6 +596,18 @@ class IncidentService:
             inc.postmortem, inc.postmortem_updated_at, inc.postmortem_updated_by = markdown, now, by
             inc.updated_at = now
         return self.postmortem(number)
+
+    def prune_alert_history(self, now: datetime | None = None) -> int:
+        """Forget alert occurrences older than ``alert_history_days`` that opened no incident.
+
+        Every notified alert is recorded for the weekly review; without pruning, a noisy rule
+        would grow the table forever. Occurrences tied to an incident stay with it.
+        """
+        cutoff = (now or self.clock()) - timedelta(days=self.config.alert_history_days)
+        with self._lock, self.meta.session() as s:
+            result = s.execute(sa.delete(AlertOccurrence).where(AlertOccurrence.starts_at < cutoff,
+                                                                AlertOccurrence.incident_id.is_(None)))
+            return int(result.rowcount or 0)
 
     # -- escalation support --------------------------------------------------------------------
 
