@@ -215,6 +215,8 @@ def _topk(op: str, vec: Vec, grouping: list[str], without: bool, k_param: np.nda
         rows = np.nonzero(gidx == g)[0]
         v = vec.values[rows]
         p = vec.present[rows]
+        selected[rows] = _heap_select(v, p, k, op == "bottomk")
+        # Output order of an instant result: by value (NaN last), as Prometheus sorts the heap.
         cat = np.where(p, np.where(np.isnan(v), 1, 0), 2)
         key = np.where(cat == 0, sign * v, 0.0)
         order = np.argsort(key, axis=0, kind="stable")
@@ -223,7 +225,6 @@ def _topk(op: str, vec: Vec, grouping: list[str], without: bool, k_param: np.nda
         )
         ranks = np.empty_like(order)
         np.put_along_axis(ranks, order, np.arange(len(rows))[:, None].repeat(steps, axis=1), axis=0)
-        selected[rows] = (ranks < k[None, :]) & p
         rank_of[rows] = ranks
     present = vec.present & selected
     out = Vec(list(vec.labels), vec.values.copy(), present, vec.drop_name.copy())
@@ -232,6 +233,88 @@ def _topk(op: str, vec: Vec, grouping: list[str], without: bool, k_param: np.nda
         order_rows = sorted(np.nonzero(present[:, 0])[0], key=lambda i: (gidx[i], rank_of[i, 0]))
         out = out.take(order_rows)
     return out
+
+
+def _heap_select(values: np.ndarray, present: np.ndarray, k: np.ndarray, bottom: bool) -> np.ndarray:
+    """Which rows topk/bottomk keep at each step, ties broken exactly as Prometheus breaks them.
+
+    Prometheus feeds the group's series, in input order, through a size-k binary heap
+    (Go's ``container/heap``): the first k enter, and a later one replaces the heap's root
+    only if strictly better. Among equal values the survivors therefore depend on the heap's
+    shape, not just on input order, and integer gauges tie all the time. This runs that heap
+    for every step at once: one pass over the rows, each push / replace and its sift-up /
+    sift-down done as numpy operations over the steps. Returns an ``(rows, steps)`` mask.
+    """
+    n, steps = values.shape
+    kmax = int(min(n, k.max())) if n else 0
+    out = np.zeros((n, steps), dtype=bool)
+    if kmax < 1:
+        return out
+    cols = np.arange(steps)
+    heap_v = np.zeros((kmax, steps))
+    heap_r = np.full((kmax, steps), -1, dtype=np.intp)
+    size = np.zeros(steps, dtype=np.intp)
+    kk = k.astype(np.intp)
+    depth = max(1, int(np.ceil(np.log2(kmax + 1))) + 1)
+
+    def less(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # Go's vectorByValueHeap (topk) / vectorByReverseValueHeap (bottomk): NaN sorts first.
+        nan_first = np.isnan(a) & ~np.isnan(b)
+        return nan_first | ((a > b) if bottom else (a < b))
+
+    def swap(i: np.ndarray, j: np.ndarray, m: np.ndarray) -> None:
+        c = cols[m]
+        ii, jj = i[m], j[m]
+        heap_v[ii, c], heap_v[jj, c] = heap_v[jj, c], heap_v[ii, c].copy()
+        heap_r[ii, c], heap_r[jj, c] = heap_r[jj, c], heap_r[ii, c].copy()
+
+    for r in range(n):
+        p = present[r]
+        if not p.any():
+            continue
+        v = values[r]
+        push = p & (size < kk)
+        root = heap_v[0]
+        better = (root > v) if bottom else (root < v)
+        replace = p & ~push & (kk >= 1) & (better | (np.isnan(root) & ~np.isnan(v)))
+        if push.any():
+            j = np.where(push, size, 0)
+            heap_v[j[push], cols[push]] = v[push]
+            heap_r[j[push], cols[push]] = r
+            size = size + push
+            active = push.copy()
+            for _ in range(depth):  # up(j)
+                parent = np.maximum(j - 1, 0) // 2
+                go = active & (j > 0)
+                if not go.any():
+                    break
+                go &= less(heap_v[j, cols], heap_v[parent, cols])
+                swap(j, parent, go)
+                j = np.where(go, parent, j)
+                active = go
+        if replace.any():
+            heap_v[0, replace] = v[replace]
+            heap_r[0, replace] = r
+            active = replace & (kk > 1)
+            i = np.zeros(steps, dtype=np.intp)
+            for _ in range(depth):  # down(0, size)
+                j1 = 2 * i + 1
+                go = active & (j1 < size)
+                if not go.any():
+                    break
+                j1c = np.minimum(j1, kmax - 1)
+                j2c = np.minimum(j1 + 1, kmax - 1)
+                use2 = (j1 + 1 < size) & less(heap_v[j2c, cols], heap_v[j1c, cols])
+                j = np.where(use2, j2c, j1c)
+                go &= less(heap_v[j, cols], heap_v[i, cols])
+                swap(i, j, go)
+                i = np.where(go, j, i)
+                active = go
+    for slot in range(kmax):
+        rr = heap_r[slot]
+        ok = (rr >= 0) & (slot < size)
+        out[rr[ok], cols[ok]] = True
+    return out & present
 
 
 def _count_values(vec: Vec, grouping: list[str], without: bool, label: str) -> Vec:
