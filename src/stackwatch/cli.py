@@ -27,6 +27,10 @@ config_app = typer.Typer(help="Configuration reference.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
 app.add_typer(config_app, name="config")
 
+from stackwatch.rules.cli import rules_app  # noqa: E402 - typer only; the rules load lazily
+
+app.add_typer(rules_app, name="rules")
+
 from stackwatch.incidents.cli import incidents_app, oncall_app  # noqa: E402 - typer only, HTTP clients
 
 app.add_typer(incidents_app, name="incidents")

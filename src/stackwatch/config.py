@@ -152,6 +152,20 @@ SETTINGS: tuple[Setting, ...] = (
         "`alerting:` may instead hold the configuration inline or the file path. Empty: alerts are kept and "
         "shown in the API but sent nowhere.",
     ),
+    Setting(
+        "rule_files",
+        str,
+        "",
+        "Alerting/recording rule files (Prometheus format), as globs: a YAML list, or comma-separated in the "
+        "environment. Relative globs are resolved against the config file's directory. Reloaded on SIGHUP "
+        "and POST /-/reload.",
+    ),
+    Setting(
+        "evaluation_interval",
+        str,
+        "1m",
+        "How often rule groups without their own `interval` are evaluated (a duration: 15s, 1m).",
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -192,6 +206,8 @@ class Settings:
     errors_max_event_bytes: int = 1024 * 1024
     errors_max_attachment_bytes: int = 1024 * 1024
     alerting_file: str = ""
+    rule_files: str = ""
+    evaluation_interval: str = "1m"
     #: Sections the server passes to components as they are (pipeline, later rules/alerting).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -226,6 +242,8 @@ def _coerce(key: str, value: Any) -> Any:
             return int(str(value).replace("_", ""))
         if setting.type is float:
             return float(value)
+        if isinstance(value, list):  # a YAML list for a list-like setting (rule_files)
+            return ",".join(str(v) for v in value)
         return str(value)
     except ValueError as exc:
         raise ConfigError(f"setting {key!r}: bad value {value!r}: {exc}") from None
@@ -264,6 +282,11 @@ def load_settings(
                 extra[key] = value
             else:
                 raise ConfigError(f"config file {str(path)!r}: unknown setting {key!r}")
+        if values.get("rule_files"):  # relative globs name files beside the config, as in Prometheus
+            values["rule_files"] = ",".join(
+                g if Path(g).is_absolute() else str(path.resolve().parent / g)
+                for g in (p.strip() for p in values["rule_files"].split(",")) if g
+            )
     for setting in SETTINGS:
         name = "STACKWATCH_" + setting.key.upper()
         if name in env:
@@ -273,6 +296,14 @@ def load_settings(
             if key not in _BY_KEY:
                 raise ConfigError(f"unknown setting {key!r}")
             values[key] = _coerce(key, value)
+    if "evaluation_interval" in values:
+        from stackwatch.rules._duration import parse_duration
+
+        try:
+            if parse_duration(values["evaluation_interval"]) <= 0:
+                raise ValueError("must be positive")
+        except ValueError as exc:
+            raise ConfigError(f"setting 'evaluation_interval': bad value {values['evaluation_interval']!r}: {exc}") from None
     if values.get("port", 8040) < 0 or values.get("port", 8040) > 65535:
         raise ConfigError(f"setting 'port': bad value {values['port']!r}: out of range 0..65535")
     return Settings(**values, extra=extra)

@@ -148,5 +148,8 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
 
     app.include_router(incidents_api.router)
     app.include_router(incidents_api.ack_router)
+    from stackwatch.server.api import rules as rules_api
+
+    app.include_router(rules_api.router)
     app.include_router(es.router)  # last: it answers catch-all Elasticsearch paths
     return app

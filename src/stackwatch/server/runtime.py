@@ -72,6 +72,8 @@ class Runtime:
     spanmetrics: SpanMetrics | None = None
     #: Alert routing, grouping, muting and notifications (stackwatch.alerting.dispatcher.Dispatcher).
     dispatcher: Any = None
+    #: Alerting and recording rules (stackwatch.rules.RuleManager).
+    rules: Any = None
     #: Incidents, on-call and escalation (stackwatch.incidents: IncidentService, EscalationEngine).
     incidents: Any = None
     escalation: Any = None
@@ -145,6 +147,9 @@ class Runtime:
         rt = cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap,
                  metrics=metrics, traces=traces, spanmetrics=spanmetrics, errors=errors,
                  dispatcher=dispatcher)
+        from stackwatch.rules.wiring import open_rules
+
+        rt.rules = open_rules(rt)
         from stackwatch.incidents.wiring import attach_incidents
 
         attach_incidents(rt)  # after the dispatcher: it hooks into its group listeners
@@ -153,6 +158,8 @@ class Runtime:
     def close(self) -> None:
         if self.escalation is not None:
             self.escalation.stop()
+        if self.rules is not None:
+            self.rules.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         self.retention.stop()

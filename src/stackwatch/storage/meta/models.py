@@ -23,6 +23,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -41,6 +42,9 @@ __all__ = [
     "IngestToken",
     "LoginSession",
     "Project",
+    "RuleAlertState",
+    "RuleGroupEval",
+    "RuleGroupRecord",
     "SavedSearch",
     "UTCDateTime",
     "User",
@@ -563,3 +567,61 @@ class ErrorBatch(Base):
 
     token: Mapped[str] = mapped_column(String(128), primary_key=True)
     processed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# -- rules: rule groups kept in the database, alert state of the evaluator (migration 0003) ---
+
+
+class RuleGroupRecord(Base):
+    """A rule group created through the API (files hold the others; a file wins on a name clash).
+
+    ``spec`` is the group exactly as a rule file would hold it (name, interval, rules...), so the
+    same validation and evaluation serve both origins.
+    """
+
+    __tablename__ = "rule_groups"
+    __table_args__ = (UniqueConstraint("project", "name", name="uq_rule_groups_project"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RuleAlertState(Base):
+    """One active alert of one rule (pending, firing, or resolved and still being re-sent).
+
+    Saved after each evaluation that changed it, so a restart resumes every alert where it was:
+    a firing alert keeps its ``fired_at`` (the receiver sees the same alert, not a new page).
+    """
+
+    __tablename__ = "rule_alert_states"
+    __table_args__ = (UniqueConstraint("group_key", "rule_index", "fingerprint", name="uq_rule_alert_states_group_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_key: Mapped[str] = mapped_column(String(600), index=True)
+    rule_index: Mapped[int] = mapped_column(Integer)
+    rule_name: Mapped[str] = mapped_column(String(200))
+    fingerprint: Mapped[str] = mapped_column(String(32))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON)
+    annotations: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    active_at: Mapped[datetime] = mapped_column()
+    fired_at: Mapped[datetime | None] = mapped_column(default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    keep_firing_since: Mapped[datetime | None] = mapped_column(default=None)
+    sent_labels: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    hold_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class RuleGroupEval(Base):
+    """When a group was last evaluated: after a restart, the downtime is measured from here."""
+
+    __tablename__ = "rule_group_evals"
+
+    group_key: Mapped[str] = mapped_column(String(600), primary_key=True)
+    last_eval_at: Mapped[datetime] = mapped_column()
