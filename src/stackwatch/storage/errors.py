@@ -800,6 +800,10 @@ def issue_json(issue: ErrorIssue, project: str) -> dict[str, Any]:
     }
 
 
+def _str_list(value: Any) -> list[str]:
+    return [v if isinstance(v, str) else str(v) for v in value] if isinstance(value, list) else []
+
+
 def _exception_entries(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for exc in model.exceptions(payload):
@@ -816,9 +820,11 @@ def _exception_entries(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
                 {
                     "filename": f.get("filename"), "abs_path": f.get("abs_path"), "module": f.get("module"),
                     "function": f.get("function"), "lineno": f.get("lineno"), "colno": f.get("colno"),
-                    "in_app": f.get("in_app"), "context_line": f.get("context_line"),
-                    "pre_context": f.get("pre_context") or [], "post_context": f.get("post_context") or [],
-                    "vars": f.get("vars") or {},
+                    "in_app": f.get("in_app"),
+                    "context_line": None if f.get("context_line") is None else str(f.get("context_line")),
+                    # Shapes are checked here because any sender can write anything in them.
+                    "pre_context": _str_list(f.get("pre_context")), "post_context": _str_list(f.get("post_context")),
+                    "vars": dict(f["vars"]) if isinstance(f.get("vars"), Mapping) else {},
                 }
                 for f in reversed(frames)
             ],
