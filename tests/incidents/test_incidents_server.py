@@ -155,6 +155,10 @@ def test_alert_to_incident_escalation_ack_restart_resolution(server: ServerProce
     assert out.exit_code == 1 and "409" in out.output
     out = runner.invoke(cli_app, ["incidents", "resolve", "2", "--message", "SSO fixed", *common])
     assert out.exit_code == 0 and "resolved" in out.output
+    with server.client() as c:
+        review = c.get("/api/v1/reports/weekly-review").json()
+    # Group notifications and pages, from the dispatcher's delivery log.
+    assert review["notifications"]["sent"] >= 4 and review["notifications"]["failed"] == 0
     out = runner.invoke(cli_app, ["incidents", "review", *common])
     assert out.exit_code == 0 and "APIDown" in out.output, out.output
     out = runner.invoke(cli_app, ["incidents", "mtta", "--json", *common])

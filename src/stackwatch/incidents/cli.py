@@ -160,6 +160,11 @@ def review(days: Annotated[int, typer.Option(help="Length of the period, ending 
     console.print("\n[bold]Missed incidents[/bold] (resolved without acknowledgement)")
     for m in data["missed_incidents"] or [{"number": "-", "severity": "", "title": "(none)"}]:
         console.print(f"  #{m['number']} {m['severity']} {m['title']}", highlight=False, markup=False)
+    notes = data.get("notifications")
+    if notes:
+        failed = ", ".join(f"{k}: {v}" for k, v in sorted(notes["failed_by_receiver"].items()))
+        console.print(f"\nNotifications: {notes['sent']} sent, {notes['failed']} failed"
+                      + (f" ({failed})" if failed else ""), highlight=False, markup=False)
     figures = data["mtta_mttr"]
     console.print(f"\nMTTA {figures['mtta']['mean_seconds']} s over {figures['mtta']['count']}, "
                   f"MTTR {figures['mttr']['mean_seconds']} s over {figures['mttr']['count']}", highlight=False)

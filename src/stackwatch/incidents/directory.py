@@ -57,6 +57,8 @@ def parse_instant(value: Any, where: str) -> datetime:
 def _check_name(name: Any, where: str = "name") -> str:
     if not isinstance(name, str) or not _NAME.match(name.strip()):
         raise BadRequest(f"{where}: expected 1-200 letters, digits, spaces or '_.@:-', got {name!r}")
+    if name.strip().isdigit() and where == "name":
+        raise BadRequest(f"{where}: {name!r} would be read as an id in URLs; include a letter")
     return name.strip()
 
 

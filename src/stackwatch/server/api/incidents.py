@@ -320,7 +320,32 @@ def report_weekly_review(request: Request, end: str | None = None, days: int = 7
         raise BadRequest("days must be between 1 and 366")
     svc = _service(request)
     now = svc.clock()
-    return weekly_review(svc.meta, _when(end, now, "end") or now, days)
+    report = weekly_review(svc.meta, _when(end, now, "end") or now, days)
+    report["notifications"] = _delivery_summary(request, report["start"], report["end"])
+    return report
+
+
+def _delivery_summary(request: Request, start: str, end: str) -> dict[str, Any] | None:
+    """Sent and failed notifications in the period, from the dispatcher's delivery log (if any)."""
+    dispatcher = getattr(runtime(request), "dispatcher", None)
+    if dispatcher is None or not hasattr(dispatcher, "deliveries"):
+        return None
+    lo, hi = parse_instant(start, "start"), parse_instant(end, "end")
+    sent = failed = 0
+    failed_by_receiver: dict[str, int] = {}
+    for row in dispatcher.deliveries(limit=100_000):
+        try:
+            at = parse_instant(row["at"], "at")
+        except (BadRequest, KeyError):
+            continue
+        if not lo <= at < hi:
+            continue
+        if row.get("status") == "success":
+            sent += 1
+        else:
+            failed += 1
+            failed_by_receiver[row.get("receiver", "")] = failed_by_receiver.get(row.get("receiver", ""), 0) + 1
+    return {"sent": sent, "failed": failed, "failed_by_receiver": failed_by_receiver}
 
 
 # -- signed acknowledge links -----------------------------------------------------------------
