@@ -10,6 +10,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/omelasticsearch.so ] || ls /usr/lib/*/rsyslog/omelasticsearch.so >/dev/null 2>&1 || need+=(rsyslog rsyslog-elasticsearch)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)  # and amtool: routing compared with ours
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # a throwaway certificate for the SMTP STARTTLS test
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -70,6 +70,10 @@ def payload(integration: Integration, message: Message) -> dict[str, Any]:
                        ("View alert", first.get("AlertURL"))):
         if url:
             buttons.append({"type": "button", "text": {"type": "plain_text", "text": label}, "url": url})
+    ack = message.extra.get("ackURL")
+    if isinstance(ack, str) and ack:
+        buttons.insert(0, {"type": "button", "text": {"type": "plain_text", "text": "Acknowledge"}, "url": ack,
+                           "style": "primary"})
     if buttons:
         blocks.append({"type": "actions", "elements": buttons})
     out: dict[str, Any] = {

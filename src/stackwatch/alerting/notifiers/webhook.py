@@ -45,4 +45,9 @@ def payload(message: Message, max_alerts: int = 0) -> dict[str, Any]:
 
 
 async def notify(integration: Integration, message: Message) -> int:
-    return await post_json(integration, integration.params["url"], payload(message, integration.params["max_alerts"]))
+    body = payload(message, integration.params["max_alerts"])
+    # Fields a direct send adds (escalation: incident, ackURL) ride along; Alertmanager's own
+    # receivers ignore keys they do not know.
+    for key, value in message.extra.items():
+        body.setdefault(key, value)
+    return await post_json(integration, integration.params["url"], body)
