@@ -1,20 +1,25 @@
-"""Metrics ingest and storage: samples/s through the server, bytes/sample on disk, vs Prometheus's TSDB.
+"""Metrics: ingest samples/s, bytes/sample and dashboard query_range latency vs Prometheus and VictoriaMetrics.
 
-``python bench/run.py metrics [--series 1000] [--hours 24] [--rw-steps 240] [--no-prometheus]``
+``python bench/run.py metrics [--series 10000] [--hours 24] [--runs 3] [--rw-steps 240] [--no-peers]``
 
-* Data: ``--series`` series at 15 s for ``--hours`` (default 1,000 x 24 h = 5.76 M samples), the
-  mix of a web app's exposition: request counters (fast and slow), histogram buckets, memory
-  gauges moving in 4 KiB pages, few-valued gauges (up, pool sizes), and float-noise gauges
-  (ratios, averages), with a few milliseconds of scrape jitter on every timestamp.
-* Import: the whole set through ``POST /api/v1/import/prometheus`` (classic text, ms timestamps),
-  4 concurrent clients, chunks of 50 series; samples/s from the first request to the moment all
-  are queryable.
-* Remote write: ``--rw-steps`` scrapes of every series as a steady-state Prometheus sends them
-  (one sample per series per request, snappy protobuf), 4 concurrent clients; samples/s to the
-  last acknowledgement.
-* Bytes/sample: active parts of ``metric_samples`` after ``OPTIMIZE FINAL`` (the server is stopped
-  and its store opened here), and the same data written by ``promtool tsdb
-  create-blocks-from openmetrics`` (Prometheus's TSDB blocks, ``du``), when promtool is installed.
+* Data: ``tests/query/promgen.py``'s fleet (the data the PromQL comparison test uses), scaled to
+  about ``--series`` series over ``--hours`` at 15 s: request counters by route/method/code
+  (an instance restarts: counter reset), classic latency histograms with ``_sum``/``_count``,
+  gauges (memory, CPU, queue depth with a 12 min gap), two incidents (5xx and latency bursts).
+* Stackwatch, one server process: the whole set through ``POST /api/v1/import/prometheus``
+  (text, ms timestamps, 4 concurrent clients, chunks of 50 series), samples/s from the first
+  request to the moment all are queryable; remote write: ``--rw-steps`` scrapes of every series
+  as a steady-state Prometheus sends them (one sample per series per request, snappy protobuf),
+  samples/s to the last acknowledgement. Bytes/sample: active parts of ``metric_samples`` after
+  ``OPTIMIZE FINAL``.
+* Prometheus (Debian package): ``promtool tsdb create-blocks-from openmetrics`` (its backfill),
+  samples/s of that command, bytes/sample of the blocks (chunks + index), then a server on them.
+* VictoriaMetrics (Debian package ``victoria-metrics``): the same text bodies through its
+  ``/api/v1/import/prometheus``, samples/s until all are queryable, bytes/sample of its data
+  directory after a flush.
+* Queries: the five dashboard queries of :data:`DASHBOARD` as ``query_range`` over the whole
+  range at a 60 s step, ``--runs`` times each per system (median; caches off in
+  VictoriaMetrics), and Stackwatch's answer must equal Prometheus's within 1e-9 relative.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "query"))
+from promgen import Dataset, generate  # the comparison test's data, scaled up
+
 ADMIN = "swa_bench_admin_token_0123456789"
 INGEST = "swi_bench_ingest_token_0123456789"
 STEP_MS = 15_000
@@ -48,56 +56,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def generate(series: int, steps: int, t0_ms: int, seed: int = 42) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(series text ``name{labels}``, timestamps [series, steps], values [series, steps])."""
-    rng = np.random.default_rng(seed)
-    names: list[str] = []
-    ts = np.empty((series, steps), dtype=np.int64)
-    vals = np.empty((series, steps), dtype=np.float64)
-    base = t0_ms + np.arange(steps, dtype=np.int64) * STEP_MS
-    kinds = ["req_fast", "req_slow", "bucket", "bucket", "mem", "few", "noise", "req_fast", "bucket", "few"]
-    for i in range(series):
-        kind = kinds[i % len(kinds)]
-        inst = f"web-{i % 20}"
-        route = f"/api/r{i // 20 % 25}"
-        ts[i] = base + rng.integers(0, 1000) + rng.integers(-3, 4, steps)
-        rate = rng.uniform(0.5, 40) * (1 + 0.5 * np.sin(np.arange(steps) / 400 + i))
-        if kind == "req_fast":
-            names.append(f'http_requests_total{{instance="{inst}",route="{route}",code="200",s="{i}"}}')
-            vals[i] = np.cumsum(rng.poisson(rate * 15))
-        elif kind == "req_slow":
-            names.append(f'http_requests_total{{instance="{inst}",route="{route}",code="500",s="{i}"}}')
-            vals[i] = np.cumsum(rng.poisson(rate * 0.05))
-        elif kind == "bucket":
-            names.append(f'http_request_duration_seconds_bucket{{instance="{inst}",route="{route}",le="0.{i % 9 + 1}",s="{i}"}}')
-            vals[i] = np.cumsum(rng.poisson(rate * 3))
-        elif kind == "mem":
-            names.append(f'process_resident_memory_bytes{{instance="{inst}",s="{i}"}}')
-            vals[i] = 2e8 + np.cumsum(rng.integers(-20, 21, steps)) * 4096
-        elif kind == "few":
-            names.append(f'db_pool_connections{{instance="{inst}",s="{i}"}}')
-            vals[i] = rng.choice([8.0, 9.0, 10.0, 12.0], steps, p=[0.7, 0.2, 0.05, 0.05])
-        else:
-            names.append(f'cpu_utilization_ratio{{instance="{inst}",s="{i}"}}')
-            vals[i] = np.abs(rng.normal(0.3, 0.08, steps))
-    return names, ts, vals
-
-
-def _fmt(v: float) -> str:
-    return repr(v) if v != int(v) else str(int(v))
-
-
-def text_chunks(names: list[str], ts: np.ndarray, vals: np.ndarray, per_chunk: int) -> list[bytes]:
-    out = []
-    for a in range(0, len(names), per_chunk):
-        lines = []
-        for i in range(a, min(a + per_chunk, len(names))):
-            prefix = names[i] + " "
-            lines.extend(f"{prefix}{_fmt(v)} {t}" for t, v in zip(ts[i].tolist(), vals[i].tolist(), strict=True))
-        out.append(("\n".join(lines) + "\n").encode())
-    return out
 
 
 class Server:
@@ -147,16 +105,6 @@ def post_all(url: str, bodies: list[bytes], headers: dict[str, str], clients: in
     return time.perf_counter() - start
 
 
-def wait_count(url: str, query: str, t_s: float, expected: float, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = httpx.get(url + "/api/v1/query", params={"query": query, "time": t_s},
-                      headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)
-        result = r.json()["data"]["result"]
-        if result and float(result[0]["value"][1]) >= expected:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"{query} never reached {expected}")
 
 
 def stackwatch_bytes(data: Path) -> tuple[int, int]:
@@ -172,82 +120,256 @@ def stackwatch_bytes(data: Path) -> tuple[int, int]:
         ex.close()
 
 
-def promtool_bytes(names: list[str], ts: np.ndarray, vals: np.ndarray, work: Path) -> int | None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        return None
-    path = work / "data.om"
-    with path.open("w") as f:
-        # OpenMetrics needs each family's samples together and timestamps in seconds.
-        for i in np.argsort(np.array([n.split("{")[0] for n in names]), kind="stable").tolist():
-            prefix = names[i] + " "
-            f.writelines(f"{prefix}{_fmt(v)} {t / 1000:.3f}\n" for t, v in zip(ts[i].tolist(), vals[i].tolist(),
-                                                                               strict=True))
-        f.write("# EOF\n")
-    out = work / "tsdb"
-    subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(path), str(out)],
-                   check=True, capture_output=True)
-    return sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and "chunks" in p.parts)
+DASHBOARD = {
+    "rate by route": "sum by (route) (rate(http_requests_total[5m]))",
+    "5xx ratio": 'sum by (route) (rate(http_requests_total{code=~"5.."}[5m])) / sum by (route) (rate(http_requests_total[5m]))',
+    "p95 by route": "histogram_quantile(0.95, sum by (le, route) (rate(http_request_duration_seconds_bucket[5m])))",
+    "avg gauge by instance": "avg by (instance) (process_resident_memory_bytes)",
+    "topk 5": "topk(5, sum by (instance, route) (rate(http_requests_total[5m])))",
+}
+
+
+def scaled(series: int, hours: float, t0_ms: int) -> Dataset:
+    """promgen's fleet with about ``series`` series: 6 routes x 15 + 5 = 95 series per target."""
+    routes = 6 if series >= 500 else 4
+    per_target = routes * 15 + 5
+    targets = max(1, round(series / per_target))
+    jobs = min(4, targets)
+    return generate(jobs=jobs, instances=max(1, targets // jobs), routes=routes, hours=hours, t0_ms=t0_ms)
+
+
+def text_bodies(data: Dataset, per_chunk: int = 50) -> list[bytes]:
+    n = len(data.series)
+    return ["".join(data.exposition(range(a, min(a + per_chunk, n)))).encode() for a in range(0, n, per_chunk)]
+
+
+def count_query(data: Dataset) -> str:
+    return " + ".join(f"sum(count_over_time({n}[{int((data.t_end_ms - data.t0_ms) / 3600000) + 1}h]))"
+                      for n in sorted({s[0] for s in data.series}))
+
+
+def wait_samples(url: str, data: Dataset, headers: dict[str, str], timeout: float = 1800) -> None:
+    """Poll until every sample is queryable (ingest is asynchronous after the acknowledgement)."""
+    deadline = time.monotonic() + timeout
+    got = 0.0
+    while time.monotonic() < deadline:
+        r = httpx.get(url + "/api/v1/query", params={"query": count_query(data), "time": data.t_end_ms / 1000,
+                                                      "nocache": 1}, headers=headers, timeout=600)
+        if r.status_code == 200:
+            result = r.json()["data"]["result"]
+            got = float(result[0]["value"][1]) if result else 0.0
+            if got >= data.samples:
+                return
+        time.sleep(1)
+    raise RuntimeError(f"only {got:,.0f} of {data.samples:,} samples became queryable")
+
+
+def dir_bytes(path: Path, only: str | None = None) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and (only is None or only in p.parts))
+
+
+def run_queries(url: str, data: Dataset, runs: int, headers: dict[str, str] | None = None,
+                extra: dict[str, str] | None = None) -> dict[str, tuple[float, dict]]:
+    """name -> (median seconds, last result ``data``) for the dashboard queries."""
+    out = {}
+    with httpx.Client(base_url=url, headers=headers or {}, timeout=1800) as c:
+        for name, q in DASHBOARD.items():
+            times = []
+            body: dict = {}
+            for _ in range(runs):
+                t = time.perf_counter()
+                r = c.post("/api/v1/query_range", data={"query": q, "start": data.t0_ms / 1000,
+                                                        "end": data.t_end_ms / 1000, "step": 60, **(extra or {})})
+                times.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{url} {name}: {r.status_code} {r.text[:300]}")
+                body = r.json()["data"]
+            out[name] = (float(np.median(times)), body)
+    return out
+
+
+def same_result(ours: dict, theirs: dict, rel: float = 1e-9) -> str | None:
+    """None if both query_range results have the same series, timestamps and values (NaN == NaN)."""
+
+    def norm(d: dict) -> dict:
+        return {tuple(sorted(s["metric"].items())): [(float(t), float(v)) for t, v in s["values"]] for s in d["result"]}
+
+    a, b = norm(ours), norm(theirs)
+    if set(a) != set(b):
+        return f"series differ: {len(a)} vs {len(b)}"
+    for k in a:
+        if [t for t, _ in a[k]] != [t for t, _ in b[k]]:
+            return f"timestamps differ for {dict(k)}"
+        for (t, x), (_, y) in zip(a[k], b[k], strict=True):
+            if not (x == y or (np.isnan(x) and np.isnan(y)) or abs(x - y) <= rel * max(abs(x), abs(y)) + 1e-12):
+                return f"{dict(k)} @ {t}: {x!r} != {y!r}"
+    return None
+
+
+class Prometheus:
+    def __init__(self, tsdb: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = tsdb.parent / "prometheus.yml"
+        config.write_text("global:\n  evaluation_interval: 1m\n")
+        self.log = (tsdb.parent / "prometheus.log").open("ab")
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb}", "--storage.tsdb.retention.time=100y",
+             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self.log, stderr=subprocess.STDOUT)
+        _wait_http(self.url + "/-/ready", self.proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+        self.log.close()
+
+
+class Victoria:
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (data.parent / "victoria.log").open("ab")
+        self.proc = subprocess.Popen(
+            ["victoria-metrics", f"-storageDataPath={data}", "-retentionPeriod=100y",
+             f"-httpListenAddr=127.0.0.1:{self.port}", "-search.disableCache", "-search.maxSamplesPerQuery=1000000000",
+             "-search.maxPointsPerTimeseries=100000"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        _wait_http(self.url + "/health", self.proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+        self.log.close()
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def remote_write_rate(data: Dataset, work: Path, steps: int, clients: int) -> float:
+    from stackwatch.ingest.prom_remote import TimeSeries, compress, encode_write_request
+
+    now_ms = int(time.time() * 1000)
+    reqs = []
+    for k in range(steps):
+        series = [TimeSeries([("__name__", name), *labels], [now_ms - (steps - k) * 15_000 + i % 1000],
+                             [float(data.values[i][k % data.values[i].size])])
+                  for i, (name, labels) in enumerate(data.series)]
+        reqs.append(compress(encode_write_request(series)))
+    headers = {"Authorization": f"Bearer {INGEST}", "Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
+    server = Server(work / "rw")
+    try:
+        rw_s = post_all(server.url + "/api/v1/write", reqs, headers, clients)
+    finally:
+        server.stop()
+    n = len(data.series) * steps
+    log(f"stackwatch remote write: {n:,} samples acked in {rw_s:.1f} s ({n / rw_s:,.0f} samples/s, "
+        f"{len(data.series)} samples per request)")
+    return n / rw_s
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--series", type=int, default=1000)
+    ap.add_argument("--series", type=int, default=10_000)
     ap.add_argument("--hours", type=float, default=24)
+    ap.add_argument("--runs", type=int, default=3, help="runs of each dashboard query per system (median)")
     ap.add_argument("--rw-steps", type=int, default=240)
-    ap.add_argument("--no-prometheus", action="store_true")
-    ap.add_argument("--clients", type=int, default=4, help="concurrent remote-write senders")
+    ap.add_argument("--clients", type=int, default=4, help="concurrent senders")
+    ap.add_argument("--no-peers", action="store_true", help="Stackwatch only (no Prometheus, VictoriaMetrics)")
+    ap.add_argument("--keep", type=Path, help="keep the work directory here")
     args = ap.parse_args(argv)
-    steps = int(args.hours * 3600 * 1000 // STEP_MS)
-    now_ms = int(time.time() * 1000) // 86_400_000 * 86_400_000
-    t0 = now_ms - steps * STEP_MS
-    log(f"generating {args.series} series x {steps} samples")
-    names, ts, vals = generate(args.series, steps, t0)
-    total = args.series * steps
-    work = Path(tempfile.mkdtemp(prefix="metrics-bench-"))
+    t0 = (int(time.time() * 1000) // 3_600_000 - int(np.ceil(args.hours)) - 2) * 3_600_000
+    data = scaled(args.series, args.hours, t0)
+    total = data.samples
+    log(f"{len(data.series):,} series, {total:,} samples over {args.hours} h")
+    work = args.keep or Path(tempfile.mkdtemp(prefix="metrics-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, object] = {"series": len(data.series), "samples": total}
     try:
-        bodies = text_chunks(names, ts, vals, 50)
-        log(f"{total:,} samples in {len(bodies)} import bodies, {sum(map(len, bodies)) / 1e6:.0f} MB of text")
+        bodies = text_bodies(data)
+        log(f"{len(bodies)} import bodies, {sum(map(len, bodies)) / 1e6:.0f} MB of text")
+        auth = {"Authorization": f"Bearer {ADMIN}"}
         server = Server(work / "data")
         try:
             start = time.perf_counter()
-            acked = post_all(server.url + "/api/v1/import/prometheus", bodies, {"Authorization": f"Bearer {INGEST}"})
-            wait_count(server.url, "count(http_requests_total) + count(cpu_utilization_ratio) "
-                       "+ count(db_pool_connections) + count(process_resident_memory_bytes) "
-                       "+ count(http_request_duration_seconds_bucket)", (t0 + (steps - 1) * STEP_MS) / 1000 + 1,
-                       args.series)
+            acked = post_all(server.url + "/api/v1/import/prometheus", bodies, {"Authorization": f"Bearer {INGEST}"},
+                             args.clients)
+            wait_samples(server.url, data, auth)
             stored = time.perf_counter() - start
-            log(f"import: acked in {acked:.1f} s ({total / acked:,.0f} samples/s); queryable after {stored:.1f} s "
-                f"({total / stored:,.0f} samples/s)")
+            log(f"stackwatch import: acked in {acked:.1f} s ({total / acked:,.0f} samples/s); queryable after "
+                f"{stored:.1f} s ({total / stored:,.0f} samples/s)")
+            results["sw_import"] = total / stored
         finally:
             server.stop()
         rows, nbytes = stackwatch_bytes(work / "data")
         log(f"stackwatch: {rows:,} samples, {nbytes:,} bytes, {nbytes / rows:.3f} bytes/sample")
+        results["sw_bps"] = nbytes / rows
         if args.rw_steps:
-            from stackwatch.ingest.prom_remote import TimeSeries, compress, encode_write_request
-            from stackwatch.ingest.prom_text import _parse_series
-
-            parsed = [_parse_series(n) for n in names]
-            reqs = []
-            for k in range(args.rw_steps):
-                series = [TimeSeries([("__name__", name), *labels], [int(now_ms + k * STEP_MS + i)],
-                                     [float(vals[i, k % steps])]) for i, (name, labels) in enumerate(parsed)]
-                reqs.append(compress(encode_write_request(series)))
-            headers = {"Authorization": f"Bearer {INGEST}", "Content-Encoding": "snappy",
-                       "Content-Type": "application/x-protobuf"}
-            server = Server(work / "rw")
+            results["sw_rw"] = remote_write_rate(data, work, args.rw_steps, args.clients)
+        prom: dict[str, tuple[float, dict]] = {}
+        vm: dict[str, tuple[float, dict]] = {}
+        if not args.no_peers:
+            om = work / "data.om"
+            with om.open("w") as f:
+                f.writelines(data.openmetrics())
+            start = time.perf_counter()
+            subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(work / "tsdb")],
+                           check=True, capture_output=True)
+            secs = time.perf_counter() - start
+            om.unlink()
+            pbytes = dir_bytes(work / "tsdb")
+            log(f"prometheus backfill (promtool): {secs:.1f} s ({total / secs:,.0f} samples/s); "
+                f"{pbytes:,} bytes ({pbytes / total:.3f} bytes/sample, chunks {dir_bytes(work / 'tsdb', 'chunks') / total:.3f})")
+            results.update(prom_import=total / secs, prom_bps=pbytes / total)
+            p = Prometheus(work / "tsdb")
             try:
-                rw_s = post_all(server.url + "/api/v1/write", reqs, headers, args.clients)
-                log(f"remote write: {args.series * args.rw_steps:,} samples acked in {rw_s:.1f} s "
-                    f"({args.series * args.rw_steps / rw_s:,.0f} samples/s, {args.series} samples per request)")
+                prom = run_queries(p.url, data, args.runs)
             finally:
-                server.stop()
-        if not args.no_prometheus:
-            pbytes = promtool_bytes(names, ts, vals, work)
-            if pbytes is not None:
-                log(f"prometheus tsdb (promtool backfill): {pbytes:,} bytes of chunks, {pbytes / total:.3f} bytes/sample")
+                p.stop()
+            v = Victoria(work / "vm")
+            try:
+                start = time.perf_counter()
+                acked = post_all(v.url + "/api/v1/import/prometheus", bodies, {}, args.clients)
+                httpx.get(v.url + "/internal/force_flush", timeout=60)
+                wait_samples(v.url, data, {})
+                secs = time.perf_counter() - start
+                log(f"victoriametrics import: acked in {acked:.1f} s; queryable after {secs:.1f} s "
+                    f"({total / secs:,.0f} samples/s)")
+                results["vm_import"] = total / secs
+                vm = run_queries(v.url, data, args.runs, extra={"nocache": "1"})
+            finally:
+                v.stop()
+            vbytes = dir_bytes(work / "vm")
+            log(f"victoriametrics: {vbytes:,} bytes ({vbytes / total:.3f} bytes/sample)")
+            results["vm_bps"] = vbytes / total
+        server = Server(work / "data")
+        try:
+            ours = run_queries(server.url, data, args.runs, auth)
+        finally:
+            server.stop()
+        for name in DASHBOARD:
+            line = f"query {name!r}: stackwatch {ours[name][0]:.3f} s"
+            if prom:
+                diff = same_result(ours[name][1], prom[name][1])
+                line += (f", prometheus {prom[name][0]:.3f} s (ratio {ours[name][0] / prom[name][0]:.2f}), "
+                         f"victoriametrics {vm[name][0]:.3f} s (ratio {ours[name][0] / vm[name][0]:.2f}); "
+                         f"{'equal to Prometheus' if diff is None else 'DIFFERENT from Prometheus: ' + diff}")
+            log(line)
+        log(f"results: {results}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
