@@ -113,3 +113,56 @@ def test_crash_after_insert_before_commit_is_not_duplicated(tmp_path: Path) -> N
     assert sorted(r["n"] for r in store.rows) == [0, 1, 2, 3, 99]  # type: ignore[index]
     b2.stop()
     b2.wal.close()
+
+
+def test_staged_sinks_prepare_ahead_and_commit_in_order_exactly_once(tmp_path: Path) -> None:
+    """The next block is prepared while the previous one is being committed; commits keep LSN
+    order, and a failed prepare or commit is retried without loss or duplication."""
+    import time
+
+    from stackwatch.ingest.batcher import Staged
+
+    intervals: dict[str, list[tuple[float, float]]] = {"prepare": [], "commit": []}
+    commits: list[tuple[int, str]] = []
+    failures = {"prepare": 1, "commit": 1}
+
+    def prepare(entries: list[Entry]) -> list[int]:
+        start = time.monotonic()
+        if failures["prepare"]:
+            failures["prepare"] -= 1
+            raise RuntimeError("worker died")
+        time.sleep(0.03)  # the pipeline's work
+        intervals["prepare"].append((start, time.monotonic()))
+        return [e.body()["e"][0]["n"] for e in entries]
+
+    def commit(ns: list[int], token: str) -> None:
+        start = time.monotonic()
+        time.sleep(0.03)  # the insert
+        if failures["commit"]:
+            failures["commit"] -= 1
+            raise RuntimeError("storage unavailable")
+        if token not in {t for _, t in commits}:
+            commits.extend((n, token) for n in ns)
+        intervals["commit"].append((start, time.monotonic()))
+
+    wal = WAL(tmp_path / "wal")
+    b = Batcher(wal, tmp_path / "wal" / "checkpoint.json", {"logs": Staged(prepare, commit)}, max_rows=5,
+                max_delay_s=0.01)
+    b.start()
+
+    async def main() -> None:
+        await asyncio.gather(*(b.submit("logs", "default", [{"n": i}]) for i in range(60)))
+
+    asyncio.run(main())
+    assert b.flush(20)
+    assert sorted(n for n, _ in commits) == list(range(60))
+    tokens = [t for _, t in commits]
+    lsns = [int(t.split("-")[1]) for t in dict.fromkeys(tokens)]
+    assert lsns == sorted(lsns), "blocks are committed in LSN order"
+    overlaps = sum(
+        1 for p0, p1 in intervals["prepare"] for c0, c1 in intervals["commit"] if p0 < c1 and c0 < p1
+    )
+    assert overlaps >= 3, intervals
+    assert b.stored_events == 60 and b.buffered_bytes == 0 and b.last_error is None
+    b.stop()
+    wal.close()

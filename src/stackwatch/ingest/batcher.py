@@ -4,18 +4,25 @@ Exactly once across crashes comes from three facts:
 
 1. A block is a contiguous LSN range ``a..b``. Before inserting it the batcher writes
    ``pending = [a, b]`` to the checkpoint file (fsync'd); after the insert it writes
-   ``committed = b``. At most one block is in flight.
+   ``committed = b``. At most one block is being inserted.
 2. Each insert carries the deduplication token ``<kind>-<a>-<b>``; ClickHouse stores a block
    with a token it has already seen only once.
 3. On start, a pending block is rebuilt from the WAL with exactly the same range, hence the
    same token, and re-inserted: if the crash came after the insert, ClickHouse drops it; if
    before, it is stored now. Records after ``b`` were never inserted.
+
+Two threads keep storage busy: a builder takes the next block and *prepares* it (for logs,
+the pipeline turns payloads into an Arrow block in worker processes) while an inserter
+commits the previous one, in LSN order, under the checkpoint protocol above. Preparing has
+no side effect, so a crash between the two loses nothing: the block is rebuilt from the WAL.
+A sink is either a callable ``(entries, token)`` (prepare-free) or a :class:`Staged` pair.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -29,7 +36,7 @@ import orjson
 from stackwatch.errors import Overloaded
 from stackwatch.ingest.wal import WAL
 
-__all__ = ["Batcher", "Entry", "Sink"]
+__all__ = ["Batcher", "Entry", "Sink", "Staged"]
 
 log = logging.getLogger("stackwatch.ingest")
 
@@ -72,7 +79,16 @@ class Entry:
 
 
 #: A sink stores the entries of one kind from one block; ``token`` makes a repeat a no-op.
-Sink = Callable[[list[Entry], str], None]
+@dataclass(frozen=True)
+class Staged:
+    """A sink in two steps: ``prepare(entries)`` (pure, may run ahead, e.g. the log pipeline)
+    and ``commit(prepared, token)`` (the insert, in order, exactly once per token)."""
+
+    prepare: Callable[[list[Entry]], Any]
+    commit: Callable[[Any, str], Any]
+
+
+Sink = Callable[[list[Entry], str], Any] | Staged
 
 
 class _Checkpoint:
@@ -122,10 +138,12 @@ class Batcher:
         self._queued_rows = 0
         self.buffered_bytes = 0
         self._cond = threading.Condition()
-        self._in_flight = False
+        self._in_flight = 0  # blocks taken from the queue and not yet stored
+        self._flight_oldest: dict[int, int] = {}  # id(block) -> oldest observed_ns in it
+        self._ready: queue.Queue[tuple[list[Entry], dict[str, Any]] | None] = queue.Queue(maxsize=1)
         self._urgent = False
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.stored_events = 0
         self.last_error: str | None = None
 
@@ -236,8 +254,12 @@ class Batcher:
     # -- the loop ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._build_loop, name="batcher-build", daemon=True),
+            threading.Thread(target=self._insert_loop, name="batcher-insert", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def _take_block(self) -> list[Entry] | None:
         with self._cond:
@@ -266,41 +288,75 @@ class Batcher:
             self._queued_rows -= rows
             if not self._queue:
                 self._urgent = False
-            self._in_flight = True
+            self._in_flight += 1
+            self._flight_oldest[id(block)] = min(e.observed_ns for e in block)
             return block
 
-    def _run(self) -> None:
+    def _retrying(self, what: str, block: list[Entry], step: Callable[..., Any], *args: Any) -> Any:
+        """Run ``step(*args)`` until it succeeds: storage being down must delay data, never drop it."""
+        backoff = 0.1
         while True:
-            block = self._take_block()
-            if block is None:
-                return
-            backoff = 0.1
+            try:
+                result = step(*args)
+                self.last_error = None
+                return result
+            except Exception as exc:
+                self.last_error = str(exc)
+                log.exception("%s block %d..%d failed; retrying", what, block[0].lsn, block[-1].lsn)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _build_loop(self) -> None:
+        try:
             while True:
-                try:
-                    self._store_block(block, block[0].lsn, block[-1].lsn)
-                    self.last_error = None
-                    break
-                except Exception as exc:  # storage down: keep the block, retry, never drop
-                    self.last_error = str(exc)
-                    log.exception("storing block %d..%d failed; retrying", block[0].lsn, block[-1].lsn)
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                block = self._take_block()
+                if block is None:
+                    return
+                prepared = self._retrying("preparing", block, self._prepare_block, block)
+                self._ready.put((block, prepared))  # waits while the inserter is busy: backpressure
+        finally:
+            self._ready.put(None)
+
+    def _insert_loop(self) -> None:
+        while True:
+            item = self._ready.get()
+            if item is None:
+                return
+            block, prepared = item
+            self._retrying("storing", block, self._store_block, block, block[0].lsn, block[-1].lsn, prepared)
             with self._cond:
-                self._in_flight = False
+                self._in_flight -= 1
+                self._flight_oldest.pop(id(block), None)
                 self._cond.notify_all()
 
-    def _store_block(self, block: list[Entry], a: int, b: int) -> None:
-        cp = self._checkpoint
-        cp.write(cp.committed, (a, b))
+    def _by_kind(self, block: list[Entry]) -> dict[str, list[Entry]]:
         by_kind: dict[str, list[Entry]] = {}
         for entry in block:
             by_kind.setdefault(entry.kind, []).append(entry)
-        for kind, entries in by_kind.items():
+        return by_kind
+
+    def _prepare_block(self, block: list[Entry]) -> dict[str, Any]:
+        prepared: dict[str, Any] = {}
+        for kind, entries in self._by_kind(block).items():
+            sink = self.sinks.get(kind)
+            prepared[kind] = sink.prepare(entries) if isinstance(sink, Staged) else entries
+        return prepared
+
+    def _store_block(self, block: list[Entry], a: int, b: int, prepared: dict[str, Any] | None = None) -> None:
+        if prepared is None:
+            prepared = self._prepare_block(block)
+        cp = self._checkpoint
+        cp.write(cp.committed, (a, b))
+        for kind, item in prepared.items():
             sink = self.sinks.get(kind)
             if sink is None:
-                log.error("no sink for WAL records of kind %r; %d records skipped", kind, len(entries))
+                log.error("no sink for WAL records of kind %r; %d records skipped", kind, len(item))
                 continue
-            sink(entries, f"{kind}-{a}-{b}")
+            token = f"{kind}-{a}-{b}"
+            if isinstance(sink, Staged):
+                sink.commit(item, token)
+            else:
+                sink(item, token)
         cp.write(b, None)
         self.wal.trim(b)
         nbytes = sum(e.nbytes for e in block)
@@ -317,7 +373,10 @@ class Batcher:
         """Every entry observed at or before this time is in storage."""
         with self._cond:
             if self._queue or self._in_flight:
-                oldest = min((e.observed_ns for _, e in self._queue), default=time.time_ns())
+                oldest = min(
+                    min((e.observed_ns for _, e in self._queue), default=time.time_ns()),
+                    min(self._flight_oldest.values(), default=time.time_ns()),
+                )
                 return oldest - 1
         return time.time_ns()
 
@@ -338,5 +397,6 @@ class Batcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -17,7 +17,7 @@ import yaml
 
 from stackwatch.auth import AuthService
 from stackwatch.errors import ConfigError
-from stackwatch.ingest.batcher import Batcher, Entry
+from stackwatch.ingest.batcher import Batcher, Entry, Staged
 from stackwatch.ingest.spanmetrics import SpanMetrics
 from stackwatch.ingest.wal import WAL
 from stackwatch.ingest.workers import BlockBuilder
@@ -104,9 +104,11 @@ class Runtime:
         blocks = BlockBuilder(_pipeline_config(settings), workers)
         wal = WAL(data / "wal", segment_bytes=settings.wal_segment_bytes, fsync=settings.wal_fsync)
 
-        def store_logs(entries: list[Entry], token: str) -> None:
-            block = blocks.build([e.payload for e in entries], [e.count for e in entries])
-            logs.insert_block(block, dedup_token=token)
+        # Logs in two steps: the pipeline builds the next block while the previous one is inserted.
+        store_logs = Staged(
+            lambda entries: blocks.build([e.payload for e in entries], [e.count for e in entries]),
+            lambda block, token: logs.insert_block(block, dedup_token=token),
+        )
 
         # Traces: spans to their tables, and the RED series derived from them to the metrics.
         traces = TraceStore(executor, retention_days=settings.traces_retention_days)
