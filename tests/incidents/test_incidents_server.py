@@ -59,6 +59,8 @@ alerting:
       webhook_configs: [{{url: "{receiver.url}/cat"}}]
     - name: cto-pager
       webhook_configs: [{{url: "{receiver.url}/cto"}}]
+    - name: pd-pager
+      pagerduty_configs: [{{routing_key: "R0UT1NGKEY", url: "{receiver.url}/pd"}}]
 incidents:
   escalation_tick: 0.2s
 """)
@@ -87,7 +89,7 @@ def test_alert_to_incident_escalation_ack_restart_resolution(server: ServerProce
         for user in ("ann", "cat"):
             assert c.put(f"/api/v1/oncall/profiles/{user}", json={"receivers": [f"{user}-pager"]}).status_code == 200
         assert c.post("/api/v1/escalation-policies", json={"name": "default", "default": True, "levels": [
-            {"targets": [{"schedule": "ops", "layer": "primary"}], "delay_minutes": 0.04},
+            {"targets": [{"schedule": "ops", "layer": "primary"}, {"receiver": "pd-pager"}], "delay_minutes": 0.04},
             {"targets": [{"schedule": "ops", "layer": "secondary"}], "delay_minutes": 0.04},
             {"targets": [{"receiver": "cto-pager"}], "delay_minutes": 10}]}).status_code == 201
 
@@ -109,6 +111,12 @@ def test_alert_to_incident_escalation_ack_restart_resolution(server: ServerProce
     confirm = httpx.get(link)  # no credentials: the link is the capability
     assert confirm.status_code == 200 and "Acknowledge" in confirm.text
     assert httpx.post(link).status_code == 200
+    # PagerDuty keeps paging until told: it gets an acknowledge event with the page's dedup key.
+    pd = [body for path, body in receiver.requests if path == "/pd"]
+    assert [b["event_action"] for b in pd] == ["trigger"]
+    wait_for("PagerDuty acknowledge", lambda: len([p for p in receiver.paths() if p == "/pd"]) == 2)
+    acked = [body for path, body in receiver.requests if path == "/pd"][1]
+    assert (acked["event_action"], acked["dedup_key"]) == ("acknowledge", pd[0]["dedup_key"])
     time.sleep(3.0)  # level 3 would have been due by now
     assert "/cto" not in receiver.paths()
     assert receiver.paths().count("/ann") == 1 and receiver.paths().count("/cat") == 1
@@ -131,6 +139,9 @@ def test_alert_to_incident_escalation_ack_restart_resolution(server: ServerProce
                             == "resolved" and r)
         pm = c.get("/api/v1/incidents/1/postmortem").json()
     assert resolved["resolved_by"] == "stackwatch"
+    wait_for("PagerDuty resolve", lambda: [b.get("event_action") for p, b in receiver.requests if p == "/pd"]
+             == ["trigger", "acknowledge", "resolve"])
+    assert receiver.paths().count("/ann") == 1  # webhooks and chat get no extra messages
     kinds = [e["kind"] for e in resolved["timeline"]]
     assert kinds.count("opened") == 1 and kinds.count("alert_firing") == 1
     assert kinds.index("escalated") < kinds.index("acknowledged") < kinds.index("alert_resolved") < kinds.index(

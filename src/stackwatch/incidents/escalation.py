@@ -55,6 +55,7 @@ class EscalationEngine:
         self._thread: threading.Thread | None = None
         self._tick_lock = threading.Lock()
         service.on_opened.append(lambda _number: self.wake())
+        service.on_state_change.append(self._state_changed)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -188,3 +189,40 @@ class EscalationEngine:
         self.service.add_timeline(step["incident_id"], "escalated", SYSTEM, message,
                                   {"level": step["level"], "cycle": step["cycle"], "policy": step["policy"],
                                    "deliveries": deliveries, "problems": problems, "next_at": step["next_at"]}, now)
+
+    # -- acknowledgements and resolutions to pagers that track incidents ----------------------
+
+    def _tracks_incidents(self, receiver: str) -> bool:
+        """True for receivers whose every notifier is PagerDuty: they keep paging on their own
+        until told, and an acknowledge/resolve event is what they expect. Other receivers (chat,
+        e-mail, webhooks, SMS gateways) would read another message as another page."""
+        dispatcher = getattr(self.sender, "dispatcher", self.sender)
+        receivers = getattr(getattr(dispatcher, "config", None), "receivers", None)
+        found = receivers.get(receiver) if isinstance(receivers, dict) else None
+        integrations = getattr(found, "integrations", ())
+        return bool(integrations) and all(getattr(i, "kind", "") == "pagerduty" for i in integrations)
+
+    def _state_changed(self, incident_id: int, action: str) -> None:
+        if self.sender is None:
+            return
+        targets = [r for r in self.service.paged_receivers(incident_id) if self._tracks_incidents(r)]
+        if targets:
+            threading.Thread(target=self.send_action, args=(incident_id, action, targets), daemon=True,
+                             name="stackwatch-incident-action").start()
+
+    def send_action(self, incident_id: int, action: str, receivers: list[str]) -> None:
+        """Tell ``receivers`` the incident was acknowledged or resolved (same dedup key as the pages)."""
+        now = self.clock()
+        inc = self.service.get_by_id(incident_id)
+        alerts = self.service.alerts_of(incident_id) or []
+        for receiver in receivers:
+            event = make_group_event(inc["group_key"] or f"incident/{inc['number']}", receiver, dict(inc["labels"]),
+                                     alerts, "resolved" if action == "resolve" else "firing", now)
+            try:
+                results = list(self.sender.send_to_receiver(receiver, event, {"action": action})) if self.sender else []
+                ok, detail = bool(results) and all(delivered(r) for r in results), [delivery_json(r) for r in results]
+            except Exception as exc:
+                ok, detail = False, [{"error": f"{type(exc).__name__}: {exc}"}]
+            self.service.add_timeline(incident_id, "notification", SYSTEM,
+                                      f"Sent {action} to {receiver}" + ("" if ok else " (delivery failed)"),
+                                      {"receiver": receiver, "action": action, "ok": ok, "results": detail}, now)

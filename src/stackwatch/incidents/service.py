@@ -197,6 +197,9 @@ class IncidentService:
         self._lock = threading.RLock()
         #: Called after an incident opens, so the escalation engine pages without waiting a tick.
         self.on_opened: list[Callable[[int], None]] = []
+        #: Called with (incident id, "acknowledge" | "resolve") after either happened, so pagers
+        #: that track incidents themselves (PagerDuty) can be told.
+        self.on_state_change: list[Callable[[int, str], None]] = []
 
     # -- JSON ----------------------------------------------------------------------------------
 
@@ -367,6 +370,26 @@ class IncidentService:
         self._notify_opened(out["number"])
         return out
 
+    def _notify_state(self, incident_id: int, action: str) -> None:
+        for callback in self.on_state_change:
+            try:
+                callback(incident_id, action)
+            except Exception:
+                log.exception("incident state hook failed")
+
+    def paged_receivers(self, incident_id: int) -> list[str]:
+        """Receivers escalation paged for this incident, in first-paged order."""
+        with self.meta.session() as s:
+            rows = s.scalars(sa.select(TimelineEntry).where(TimelineEntry.incident_id == incident_id,
+                                                            TimelineEntry.kind == "notification")
+                             .order_by(TimelineEntry.at, TimelineEntry.id))
+            out: list[str] = []
+            for e in rows:
+                receiver = e.payload.get("receiver")
+                if e.payload.get("level") and receiver and receiver not in out:
+                    out.append(receiver)
+            return out
+
     def _notify_opened(self, number: int) -> None:
         for callback in self.on_opened:
             try:
@@ -427,11 +450,14 @@ class IncidentService:
                       at, {"receiver": event.receiver, "status": event.status, "group_key": event.group_key,
                            "firing": firing_count, "resolved": len(alerts) - firing_count})
             still_firing = [a for a in inc.alerts.values() if a.get("status") == "firing"]
-            if inc.status != "resolved" and not still_firing and self.config.auto_resolve:
+            resolved_now = inc.status != "resolved" and not still_firing and self.config.auto_resolve
+            if resolved_now:
                 self._resolve(s, inc, SYSTEM, "All alerts resolved", at)
-            number = inc.number
+            number, incident_id = inc.number, inc.id
         if opened is not None:
             self._notify_opened(opened)
+        if resolved_now:
+            self._notify_state(incident_id, "resolve")
         return number
 
     def _open_incident_for(self, s: Session, group_key: str, fingerprints: list[str]) -> Incident | None:
@@ -506,7 +532,9 @@ class IncidentService:
             if not inc.assignee:
                 inc.assignee = by
             self._add(s, inc, "acknowledged", by, message or f"Acknowledged via {via}", now, {"via": via})
-            return self._json(s, inc)
+            out, incident_id = self._json(s, inc), inc.id
+        self._notify_state(incident_id, "acknowledge")
+        return out
 
     def _resolve(self, s: Session, inc: Incident, by: str, message: str, at: datetime) -> None:
         inc.status, inc.resolved_at, inc.resolved_by, inc.esc_next_at = "resolved", at, by, None
@@ -526,7 +554,9 @@ class IncidentService:
             if inc.status == "resolved":
                 raise Conflict(f"incident #{number} is already resolved (by {inc.resolved_by} at {iso(inc.resolved_at)})")
             self._resolve(s, inc, by, message, now)
-            return self._json(s, inc)
+            out, incident_id = self._json(s, inc), inc.id
+        self._notify_state(incident_id, "resolve")
+        return out
 
     def _note(self, number: int, kind: str, by: str, message: str) -> dict[str, Any]:
         if not (message or "").strip():
