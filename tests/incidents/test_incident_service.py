@@ -216,7 +216,7 @@ def test_list_filters(service: IncidentService, clock: Clock) -> None:
 
 def test_mtta_and_mttr_per_severity_and_service(service: IncidentService, clock: Clock, meta: MetaStore) -> None:
     start = clock()
-    for minutes_to_ack, minutes_to_resolve, sev, svc in ((2, 10, "P0", "api"), (4, 30, "P0", "db"),
+    for minutes_to_ack, minutes_to_resolve, sev, svc in ((2, 10, "P0", "api"), (7, 90, "P0", "db"),
                                                         (30, 240, "P2", "api"), (None, 60, "P2", "api")):
         inc = service.create(title="x", severity=sev, by="a", service=svc)
         opened = clock()
@@ -229,15 +229,19 @@ def test_mtta_and_mttr_per_severity_and_service(service: IncidentService, clock:
     service.create(title="still open", severity="P1", by="a", service="api")
     report = mtta_mttr(meta, start, clock() + timedelta(seconds=1))
     assert report["overall"]["incidents"] == 5
-    assert report["by_severity"]["P0"]["mtta"]["mean_seconds"] == 180
-    assert report["by_severity"]["P0"]["mttr"]["mean_seconds"] == 20 * 60
+    assert report["by_severity"]["P0"]["mtta"]["mean_seconds"] == 270
+    assert report["by_severity"]["P0"]["mttr"]["mean_seconds"] == 50 * 60
     assert report["by_severity"]["P2"]["mtta"] == {"count": 1, "mean_seconds": 1800, "median_seconds": 1800,
                                                    "p90_seconds": 1800}
     assert report["by_severity"]["P2"]["mttr"]["mean_seconds"] == 150 * 60
     assert report["by_severity"]["P1"]["mttr"]["count"] == 0
     assert report["by_service"]["api"]["incidents"] == 4
     assert report["by_service"]["api"]["mttr"]["median_seconds"] == 60 * 60
-    assert report["by_service"]["db"]["mtta"]["mean_seconds"] == 240
+    assert report["by_service"]["db"]["mtta"]["mean_seconds"] == 420
+    # P0 SLA: acknowledge in 5 min, resolve in 1 h; P2: 1 h and 24 h.
+    assert report["by_severity"]["P0"]["sla_met"] == {"acknowledge": 0.5, "resolve": 0.5}  # db: 7 min, 90 min
+    assert report["by_severity"]["P2"]["sla_met"] == {"acknowledge": 1.0, "resolve": 1.0}
+    assert report["by_severity"]["P1"]["sla_met"] == {"acknowledge": None, "resolve": None}
     assert mtta_mttr(meta, start - timedelta(days=2), start)["overall"]["incidents"] == 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from stackwatch.incidents.directory import iso
-from stackwatch.incidents.severity import SEVERITIES
+from stackwatch.incidents.severity import SEVERITIES, SLA
 from stackwatch.storage.meta.db import MetaStore
 from stackwatch.storage.meta.models import AlertOccurrence, Incident, TimelineEntry
 
@@ -58,7 +58,18 @@ def mtta_mttr(meta: MetaStore, start: datetime, end: datetime) -> dict[str, Any]
     def figures(selected: list[Any]) -> dict[str, Any]:
         tta = [(r.acked_at - r.opened_at).total_seconds() for r in selected if r.acked_at]
         ttr = [(r.resolved_at - r.opened_at).total_seconds() for r in selected if r.resolved_at]
-        return {"incidents": len(selected), "mtta": _stats(tta), "mttr": _stats(ttr)}
+        # Share of acknowledged / resolved incidents that met their severity's SLA (guide 3's table).
+        ack_ok = sum(1 for r in selected if r.acked_at and
+                     (r.acked_at - r.opened_at).total_seconds() <= SLA[r.severity]["acknowledge_minutes"] * 60)
+        res_ok = sum(1 for r in selected if r.resolved_at and
+                     (r.resolved_at - r.opened_at).total_seconds() <= SLA[r.severity]["resolve_minutes"] * 60)
+        return {
+            "incidents": len(selected),
+            "mtta": _stats(tta),
+            "mttr": _stats(ttr),
+            "sla_met": {"acknowledge": round(ack_ok / len(tta), 4) if tta else None,
+                        "resolve": round(res_ok / len(ttr), 4) if ttr else None},
+        }
 
     by_severity = {sev: figures([r for r in rows if r.severity == sev]) for sev in SEVERITIES}
     services = sorted({r.service for r in rows})
