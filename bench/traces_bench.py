@@ -115,11 +115,11 @@ def _kv(key: str, value: Any) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
-def generate(spans: int, chunk: int, seed: int) -> tuple[list[bytes], list[str], int]:
-    """(request bodies, trace ids, bytes) of ``spans`` spans in whole traces."""
+def generate(spans: int, chunk: int, seed: int, days: float = 1.0) -> tuple[list[bytes], list[str], int]:
+    """(request bodies, trace ids, bytes) of ``spans`` spans in whole traces over ``days``."""
     rng = random.Random(seed)
     end_ns = time.time_ns() - 60 * NS
-    start_ns = end_ns - 86_400 * NS
+    start_ns = end_ns - int(days * 86_400 * NS)
     by_service: dict[str, list[Span]] = {s: [] for s in _SERVICES}
     bodies: list[bytes] = []
     trace_ids: list[str] = []
@@ -404,7 +404,7 @@ def main(argv: list[str]) -> int:
     bodies, trace_ids, size = generate(args.spans, args.chunk, args.seed)
     log(f"{len(bodies)} requests, {size / 1e6:.1f} MB protobuf, {len(trace_ids):,} traces")
     tmp = Path(tempfile.mkdtemp(prefix="sw-traces-bench-"))
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"load_before": os.getloadavg()[0]}
     try:
         server = Server(tmp / "spans" / "data")
         try:
@@ -452,6 +452,7 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    results["load_after"] = os.getloadavg()[0]
     section = report(args, results, size, len(trace_ids))
     print(section)
     if not args.no_docs:
@@ -473,7 +474,8 @@ def report(args: argparse.Namespace, r: dict[str, Any], size: int, traces: int) 
         f"- **Data**: {args.spans:,} spans in {traces:,} traces (2-16 spans, five services, over the last 24 h; "
         f"seed {args.seed}), {size / 1e6:.1f} MB of OTLP protobuf in requests of {args.chunk:,} spans.",
         f"- **Machine**: {m['nproc']} CPUs ({m['cpu']}), {m['ram']} RAM, {m['os']}, Python {m['python']}; "
-        "shared with other work while it ran, so the figures are conservative.",
+        f"shared with other work while it ran (1-minute load average {r['load_before']:.1f} at the start, "
+        f"{r['load_after']:.1f} at the end, on {m['nproc']} CPUs), so every figure here is pessimistic.",
         f"- **Versions**: stackwatch {version('stackwatch')} (chDB {version('chdb')}).",
         f"- **Load**: {args.clients} concurrent HTTP clients, one server process, embedded store.", "",
         "| metric | value | target |", "|---|--:|---|",

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute
 
 from stackwatch.errors import BadRequest
 from stackwatch.model.spans import SPAN_KINDS, STATUS_CODES, Span
@@ -40,84 +41,79 @@ def _map(offsets: list[int], keys: list[str], values: pa.Array) -> pa.Array:
     return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(keys, pa.string()), values)
 
 
+_STRING_COLUMNS = (
+    "trace_id", "span_id", "parent_span_id", "service", "name", "kind", "status_code", "status_message",
+    "scope_name", "scope_version",
+)
+
+
 def spans_to_arrow(batches: Iterable[tuple[str, Sequence[Span]]]) -> tuple[pa.Table, pa.Table]:
     """(spans block, trace_index block) for spans grouped by project.
 
+    Scalar columns are built one column at a time (a comprehension per column runs several
+    times faster than appending to fifteen lists per span); only the maps need a loop.
     Attributes are split by value type into three maps; an integer too large for a Float64 to
     hold exactly is kept as text, so no id-like number is silently rounded. ``None`` values
     (a NaN that went through the WAL's JSON) are left out.
     """
-    cols: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "project", "trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start",
-            "duration_ns", "status_code", "status_message", "events", "links", "scope_name", "scope_version",
-        )
-    }
+    spans: list[Span] = []
+    projects: list[str] = []
+    for project, group in batches:
+        spans.extend(group)
+        projects.extend([project] * len(group))
+    starts = [s["start_ns"] for s in spans]
+    ends = [e if e > b else b for e, b in zip([s["end_ns"] for s in spans], starts, strict=True)]
+    table: dict[str, pa.Array] = {"project": pa.array(projects, pa.string())}
+    for name in _STRING_COLUMNS:
+        table[name] = pa.array([s[name] for s in spans], pa.string())
+    start_arr = pa.array(starts, pa.int64())
+    table["start"] = start_arr.cast(_TS)
+    table["duration_ns"] = pa.compute.subtract(pa.array(ends, pa.int64()), start_arr)
+    dumps = orjson.dumps
+    table["events"] = pa.array([dumps(e).decode() if (e := s["events"]) else "" for s in spans], pa.string())
+    table["links"] = pa.array([dumps(x).decode() if (x := s["links"]) else "" for s in spans], pa.string())
     s_off, s_keys, s_vals = [0], [], []
     n_off, n_keys, n_vals = [0], [], []
     b_off, b_keys, b_vals = [0], [], []
     r_off, r_keys, r_vals = [0], [], []
-    traces: dict[tuple[str, str, int], list[int]] = {}
-    for project, spans in batches:
-        for span in spans:
-            start = span["start_ns"]
-            end = max(span["end_ns"], start)
-            cols["project"].append(project)
-            cols["trace_id"].append(span["trace_id"])
-            cols["span_id"].append(span["span_id"])
-            cols["parent_span_id"].append(span["parent_span_id"])
-            cols["service"].append(span["service"])
-            cols["name"].append(span["name"])
-            cols["kind"].append(span["kind"])
-            cols["start"].append(start)
-            cols["duration_ns"].append(end - start)
-            cols["status_code"].append(span["status_code"])
-            cols["status_message"].append(span["status_message"])
-            cols["events"].append(orjson.dumps(span["events"]).decode() if span["events"] else "")
-            cols["links"].append(orjson.dumps(span["links"]).decode() if span["links"] else "")
-            cols["scope_name"].append(span["scope_name"])
-            cols["scope_version"].append(span["scope_version"])
-            for key, value in span["attributes"].items():
-                kind = type(value)
-                if kind is str:
-                    s_keys.append(key)
-                    s_vals.append(value)
-                elif kind is bool:
-                    b_keys.append(key)
-                    b_vals.append(value)
-                elif kind is float or (kind is int and -_MAX_EXACT <= value <= _MAX_EXACT):
-                    n_keys.append(key)
-                    n_vals.append(float(value))
-                elif value is not None:
-                    s_keys.append(key)
-                    s_vals.append(str(value))
-            s_off.append(len(s_keys))
-            n_off.append(len(n_keys))
-            b_off.append(len(b_keys))
-            resource = span["resource"]
-            r_keys.extend(resource.keys())
-            r_vals.extend(resource.values())
-            r_off.append(len(r_keys))
-            key = (project, span["trace_id"], start // _NS_PER_DAY)
-            entry = traces.get(key)
-            if entry is None:
-                traces[key] = [start, end, 1]
-            else:
-                entry[0] = min(entry[0], start)
-                entry[1] = max(entry[1], end)
-                entry[2] += 1
-    table: dict[str, pa.Array] = {
-        name: pa.array(values, pa.string())
-        for name, values in cols.items()
-        if name not in ("start", "duration_ns")
-    }
-    table["start"] = pa.array(cols["start"], pa.int64()).cast(_TS)
-    table["duration_ns"] = pa.array(cols["duration_ns"], pa.int64())
+    for span in spans:
+        for key, value in span["attributes"].items():
+            kind = type(value)
+            if kind is str:
+                s_keys.append(key)
+                s_vals.append(value)
+            elif kind is bool:
+                b_keys.append(key)
+                b_vals.append(value)
+            elif kind is float or (kind is int and -_MAX_EXACT <= value <= _MAX_EXACT):
+                n_keys.append(key)
+                n_vals.append(float(value))
+            elif value is not None:
+                s_keys.append(key)
+                s_vals.append(str(value))
+        s_off.append(len(s_keys))
+        n_off.append(len(n_keys))
+        b_off.append(len(b_keys))
+        resource = span["resource"]
+        r_keys.extend(resource.keys())
+        r_vals.extend(resource.values())
+        r_off.append(len(r_keys))
     table["attributes_string"] = _map(s_off, s_keys, pa.array(s_vals, pa.string()))
     table["attributes_number"] = _map(n_off, n_keys, pa.array(n_vals, pa.float64()))
     table["attributes_bool"] = _map(b_off, b_keys, pa.array(b_vals, pa.bool_()))
     table["resource"] = _map(r_off, r_keys, pa.array(r_vals, pa.string()))
+    traces: dict[tuple[str, str, int], list[int]] = {}
+    for project, span, start, end in zip(projects, spans, starts, ends, strict=True):
+        key = (project, span["trace_id"], start // _NS_PER_DAY)
+        entry = traces.get(key)
+        if entry is None:
+            traces[key] = [start, end, 1]
+        else:
+            if start < entry[0]:
+                entry[0] = start
+            if end > entry[1]:
+                entry[1] = end
+            entry[2] += 1
     keys = list(traces)
     index = pa.table(
         {
