@@ -13,11 +13,13 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stackwatch.errors import BadRequest
 from stackwatch.ingest.batcher import Entry
 from stackwatch.redaction import Redactor
-from stackwatch.storage.errors import ErrorStore
+from stackwatch.storage.errors import ErrorStore, _Walker
 from stackwatch.storage.executor import ChdbExecutor
 from stackwatch.storage.meta import MetaStore
 from stackwatch.storage.meta.models import Project
@@ -246,3 +248,20 @@ def test_hourly_counts_tags_events_and_trace_join(store: ErrorStore) -> None:
     assert joined["issue_id"] == issue_id and joined["title"] == "ValueError: bad amount 17"
     assert {"event_id", "issue_id", "title", "level", "timestamp", "message", "culprit"} <= set(joined)
     assert datetime.fromisoformat(joined["timestamp"]) > datetime.now(UTC) - timedelta(minutes=5)
+
+
+_KEYS = st.sampled_from(["password", "db_password", "user_id", "aws_access_key_id", "session_id", "note", "token_count",
+                         "Authorization", "vars", "message", "id", "api_key", "cookie"])
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(
+        ["plain", "Bearer abcdefghijklmnop", "mail bob@example.com", "4242 4242 4242 4242", "postgres://u:pw@h/d"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_KEYS, children, max_size=4),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=5))
+def test_event_walker_decides_exactly_as_the_redactor(data: dict[str, Any]) -> None:
+    redactor = Redactor()
+    assert _Walker(redactor).mapping(data) == redactor.redact_mapping(data)

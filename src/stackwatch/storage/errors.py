@@ -62,7 +62,61 @@ _TS = pa.timestamp("ms", tz="UTC")
 # -- scrubbing -------------------------------------------------------------------------------
 
 
-def _scrub_query_string(value: Any, redactor: Redactor) -> Any:
+_ID, _SENSITIVE = 1, 2
+
+
+class _Walker:
+    """:meth:`Redactor.redact_mapping` over a whole event, with each key classified once.
+
+    A Sentry event holds a few hundred values under a few dozen distinct keys (every frame
+    has ``filename``, ``lineno``, ``vars``...); classifying the key anew for each value was
+    most of the cost of scrubbing. Same decisions as the redactor's own walk: an id key keeps
+    its scalar, a credential-named key loses its value, every other string takes the text rules.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+        self.kinds: dict[Any, int] = {}
+
+    def _kind(self, key: Any) -> int:
+        kind = self.kinds.get(key)
+        if kind is None:
+            text = str(key)
+            kind = (_ID if self.redactor._is_id_key(text) else 0) | (
+                _SENSITIVE if self.redactor.is_sensitive_key(text) else 0
+            )
+            if len(self.kinds) < 10_000:
+                self.kinds[key] = kind
+        return kind
+
+    def value(self, key: Any, value: Any) -> Any:
+        kind = self._kind(key)
+        if kind:
+            if kind & _ID and not isinstance(value, Mapping | list | tuple):
+                return value
+            if kind & _SENSITIVE:
+                if value is None or value.__class__ is bool:
+                    return value
+                if isinstance(value, str) and self.redactor._is_allowed(value):
+                    return value
+                return REDACTED
+        return self.any(value)
+
+    def any(self, value: Any) -> Any:
+        cls = value.__class__
+        if cls is str:
+            return self.redactor.redact_text(value)
+        if cls is dict or isinstance(value, Mapping):
+            return {k: self.value(k, v) for k, v in value.items()}
+        if cls is list or cls is tuple:
+            return [self.any(v) for v in value]
+        return value
+
+    def mapping(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        return {k: self.value(k, v) for k, v in data.items()}
+
+
+def _scrub_query_string(value: Any, redactor: Redactor, walker: _Walker) -> Any:
     if isinstance(value, str):
         pairs = parse_qsl(value, keep_blank_values=True)
         if not pairs:
@@ -74,14 +128,14 @@ def _scrub_query_string(value: Any, redactor: Redactor) -> Any:
         for pair in value:
             if isinstance(pair, list | tuple) and len(pair) == 2:
                 key = str(pair[0])
-                out.append([key, REDACTED if redactor.is_sensitive_key(key) else redactor._redact_any(pair[1])])
+                out.append([key, REDACTED if redactor.is_sensitive_key(key) else walker.any(pair[1])])
             else:
-                out.append(redactor._redact_any(pair))
+                out.append(walker.any(pair))
         return out
-    return redactor._redact_any(value)
+    return walker.any(value)
 
 
-def _scrub_request(request: Mapping[str, Any], redactor: Redactor) -> dict[str, Any]:
+def _scrub_request(request: Mapping[str, Any], redactor: Redactor, walker: _Walker) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in request.items():
         if key == "cookies":
@@ -94,16 +148,16 @@ def _scrub_request(request: Mapping[str, Any], redactor: Redactor) -> dict[str, 
             else:
                 out[key] = value
         elif key == "query_string":
-            out[key] = _scrub_query_string(value, redactor)
+            out[key] = _scrub_query_string(value, redactor, walker)
         elif key == "url" and isinstance(value, str) and "?" in value:
             base, _, query = value.partition("?")
-            out[key] = redactor.redact_text(base) + "?" + str(_scrub_query_string(query, redactor))
+            out[key] = redactor.redact_text(base) + "?" + str(_scrub_query_string(query, redactor, walker))
         else:
-            out[key] = redactor.redact_mapping({key: value})[key]
+            out[key] = walker.value(key, value)
     return out
 
 
-def scrub_event(event: Mapping[str, Any], redactor: Redactor) -> dict[str, Any]:
+def scrub_event(event: Mapping[str, Any], redactor: Redactor, walker: _Walker | None = None) -> dict[str, Any]:
     """A copy of a Sentry event with secrets and PII masked by the pipeline's redaction rules.
 
     Request headers, cookies (values always), query strings, bodies, frame local variables,
@@ -112,17 +166,18 @@ def scrub_event(event: Mapping[str, Any], redactor: Redactor) -> dict[str, Any]:
     ``password``, ``api_key``) lose their values, and tokens, e-mails and card numbers in
     text are masked. SDK metadata (versions, package lists) is kept as sent.
     """
+    walker = walker or _Walker(redactor)
     out: dict[str, Any] = {}
     for key, value in event.items():
         if key in _UNSCRUBBED or not redactor.enabled:
             out[key] = value
         elif key == "request" and isinstance(value, Mapping):
-            out[key] = _scrub_request(value, redactor)
+            out[key] = _scrub_request(value, redactor, walker)
         elif key == "user" and isinstance(value, Mapping):
             # ip_address and ids identify a user for counting; they are kept like log ids.
-            out[key] = redactor.redact_mapping(value)
+            out[key] = walker.mapping(value)
         elif isinstance(value, dict | list | str):
-            out[key] = redactor.redact_mapping({key: value})[key]
+            out[key] = walker.value(key, value)
         else:
             out[key] = value
     return out
@@ -188,7 +243,7 @@ class ProcessedEvent:
 
 def process_event(
     project: str, event: Mapping[str, Any], received: float, redactor: Redactor,
-    attachments: list[dict[str, Any]] | None = None,
+    attachments: list[dict[str, Any]] | None = None, walker: _Walker | None = None,
 ) -> ProcessedEvent:
     """Scrub, group and flatten one event (see :func:`scrub_event` and :mod:`stackwatch.model.errors`)."""
     raw_user = event.get("user") if isinstance(event.get("user"), Mapping) else {}
@@ -199,7 +254,7 @@ def process_event(
          if raw_user.get(kind) not in (None, "")),
         "",
     )
-    scrubbed = scrub_event(event, redactor)
+    scrubbed = scrub_event(event, redactor, walker)
     scrubbed["event_id"] = model.event_id(event.get("event_id"))
     grouping = model.group(scrubbed)
     exc = model.main_exception(scrubbed)
@@ -287,6 +342,7 @@ class ErrorStore:
         self.outcomes = outcomes or Outcomes()
         self._now = now
         self._lock = threading.Lock()
+        self._walker = _Walker(redactor)
 
     def ensure_schema(self) -> None:
         for table in ERROR_TABLES:
@@ -305,7 +361,7 @@ class ErrorStore:
                 try:
                     processed.append(
                         process_event(entry.project, record["event"], float(record["received"]), self.redactor,
-                                      record.get("attachments"))
+                                      record.get("attachments"), self._walker)
                     )
                 except Exception:  # one odd event must not block the WAL: count it and go on
                     log.exception("dropping an error event that could not be processed")
