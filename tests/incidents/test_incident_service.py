@@ -299,3 +299,20 @@ def test_config_section_is_validated() -> None:
                          "alert_history_days"), ([], "mapping")):
         with pytest.raises(ConfigError, match=message):
             IncidentConfig.from_dict(bad)
+
+
+def test_the_listener_queues_events_in_order_and_never_raises(service: IncidentService, clock: Clock,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    service.start()
+    try:
+        a = alert("HighErrorRate", "P1", clock())
+        service.on_group_event(firing(clock, a))
+        service.on_group_event(object())  # type: ignore[arg-type]  # a broken event is logged, not raised
+        clock.advance(minutes=2)
+        a.ends_at = clock()
+        service.on_group_event(firing(clock, a))
+        service.wait_idle()
+    finally:
+        service.stop()
+    assert service.get(1)["status"] == "resolved"
+    assert "could not record alert group" in caplog.text

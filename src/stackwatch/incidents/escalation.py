@@ -65,6 +65,8 @@ class EscalationEngine:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop paging, and the service's listener worker (queued alert groups are recorded first)."""
+        self.service.stop()
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

@@ -11,6 +11,7 @@ post-mortem draft and the weekly review are built from them.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -200,6 +201,8 @@ class IncidentService:
         #: Called with (incident id, "acknowledge" | "resolve") after either happened, so pagers
         #: that track incidents themselves (PagerDuty) can be told.
         self.on_state_change: list[Callable[[int, str], None]] = []
+        self._queue: queue.Queue[GroupEventLike | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
 
     # -- JSON ----------------------------------------------------------------------------------
 
@@ -398,11 +401,49 @@ class IncidentService:
                 log.exception("incident-opened hook failed")
 
     def on_group_event(self, event: GroupEventLike) -> None:
-        """The dispatcher's group listener: never raises into the dispatcher."""
+        """The dispatcher's group listener: returns at once and never raises into the dispatcher.
+
+        The dispatcher calls listeners on its timer thread, before it hands the group to its
+        notifiers; database work there would delay every notification. Once :meth:`start` ran,
+        events go to a queue that one worker drains in order; before, they are handled inline.
+        """
+        if self._worker is not None:
+            self._queue.put(event)
+            return
+        self._handle_safely(event)
+
+    def _handle_safely(self, event: GroupEventLike) -> None:
         try:
             self.handle_group_event(event)
         except Exception:
             log.exception("incidents: could not record alert group %r", getattr(event, "group_key", "?"))
+
+    def start(self) -> None:
+        """Handle listener events on a worker thread from now on."""
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._drain_forever, name="stackwatch-incidents", daemon=True)
+            self._worker.start()
+
+    def _drain_forever(self) -> None:
+        while True:
+            event = self._queue.get()
+            try:
+                if event is None:
+                    return
+                self._handle_safely(event)
+            finally:
+                self._queue.task_done()
+
+    def wait_idle(self) -> None:
+        """Block until every queued group event has been recorded."""
+        self._queue.join()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Record what is queued, then stop the worker."""
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout)
+            self._worker = None
 
     def _severity_of(self, alerts: list[Alert], labels: dict[str, str]) -> str:
         found = [normalize_severity(a.labels.get("severity")) for a in alerts]
@@ -476,9 +517,16 @@ class IncidentService:
     def _record_occurrences(s: Session, event: GroupEventLike, alerts: list[Alert],
                             at: datetime) -> dict[str, AlertOccurrence]:
         out = {}
+        # One query per 500 alerts rather than one per alert: big groups arrive on every repeat.
+        known: dict[tuple[str, datetime], AlertOccurrence] = {}
+        for i in range(0, len(alerts), 500):
+            chunk = alerts[i:i + 500]
+            rows = s.scalars(sa.select(AlertOccurrence).where(
+                AlertOccurrence.fingerprint.in_({a.fingerprint for a in chunk}),
+                AlertOccurrence.starts_at.in_({a.starts_at for a in chunk})))
+            known.update({(o.fingerprint, o.starts_at.astimezone(UTC)): o for o in rows})
         for alert in alerts:
-            occ = s.scalar(sa.select(AlertOccurrence).where(AlertOccurrence.fingerprint == alert.fingerprint,
-                                                            AlertOccurrence.starts_at == alert.starts_at))
+            occ = known.get((alert.fingerprint, alert.starts_at.astimezone(UTC)))
             if occ is None:
                 occ = AlertOccurrence(
                     fingerprint=alert.fingerprint, alertname=alert.name[:200], labels=dict(alert.labels),

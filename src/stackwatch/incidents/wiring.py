@@ -61,4 +61,5 @@ def attach_incidents(rt: Any) -> None:
     engine = EscalationEngine(service, sender, signer, tick_s=config.escalation_tick_s, base_url=settings.url)
     rt.incidents = service
     rt.escalation = engine
+    service.start()  # listener events on a worker: the dispatcher's timer thread must not wait for SQL
     engine.start()
