@@ -120,6 +120,7 @@ class Dispatcher:
         retry_max: float = 60.0,
         max_attempts: int = 8,
         tick_interval: float = 0.25,
+        max_concurrent: int = 32,
     ) -> None:
         self.config = config or AlertingConfig.default()
         self.meta = meta
@@ -147,6 +148,11 @@ class Dispatcher:
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         self._loaded = False
+        self._version = 0  # bumped when alerts or configuration change (inhibition cache key)
+        self._inhibit_cache: tuple[tuple[datetime, int], list[dict[tuple[str, ...], set[str]]]] | None = None
+        self._next_gc: datetime | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self.max_concurrent = max_concurrent
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -171,6 +177,12 @@ class Dispatcher:
             self._ticker = None
         self.wait_idle(timeout)
         if self._loop is not None:
+            from stackwatch.alerting.notifiers.base import close_clients
+
+            try:
+                asyncio.run_coroutine_threadsafe(close_clients(), self._loop).result(timeout=5)
+            except Exception:
+                log.debug("alerting: closing HTTP clients failed", exc_info=True)
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None:
                 self._loop_thread.join(timeout=5)
@@ -208,6 +220,7 @@ class Dispatcher:
     def apply_config(self, config: AlertingConfig) -> None:
         """Switch to a new configuration (reload): routes are rebuilt and alerts regrouped."""
         with self._lock:
+            self._version += 1
             self.config = config
             self._root = build_routes(config.route)
             old = self._groups
@@ -230,6 +243,7 @@ class Dispatcher:
         now = self.clock()
         timeout = self.config.global_.resolve_timeout
         with self._lock:
+            self._version += 1
             for incoming in alerts:
                 alert = Alert(dict(incoming.labels), dict(incoming.annotations), incoming.starts_at,
                               incoming.ends_at, incoming.generator_url, incoming.value)
@@ -299,6 +313,10 @@ class Dispatcher:
         return flushed
 
     def _gc(self, now: datetime) -> None:
+        if self._next_gc is not None and now < self._next_gc:
+            return
+        self._next_gc = now + timedelta(seconds=10)
+        self._version += 1
         for fp, stored in list(self._alerts.items()):
             ends = stored.alert.ends_at
             if ends is not None and ends + RESOLVED_RETENTION < now and not any(
@@ -320,12 +338,13 @@ class Dispatcher:
                     any(i.contains(now) for i in self.config.time_intervals[name])
                     for name in route_cfg.active_time_intervals):
                 return None, []
-            alerts = [a for a in snapshot.values() if not self._muted_by(a, now)]
-            alerts.sort(key=_alert_order)
-            if not alerts:
+            kept = sorted(((fp, a) for fp, a in snapshot.items() if not self._muted_by(a, now, fp)),
+                          key=lambda item: _alert_order(item[1]))
+            if not kept:
                 return None, []
-            firing = [a.fingerprint for a in alerts if not a.resolved(now)]
-            resolved = [a.fingerprint for a in alerts if a.resolved(now)]
+            alerts = [a for _, a in kept]
+            firing = [fp for fp, a in kept if not a.resolved(now)]
+            resolved = [fp for fp, a in kept if a.resolved(now)]
             receiver = self.config.receivers[route_cfg.receiver]
             repeat = route_cfg.repeat_interval
             event: AlertGroupEvent | None = None
@@ -406,14 +425,14 @@ class Dispatcher:
 
     # -- muting ----------------------------------------------------------------------------------
 
-    def _muted_by(self, alert: Alert, now: datetime) -> dict[str, list[str]]:
+    def _muted_by(self, alert: Alert, now: datetime, fp: str | None = None) -> dict[str, list[str]]:
         """Why an alert is muted (empty when it is not): silence ids, inhibiting alerts, windows."""
         labels = alert.labels
         out: dict[str, list[str]] = {}
         silenced = [s.id for s in self._silences.values() if s.mutes(labels, now)]
         if silenced:
             out["silencedBy"] = silenced
-        inhibited = self._inhibited_by(alert, now)
+        inhibited = self._inhibited_by(alert, now, fp)
         if inhibited:
             out["inhibitedBy"] = inhibited
         windows = [w.id for w in self._windows.values() if w.mutes(labels, now)]
@@ -421,18 +440,38 @@ class Dispatcher:
             out["mutedBy"] = windows
         return out
 
-    def _inhibited_by(self, alert: Alert, now: datetime) -> list[str]:
-        out: list[str] = []
+    def _inhibition_index(self, now: datetime) -> list[dict[tuple[str, ...], set[str]]]:
+        """Per inhibit rule: the firing source alerts, keyed by their values of the ``equal`` labels.
+
+        Built once per flush round (and per API listing) so muting N alerts costs N lookups, not
+        N x alerts.
+        """
+        if self._inhibit_cache is not None and self._inhibit_cache[0] == (now, self._version):
+            return self._inhibit_cache[1]
+        index: list[dict[tuple[str, ...], set[str]]] = []
         for rule in self.config.inhibit_rules:
-            if not matches_all(rule.target_matchers, alert.labels):
-                continue
+            sources: dict[tuple[str, ...], set[str]] = {}
             for fp, stored in self._alerts.items():
                 src = stored.alert
-                if fp == alert.fingerprint or src.resolved(now) or not matches_all(rule.source_matchers, src.labels):
-                    continue
-                if all(src.labels.get(n, "") == alert.labels.get(n, "") for n in rule.equal):
-                    out.append(fp)
-        return sorted(set(out))
+                if not src.resolved(now) and matches_all(rule.source_matchers, src.labels):
+                    sources.setdefault(tuple(src.labels.get(n, "") for n in rule.equal), set()).add(fp)
+            index.append(sources)
+        self._inhibit_cache = ((now, self._version), index)
+        return index
+
+    def _inhibited_by(self, alert: Alert, now: datetime, fp: str | None = None) -> list[str]:
+        out: set[str] = set()
+        if not self.config.inhibit_rules:
+            return []
+        me = fp or alert.fingerprint
+        index = self._inhibition_index(now)
+        for rule, sources in zip(self.config.inhibit_rules, index, strict=True):
+            if not sources or not matches_all(rule.target_matchers, alert.labels):
+                continue
+            found = sources.get(tuple(alert.labels.get(n, "") for n in rule.equal), set())
+            out.update(found)
+        out.discard(me)  # an alert never inhibits itself
+        return sorted(out)
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -511,6 +550,13 @@ class Dispatcher:
                 return False
             concurrent.futures.wait(pending, timeout=left)
 
+    def _slots(self) -> asyncio.Semaphore:
+        """At most ``max_concurrent`` notifications in flight: a burst of groups queues, it does
+        not open a thousand connections at once (the semaphore belongs to the delivery loop)."""
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.max_concurrent)
+        return self._semaphore
+
     async def _deliver(self, receiver: Receiver, integration: Integration, message: Message, nkey: str | None,
                        firing: list[str], resolved: list[str]) -> DeliveryResult:
         notify = notifier_for(integration.kind)
@@ -522,7 +568,8 @@ class Dispatcher:
         while True:
             attempts += 1
             try:
-                code = await notify(integration, message)
+                async with self._slots():
+                    code = await notify(integration, message)
                 ok = True
                 break
             except NotifyError as exc:
@@ -630,7 +677,7 @@ class Dispatcher:
 
     def _gettable(self, stored: _StoredAlert, now: datetime) -> dict[str, Any]:
         a = stored.alert
-        muted = self._muted_by(a, now)
+        muted = self._muted_by(a, now, a.fingerprint)
         state = "suppressed" if muted else "active"
         out = a.to_json()
         out["updatedAt"] = _iso(stored.updated_at)

@@ -7,6 +7,7 @@ refused connection) or not (a 4xx: the request itself is wrong and will stay wro
 
 from __future__ import annotations
 
+import asyncio
 import html
 import ssl
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ import httpx
 from stackwatch.alerting.config import Integration
 from stackwatch.alerting.events import AlertGroupEvent
 
-__all__ = ["AlertList", "Message", "NotifyError", "escape_data", "post_json", "render"]
+__all__ = ["AlertList", "Message", "NotifyError", "close_clients", "escape_data", "post_json", "render"]
 
 
 class NotifyError(Exception):
@@ -75,37 +76,56 @@ def render(integration: Integration, key: str, message: Message, default: str = 
     return template.render(escape_data(message.data) if escape else message.data)
 
 
-def _client_args(integration: Integration) -> dict[str, Any]:
+_CLIENTS: dict[tuple[int, str], httpx.AsyncClient] = {}
+
+
+def _client_for(integration: Integration) -> tuple[httpx.AsyncClient, dict[str, Any]]:
+    """A pooled client for this notifier's transport settings, and its per-request arguments.
+
+    Clients are shared per event loop and per (timeout, TLS, proxy, redirects) so a burst of
+    notifications reuses connections instead of building a TLS context per request.
+    """
     http = integration.params.get("http_config") or {}
-    args: dict[str, Any] = {"timeout": float(integration.params.get("timeout") or 10.0),
-                            "follow_redirects": bool(http.get("follow_redirects", True))}
-    headers: dict[str, str] = {}
+    timeout = float(integration.params.get("timeout") or 10.0)
+    tls = http.get("tls_config") or {}
+    verify: Any = True
+    if tls.get("insecure_skip_verify"):
+        verify = False
+    elif tls.get("ca_file"):
+        verify = ssl.create_default_context(cafile=str(tls["ca_file"]))
+    follow = bool(http.get("follow_redirects", True))
+    proxy = str(http["proxy_url"]) if http.get("proxy_url") else None
+    key = (id(asyncio.get_running_loop()),
+           repr((timeout, tls.get("insecure_skip_verify"), tls.get("ca_file"), follow, proxy)))
+    client = _CLIENTS.get(key)
+    if client is None:
+        client = httpx.AsyncClient(timeout=timeout, verify=verify, follow_redirects=follow, proxy=proxy,
+                                   limits=httpx.Limits(max_connections=32, max_keepalive_connections=8))
+        _CLIENTS[key] = client
+    request: dict[str, Any] = {"headers": {"User-Agent": "Stackwatch-Alerting"}}
     basic = http.get("basic_auth")
     if basic:
-        args["auth"] = httpx.BasicAuth(str(basic.get("username", "")), str(basic.get("password", "")))
+        request["auth"] = httpx.BasicAuth(str(basic.get("username", "")), str(basic.get("password", "")))
     if http.get("bearer_token"):
-        headers["Authorization"] = f"Bearer {http['bearer_token']}"
+        request["headers"]["Authorization"] = f"Bearer {http['bearer_token']}"
     auth = http.get("authorization")
     if auth:
-        headers["Authorization"] = f"{auth.get('type', 'Bearer')} {auth.get('credentials', '')}"
-    tls = http.get("tls_config") or {}
-    if tls.get("insecure_skip_verify"):
-        args["verify"] = False
-    elif tls.get("ca_file"):
-        args["verify"] = ssl.create_default_context(cafile=str(tls["ca_file"]))
-    if http.get("proxy_url"):
-        args["proxy"] = str(http["proxy_url"])
-    args["headers"] = headers
-    return args
+        request["headers"]["Authorization"] = f"{auth.get('type', 'Bearer')} {auth.get('credentials', '')}"
+    return client, request
+
+
+async def close_clients() -> None:
+    """Close the pooled clients of the running loop (the dispatcher calls it when it stops)."""
+    loop_id = id(asyncio.get_running_loop())
+    for key in [k for k in _CLIENTS if k[0] == loop_id]:
+        await _CLIENTS.pop(key).aclose()
 
 
 async def post_json(integration: Integration, url: str, payload: Any, *, ok: tuple[int, ...] = ()) -> int:
     """POST ``payload`` as JSON; return the status, or raise :class:`NotifyError` classified."""
-    args = _client_args(integration)
-    headers = {"User-Agent": "Stackwatch-Alerting", **args.pop("headers")}
+    client, request = _client_for(integration)
     try:
-        async with httpx.AsyncClient(**args) as client:
-            response = await client.post(url, json=payload, headers=headers)
+        response = await client.post(url, json=payload, **request)
     except httpx.TimeoutException as exc:
         raise NotifyError(f"timeout posting to {_safe(url)}: {type(exc).__name__}", retryable=True) from None
     except httpx.HTTPError as exc:
