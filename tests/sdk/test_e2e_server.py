@@ -5,9 +5,8 @@ The Flask example runs under gunicorn with two workers, pointed at the server on
 exception, a slow query, an N+1, a slow request) and its dependency reports are then found
 through the server's search API. ``stackwatch demo`` runs the FastAPI example the same way.
 
-Traces and Sentry errors cannot be checked against the server yet: it has no ``/v1/traces``
-and no Sentry envelope endpoint (issue 5). Those checks are strict xfails, so they start
-failing -- and must be turned into plain tests -- as soon as the endpoints exist.
+The SDK's spans and its Sentry events go to the same server and are read back through the
+trace and issues APIs.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ pytestmark = pytest.mark.timeout(240)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-NO_TRACES_YET = "server has no /v1/traces or Sentry endpoint yet (issue 5)"
 
 
 @pytest.fixture(scope="module")
@@ -192,51 +190,62 @@ def run_script(code: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.xfail(strict=True, reason=NO_TRACES_YET)
-def test_sdk_spans_are_accepted_by_the_server(server: ServerProcess) -> None:
+def _wait_json(server: ServerProcess, path: str, ready: Any, timeout: float = 20.0, **params: Any) -> Any:
+    deadline = time.monotonic() + timeout
+    with server.client() as c:
+        while True:
+            r = c.get(path, params=params)
+            if r.status_code == 200 and ready(r.json()):
+                return r.json()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path}: {r.status_code} {r.text[:500]}")
+            time.sleep(0.3)
+
+
+def test_sdk_spans_reach_the_server_as_a_trace(server: ServerProcess) -> None:
     stats = run_script(f"""
         import json
         from opentelemetry import trace
         from stackwatch.sdk._config import SDKConfig
         from stackwatch.sdk import tracing
         tracing.setup_tracing(SDKConfig(service="e2e-traces", server_url={server.url!r}, token={INGEST_TOKEN!r}))
-        with trace.get_tracer("e2e").start_as_current_span("POST /api/payments"):
-            pass
+        tracer = trace.get_tracer("e2e")
+        with tracer.start_as_current_span("POST /api/payments") as root:
+            with tracer.start_as_current_span("SELECT payments"):
+                pass
         tracing.force_flush(10000)
-        print(json.dumps(tracing.export_stats.__dict__))
+        print(json.dumps({{**tracing.export_stats.__dict__,
+                          "trace_id": format(root.get_span_context().trace_id, "032x")}}))
     """)
-    assert stats["exported"] == 1 and stats["failed"] == 0 and stats["last_status"] == 200
+    assert stats["exported"] == 2 and stats["failed"] == 0 and stats["last_status"] == 200
+    trace_json = _wait_json(server, f"/api/v1/traces/{stats['trace_id']}", lambda j: len(j["spans"]) == 2)
+    spans = {s["name"]: s for s in trace_json["spans"]}
+    assert spans["POST /api/payments"]["service"] == "e2e-traces" and spans["POST /api/payments"]["depth"] == 0
+    assert spans["SELECT payments"]["parent_span_id"] == spans["POST /api/payments"]["span_id"]
 
 
-@pytest.mark.xfail(strict=True, reason=NO_TRACES_YET)
-def test_sdk_error_events_are_accepted_by_the_server(server: ServerProcess) -> None:
-    """The envelope sentry_sdk builds for a captured exception, posted to the DSN's endpoint."""
+def test_sdk_error_events_become_an_issue(server: ServerProcess) -> None:
+    """sentry_sdk, set up by the SDK with the server's DSN, reports an exception twice: one issue."""
     out = run_script(f"""
-        import base64, json
+        import json
         import sentry_sdk
         from stackwatch.sdk._config import SDKConfig
         from stackwatch.sdk.errors import setup_errors
         assert setup_errors(SDKConfig(service="e2e-errors", server_url={server.url!r}, token={INGEST_TOKEN!r}))
-        transport = sentry_sdk.get_client().transport
-        envelopes = []
-        original = transport.capture_envelope
-        def keep(envelope):
-            envelopes.append(envelope.serialize())
-            return original(envelope)
-        transport.capture_envelope = keep
-        try:
-            raise ValueError("Payment processing failed")
-        except ValueError:
-            sentry_sdk.capture_exception()
+        def charge():
+            raise ValueError("Payment processing failed for order 123")
+        for _ in range(2):
+            try:
+                charge()
+            except ValueError:
+                sentry_sdk.capture_exception()
         sentry_sdk.flush(5)
-        print(json.dumps({{"envelopes": [base64.b64encode(e).decode() for e in envelopes]}}))
+        print(json.dumps({{"ok": True}}))
     """)
-    import base64
-
-    assert out["envelopes"]
-    body = base64.b64decode(out["envelopes"][0])
-    response = httpx.post(f"{server.url}/api/1/envelope/", content=body, timeout=10, headers={
-        "Content-Type": "application/x-sentry-envelope",
-        "X-Sentry-Auth": f"Sentry sentry_key={INGEST_TOKEN}, sentry_version=7, sentry_client=sentry.python",
-    })
-    assert response.status_code == 200, response.text
+    assert out["ok"]
+    found = _wait_json(
+        server, "/api/v1/issues", lambda j: any(i["count"] == 2 for i in j["issues"]), query="Payment processing"
+    )
+    (issue,) = [i for i in found["issues"] if "Payment processing failed" in i["title"]]
+    assert issue["count"] == 2 and issue["level"] == "error" and issue["status"] == "unresolved"
+    assert "charge" in issue["culprit"]
