@@ -287,6 +287,12 @@ def load_settings(
                 g if Path(g).is_absolute() else str(path.resolve().parent / g)
                 for g in (p.strip() for p in values["rule_files"].split(",")) if g
             )
+        # An Alertmanager file named relative to the config file sits beside it (as rule files do).
+        for_alerting = extra.get("alerting")
+        if isinstance(for_alerting, str) and for_alerting and not Path(for_alerting).is_absolute():
+            extra["alerting"] = str(path.resolve().parent / for_alerting)
+        if values.get("alerting_file") and not Path(values["alerting_file"]).is_absolute():
+            values["alerting_file"] = str(path.resolve().parent / values["alerting_file"])
     for setting in SETTINGS:
         name = "STACKWATCH_" + setting.key.upper()
         if name in env:

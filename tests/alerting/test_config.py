@@ -240,3 +240,24 @@ def test_the_documented_configuration_and_template_examples_load() -> None:
     receiver = {"name": "s", "slack_configs": [{**slack["slack_configs"][0], "api_url": "http://x"}]}
     parsed = parse_alerting_config({"route": {"receiver": "s"}, "receivers": [receiver]})
     assert set(parsed.receivers["s"].integrations[0].templates) >= {"title", "text", "channel"}
+
+
+def test_server_settings_name_the_alertmanager_file_relative_to_the_config_and_reload_rereads_it(
+        tmp_path: Path) -> None:
+    from stackwatch.alerting.dispatcher import open_dispatcher
+    from stackwatch.config import load_settings
+
+    (tmp_path / "conf").mkdir()
+    am = tmp_path / "conf" / "alertmanager.yml"
+    am.write_text("route: {receiver: first}\nreceivers: [{name: first}]\n")
+    (tmp_path / "conf" / "stackwatch.yml").write_text("alerting: alertmanager.yml\n")
+    settings = load_settings(tmp_path / "conf" / "stackwatch.yml", env={})
+    d = open_dispatcher(settings, None, start=False)
+    assert d.routes_for({"a": "b"}) == ["first"]
+    am.write_text("route: {receiver: second}\nreceivers: [{name: second}]\n")
+    d.reload()
+    assert d.routes_for({"a": "b"}) == ["second"]
+    am.write_text("route: {receiver: nope}\nreceivers: [{name: second}]\n")
+    with pytest.raises(ConfigError, match="undefined receiver 'nope'"):
+        d.reload()
+    assert d.routes_for({"a": "b"}) == ["second"]  # the running configuration stays

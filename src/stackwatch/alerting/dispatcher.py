@@ -153,6 +153,8 @@ class Dispatcher:
         self._next_gc: datetime | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self.max_concurrent = max_concurrent
+        #: Where the configuration came from (the ``alerting:`` value): :meth:`reload` reads it again.
+        self.source: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -231,6 +233,13 @@ class Dispatcher:
             for key, group in self._groups.items():
                 if key in old:  # keep the timers of groups that survive the reload
                     group.next_flush, group.flushed = old[key].next_flush, old[key].flushed
+
+    def reload(self) -> None:
+        """Read the configuration again from where it came from (a file path is re-read) and
+        apply it; a bad configuration raises :class:`ConfigError` and the running one stays."""
+        from stackwatch.alerting.config import load_alerting_config
+
+        self.apply_config(load_alerting_config(self.source))
 
     # -- alerts in -----------------------------------------------------------------------------
 
@@ -952,6 +961,7 @@ def open_dispatcher(settings: Any, meta: Any, *, start: bool = True) -> Dispatch
     if not value and getattr(settings, "alerting_file", ""):
         value = settings.alerting_file
     dispatcher = Dispatcher(load_alerting_config(value), meta, external_url=settings.url)
+    dispatcher.source = value
     if start:
         dispatcher.start()
     return dispatcher
