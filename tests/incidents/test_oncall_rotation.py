@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stackwatch.errors import BadRequest
 from stackwatch.incidents.oncall import Override, handoff_instant, on_call, parse_layers, parse_timezone
@@ -152,3 +154,48 @@ def test_naive_instant_is_a_programming_error() -> None:
     with pytest.raises(ValueError):
         on_call(layer, parse_timezone("UTC"), datetime(2025, 1, 1))
     assert on_call(layer, parse_timezone("UTC"), datetime(2025, 1, 6, 9, tzinfo=UTC)).user == "ann"
+
+
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Sydney", "Asia/Kolkata", "Australia/Lord_Howe",
+         "America/Santiago", "Pacific/Chatham"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    zone=st.sampled_from(ZONES),
+    rotation=st.sampled_from(["daily", "weekly"]),
+    shift_length=st.integers(1, 3),
+    participants=st.integers(1, 4),
+    hour=st.integers(0, 23),
+    minute=st.sampled_from([0, 15, 30, 45]),
+    day=st.sampled_from(["monday", "wednesday", "sunday"]),
+    offset_s=st.integers(0, 10 * 365 * 86400),
+)
+def test_rotation_invariants(zone: str, rotation: str, shift_length: int, participants: int, hour: int,
+                             minute: int, day: str, offset_s: int) -> None:
+    """For any instant: it lies in its shift; the shift starts at the hand-off's local time (or the
+    first instant after, in a DST gap); the next shift belongs to the next participant; a shift is
+    its nominal length give or take the DST change."""
+    names = [f"u{i}" for i in range(participants)]
+    (layer,) = parse_layers([{"participants": names, "rotation": rotation, "shift_length": shift_length,
+                              "handoff_time": f"{hour:02d}:{minute:02d}", "handoff_day": day,
+                              "start": "2021-03-01"}])
+    tz = parse_timezone(zone)
+    at = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=offset_s)
+    answer = on_call(layer, tz, at)
+    assert answer.shift_start is not None and answer.shift_end is not None
+    assert answer.shift_start <= at < answer.shift_end
+    nominal = timedelta(days=layer.period_days)
+    assert abs((answer.shift_end - answer.shift_start) - nominal) <= timedelta(hours=2)
+    local = answer.shift_start.astimezone(tz)
+    wall = local.replace(tzinfo=None)
+    target = wall.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    assert wall >= target and wall - target <= timedelta(hours=1)  # exact, or pushed out of a gap
+    if rotation == "weekly":
+        assert local.strftime("%A").lower() == day
+    before = on_call(layer, tz, answer.shift_start - timedelta(microseconds=1))
+    after = on_call(layer, tz, answer.shift_end)
+    i = names.index(answer.user or "")
+    assert after.user == names[(i + 1) % participants]
+    assert before.user == names[(i - 1) % participants]
+    assert after.shift_start == answer.shift_end and before.shift_end == answer.shift_start
