@@ -108,6 +108,8 @@ def test_alert_to_incident_escalation_ack_restart_resolution(server: ServerProce
     assert page["alerts"][0]["labels"]["alertname"] == "APIDown"
     link = page["alerts"][0]["annotations"]["ack_url"]
     assert link.startswith(server.url + "/ack/")
+    assert page["ackURL"] == link and page["incident"]["number"] == 1  # also as fields of the webhook body
+    assert page["escalation"]["level"] == 1 and page["escalation"]["user"] == "ann"
     confirm = httpx.get(link)  # no credentials: the link is the capability
     assert confirm.status_code == 200 and "Acknowledge" in confirm.text
     assert httpx.post(link).status_code == 200
