@@ -235,3 +235,26 @@ def test_the_documented_maintenance_example(server: ServerProcess) -> None:
 def test_admin_token_may_post_alerts_too(server: ServerProcess, hook: Recorder) -> None:
     assert post(server, alert("ByAdmin", service="x"), token=ADMIN_TOKEN).status_code == 200
     wait_sent(hook, "ByAdmin", 1)
+
+
+def test_a_restart_neither_pages_again_nor_forgets_silences(server: ServerProcess, hook: Recorder) -> None:
+    # Last in the module: it restarts the shared server.
+    a = alert("Persistent", service="api")
+    post(server, a)
+    wait_sent(hook, "Persistent", 1)
+    now = datetime.now(UTC)
+    with server.client() as c:
+        sid = c.post("/api/v2/silences", json={
+            "matchers": [{"name": "alertname", "value": "Quiet", "isRegex": False}],
+            "startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=1)).isoformat(),
+            "createdBy": "ops@example.com", "comment": "across restarts"}).json()["silenceID"]
+    server.stop()
+    server.start()
+    for _ in range(4):  # Prometheus re-sends the same firing alert (same startsAt) after our restart
+        assert post(server, a, alert("Quiet", service="api")).status_code == 200
+        time.sleep(0.5)
+    time.sleep(1.5)
+    assert len(sent(hook, "Persistent")) == 1
+    assert sent(hook, "Quiet") == []
+    with server.client() as c:
+        assert c.get(f"/api/v2/silence/{sid}").json()["status"]["state"] == "active"
