@@ -218,3 +218,20 @@ def test_signed_link_acknowledges_without_login(env: SimpleNamespace) -> None:
     assert c.post(minted["url"].removeprefix("http://testserver")).status_code == 200
     assert service.get(2)["acked_by"] == "ann@example.com"
     assert timedelta(seconds=minted["expires_in_seconds"]) == timedelta(hours=24)
+
+
+ODD_TIMES = ["1e20", "inf", "nan", "-1e20", "+99999999d", "-3000y", "9999-12-31T23:59:59Z",
+             "0001-01-01T00:00:00Z", "2025-13-01", "", "now", "1700000000", "-90m"]
+
+
+def test_odd_times_are_a_4xx_or_work(env: SimpleNamespace) -> None:
+    env.service.directory.create_schedule(SCHEDULE)
+    for at in ODD_TIMES:
+        r = env.client.get("/api/v1/oncall/who", params={"at": at}, headers=env.ro)
+        assert r.status_code in (200, 400), (at, r.text)
+        if at in ("", "now", "1700000000", "-90m"):
+            assert r.status_code == 200, (at, r.text)
+        for path, param in (("/api/v1/reports/mtta-mttr", "start"), ("/api/v1/incidents", "since"),
+                            ("/api/v1/reports/weekly-review", "end")):
+            r = env.client.get(path, params={param: at}, headers=env.ro)
+            assert r.status_code in (200, 400), (at, path, r.text)

@@ -41,17 +41,24 @@ def parse_instant(value: Any, where: str) -> datetime:
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        parsed = datetime.fromtimestamp(float(value), UTC)
+        try:
+            parsed = datetime.fromtimestamp(float(value), UTC)
+        except (ValueError, OverflowError, OSError):
+            raise BadRequest(f"{where}: {value!r} is not a usable Unix time") from None
     else:
         text = str(value or "").strip()
         try:
             parsed = datetime.fromtimestamp(float(text), UTC)
-        except ValueError:
+        except (ValueError, OverflowError, OSError):
             try:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
             except ValueError:
                 raise BadRequest(f"{where}: expected an RFC 3339 time or Unix seconds, got {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    # Rotations and reports add days and weeks to it: keep far from datetime's limits.
+    if not 1970 <= parsed.astimezone(UTC).year <= 2200:
+        raise BadRequest(f"{where}: {value!r} is outside the years 1970 to 2200")
+    return parsed
 
 
 def _check_name(name: Any, where: str = "name") -> str:

@@ -49,9 +49,12 @@ def _when(text: str | None, now: datetime, where: str) -> datetime | None:
     if text[0] in "+-" and not text[1:].replace(".", "").isdigit():
         try:
             delta = timedelta(microseconds=parse_duration(text[1:]) / 1000)
+            moved = now - delta if text[0] == "-" else now + delta
         except BadRequest as exc:
             raise BadRequest(f"{where}: {exc.message}") from None
-        return now - delta if text[0] == "-" else now + delta
+        except OverflowError:
+            raise BadRequest(f"{where}: {text!r} is too far away") from None
+        return parse_instant(moved, where)  # the same bounds as absolute times
     return parse_instant(text, where)
 
 
