@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -235,6 +236,35 @@ def test_the_documented_maintenance_example(server: ServerProcess) -> None:
 def test_admin_token_may_post_alerts_too(server: ServerProcess, hook: Recorder) -> None:
     assert post(server, alert("ByAdmin", service="x"), token=ADMIN_TOKEN).status_code == 200
     wait_sent(hook, "ByAdmin", 1)
+
+
+def test_alerts_page_and_the_silence_link_of_notifications(server: ServerProcess, hook: Recorder) -> None:
+    post(server, alert("UiShown", service="ui", severity="P2"))
+    wait_sent(hook, "UiShown", 1)
+    origin = {"Origin": server.url}
+    with httpx.Client(base_url=server.url, timeout=10) as browser:
+        assert browser.get("/alerts").status_code == 303  # to the login page
+        r = browser.post("/login", data={"token": ADMIN_TOKEN, "next": "/alerts"}, headers=origin)
+        assert r.status_code == 303
+        page = browser.get("/alerts").text
+        assert "UiShown" in page and "service=ui" in page
+        # the link a Slack message carries for this alert's group
+        link = '/alerts/silences/new?filter=' + urllib.parse.quote('{alertname="UiShown", service="ui"}')
+        form = browser.get(link)
+        assert form.status_code == 200 and 'value="{alertname=&#34;UiShown&#34;, service=&#34;ui&#34;}"' in form.text
+        r = browser.post("/alerts/silences", data={"matchers": '{alertname="UiShown", service="ui"}',
+                                                   "duration": "1h", "comment": "from the UI"}, headers=origin)
+        assert r.status_code == 303
+        bad = browser.post("/alerts/silences", data={"matchers": "oops", "duration": "1h"}, headers=origin)
+        assert bad.status_code == 400 and "expected one of" in bad.text
+        cross = browser.post("/alerts/silences", data={"matchers": 'a="b"'}, headers={"Origin": "https://evil.example"})
+        assert cross.status_code == 403
+    with server.client() as c:
+        (s,) = [s for s in c.get("/api/v2/silences").json() if s["comment"] == "from the UI"]
+        assert s["createdBy"] == "admin@localhost" and s["status"]["state"] == "active"
+        (shown,) = c.get("/api/v2/alerts", params={"filter": 'alertname="UiShown"'}).json()
+        assert shown["status"]["silencedBy"] == [s["id"]]
+        c.delete(f"/api/v2/silence/{s['id']}")
 
 
 def test_a_restart_neither_pages_again_nor_forgets_silences(server: ServerProcess, hook: Recorder) -> None:

@@ -137,6 +137,9 @@ def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
     from stackwatch.server.api import alertmanager as alertmanager_api
 
     app.include_router(alertmanager_api.router)
+    from stackwatch.server.ui import alerts as alerts_ui
+
+    app.include_router(alerts_ui.router)
     from stackwatch.server.api import issues as issues_api
     from stackwatch.server.api import sentry as sentry_api
     from stackwatch.server.ui import issues as issues_ui
