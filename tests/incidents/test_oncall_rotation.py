@@ -134,6 +134,7 @@ def test_overrides_win_and_the_newest_covering_one_decides() -> None:
         ([{"participants": ["a"], "rotation": "monthly"}], "rotation"),
         ([{"participants": ["a"], "handoff_day": "funday"}], "handoff_day"),
         ([{"participants": ["a"], "start": "soon"}], "start"),
+        ([{"participants": ["a"], "start": "0001-01-01"}], "start"),
         ([{"participants": ["a"], "shift_length": 0}], "shift_length"),
         ([{"participants": ["a"], "colour": "red"}], "unknown field"),
         ([{"participants": ["a"]}, {"name": "primary", "participants": ["b"]}], "distinct"),

@@ -142,6 +142,8 @@ def _parse_layer(raw: Any, index: int) -> Layer:
         start = date.fromisoformat(str(raw.get("start", "2024-01-01")))
     except ValueError:
         raise BadRequest(f"{where}.start: expected a date YYYY-MM-DD, got {raw.get('start')!r}") from None
+    if not 1970 <= start.year <= 2200:
+        raise BadRequest(f"{where}.start: {start} is outside the years 1970 to 2200")
     return Layer(
         name=name,
         participants=tuple(p.strip() for p in participants),
