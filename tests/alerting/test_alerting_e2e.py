@@ -26,6 +26,7 @@ from receivers import Recorder
 from serverproc import ADMIN_TOKEN, INGEST_TOKEN, ServerProcess, free_port
 
 PROMETHEUS = shutil.which("prometheus")
+AMTOOL = shutil.which("amtool")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "alerting-notifications.md"
 
 
@@ -265,6 +266,37 @@ def test_alerts_page_and_the_silence_link_of_notifications(server: ServerProcess
         (shown,) = c.get("/api/v2/alerts", params={"filter": 'alertname="UiShown"'}).json()
         assert shown["status"]["silencedBy"] == [s["id"]]
         c.delete(f"/api/v2/silence/{s['id']}")
+
+
+@pytest.mark.skipif(AMTOOL is None, reason="amtool is not installed (prometheus-alertmanager; scripts/system-deps.sh)")
+def test_amtool_manages_silences_and_reads_alerts_through_our_api(server: ServerProcess, tmp_path: Path) -> None:
+    http_config = tmp_path / "http.yml"
+    http_config.write_text(yaml.safe_dump({"authorization": {"credentials": ADMIN_TOKEN}}))
+
+    def amtool(*args: str) -> str:
+        assert AMTOOL is not None
+        out = subprocess.run([AMTOOL, f"--alertmanager.url={server.url}", f"--http.config.file={http_config}", *args],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    post(server, alert("AmtoolSees", service="cli", severity="P3"))
+    sid = amtool("silence", "add", "alertname=AmtoolSees", 'service=~"cli|api"', "--comment=via amtool",
+                 "--author=amtool@example.com", "--duration=30m").strip()
+    with server.client() as c:
+        s = c.get(f"/api/v2/silence/{sid}").json()
+    assert s["createdBy"] == "amtool@example.com" and s["comment"] == "via amtool"
+    assert {(m["name"], m["value"], m["isRegex"]) for m in s["matchers"]} == {
+        ("alertname", "AmtoolSees", False), ("service", "cli|api", True)}
+    listed = yaml.safe_load(amtool("silence", "query", "-o", "json"))
+    assert sid in [x["id"] for x in listed]
+    alerts = yaml.safe_load(amtool("alert", "query", "-o", "json", "--silenced", "alertname=AmtoolSees"))
+    assert [a["labels"]["alertname"] for a in alerts] == ["AmtoolSees"]
+    assert alerts[0]["status"]["silencedBy"] == [sid]
+    amtool("silence", "expire", sid)
+    with server.client() as c:
+        assert c.get(f"/api/v2/silence/{sid}").json()["status"]["state"] == "expired"
+    assert "route:" in amtool("config", "show")
 
 
 def test_a_restart_neither_pages_again_nor_forgets_silences(server: ServerProcess, hook: Recorder) -> None:
