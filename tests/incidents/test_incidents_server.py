@@ -90,7 +90,7 @@ def test_alert_to_incident_escalation_ack_restart_resolution(server: ServerProce
             assert c.put(f"/api/v1/oncall/profiles/{user}", json={"receivers": [f"{user}-pager"]}).status_code == 200
         assert c.post("/api/v1/escalation-policies", json={"name": "default", "default": True, "levels": [
             {"targets": [{"schedule": "ops", "layer": "primary"}, {"receiver": "pd-pager"}], "delay_minutes": 0.04},
-            {"targets": [{"schedule": "ops", "layer": "secondary"}], "delay_minutes": 0.04},
+            {"targets": [{"schedule": "ops", "layer": "secondary"}], "delay_minutes": 0.1},
             {"targets": [{"receiver": "cto-pager"}], "delay_minutes": 10}]}).status_code == 201
 
     starts = datetime.now(UTC).isoformat()
@@ -119,7 +119,7 @@ def test_alert_to_incident_escalation_ack_restart_resolution(server: ServerProce
     wait_for("PagerDuty acknowledge", lambda: len([p for p in receiver.paths() if p == "/pd"]) == 2)
     acked = [body for path, body in receiver.requests if path == "/pd"][1]
     assert (acked["event_action"], acked["dedup_key"]) == ("acknowledge", pd[0]["dedup_key"])
-    time.sleep(3.0)  # level 3 would have been due by now
+    time.sleep(6.5)  # level 3 was due 6 s after the secondary's page
     assert "/cto" not in receiver.paths()
     assert receiver.paths().count("/ann") == 1 and receiver.paths().count("/cat") == 1
     with server.client() as c:
