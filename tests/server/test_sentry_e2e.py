@@ -292,14 +292,24 @@ def test_attachments_are_kept_and_downloadable(
     sdk()
     with sentry_sdk.new_scope() as scope:
         scope.add_attachment(bytes=b"line 1\nline 2\n", filename="debug.log", content_type="text/plain")
+        scope.add_attachment(bytes=b"\x00\x01", filename='rapport "été".bin')
         sentry_sdk.capture_message("with attachment")
     (issue,) = wait_issues(server, project["slug"], 1)
     event = detail(server, issue["id"])["latest_event"]
-    assert event["attachments"] == [{"index": 0, "filename": "debug.log", "content_type": "text/plain", "size": 14}]
+    assert event["attachments"] == [
+        {"index": 0, "filename": "debug.log", "content_type": "text/plain", "size": 14},
+        {"index": 1, "filename": 'rapport "été".bin', "content_type": "application/octet-stream", "size": 2},
+    ]
     with server.client() as c:
         r = c.get(f"/api/v1/issues/{issue['id']}/events/{event['event_id']}/attachments/0")
+        odd = c.get(f"/api/v1/issues/{issue['id']}/events/{event['event_id']}/attachments/1")
+        missing = c.get(f"/api/v1/issues/{issue['id']}/events/{event['event_id']}/attachments/2")
     assert r.content == b"line 1\nline 2\n"
     assert r.headers["content-disposition"] == 'attachment; filename="debug.log"'
+    assert odd.content == b"\x00\x01"
+    assert odd.headers["content-disposition"] == (
+        "attachment; filename=\"rapport __t__.bin\"; filename*=UTF-8''rapport%20%22%C3%A9t%C3%A9%22.bin")
+    assert missing.status_code == 404
 
 
 def envelope(event: dict[str, Any]) -> bytes:

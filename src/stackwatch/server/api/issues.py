@@ -124,11 +124,19 @@ def issue_attachment(request: Request, issue_id: int, event_id: str, index: int,
     store = _store(request)
     issue = store.get_issue(issue_id)
     item = store.attachment(_slug(request, issue.project_id), issue.id, event_id, index)
-    filename = str(item.get("filename") or "attachment").replace('"', "")
+    from urllib.parse import quote
+
+    name = str(item.get("filename") or "attachment")
+    # The name is the sender's: an ASCII fallback without quotes or control characters, and the
+    # exact name RFC 5987-encoded for browsers that read it.
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)[:200] or "attachment"
+    disposition = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        disposition += f"; filename*=UTF-8''{quote(name[:200], safe='')}"
     return Response(
         base64.b64decode(item.get("data") or ""),
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"', "X-Content-Type-Options": "nosniff"},
+        headers={"Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"},
     )
 
 
