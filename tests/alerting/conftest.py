@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from receivers import ManualClock, Recorder
+from alerting_receivers import ManualClock, Recorder
 
 
 @pytest.fixture

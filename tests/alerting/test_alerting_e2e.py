@@ -3,7 +3,7 @@ httpx as Prometheus would, and by a real Prometheus evaluating a rule) are group
 webhook receiver on loopback, silenced, inhibited, muted by a maintenance window, and resolved.
 
 The server runs on the wall clock, so the routes use short timings (group_wait 1s); the same
-behaviour with hours-long timings is covered in-process with the manual clock (test_dispatcher).
+behaviour with hours-long timings is covered in-process with the manual clock (test_alerting_dispatcher).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from receivers import Recorder
+from alerting_receivers import Recorder
 
 from serverproc import ADMIN_TOKEN, INGEST_TOKEN, ServerProcess, free_port
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from receivers import ManualClock, Recorder
+from alerting_receivers import ManualClock, Recorder
 
 from serverproc import free_port
 from stackwatch.alerting.config import AlertingConfigError, parse_alerting_config

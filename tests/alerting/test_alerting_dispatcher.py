@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from receivers import ManualClock, Recorder
+from alerting_receivers import ManualClock, Recorder
 
 from stackwatch.alerting.config import parse_alerting_config
 from stackwatch.alerting.dispatcher import Dispatcher

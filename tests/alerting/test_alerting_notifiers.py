@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from receivers import ManualClock, Recorder, self_signed_cert
+from alerting_receivers import ManualClock, Recorder, self_signed_cert
 
 from serverproc import free_port
 from stackwatch.alerting.config import parse_alerting_config
