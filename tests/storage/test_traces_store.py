@@ -60,9 +60,9 @@ def checkout(n: int, start: int, *, slow: bool = False, error: bool = False) -> 
 
 def test_ddl_for_each_deployment() -> None:
     (spans,) = render_ddl(SPANS, "sw")
-    assert "ORDER BY (project, service, name, toStartOfHour(start), start)" in spans
+    assert "ORDER BY (project, toStartOfHour(start), trace_id, start)" in spans
     assert "TTL toDateTime(start) + toIntervalDay(7)" in spans
-    assert "INDEX `idx_trace_id` trace_id TYPE bloom_filter(0.001)" in spans
+    assert "INDEX `idx_duration` duration_ns TYPE minmax" in spans
     assert "`duration_ns` Int64 CODEC(T64, ZSTD(1))" in spans
     assert "ttl_only_drop_parts = 1" in spans
     local, distributed = render_ddl(TRACE_INDEX, "sw", cluster="prod")
@@ -180,3 +180,21 @@ def test_service_map(store: TraceStore) -> None:
     assert nodes["frontend"]["calls"] == 3 and nodes["frontend"]["p50_ms"] == 50.0
     assert nodes["checkout"]["calls"] == 3 and nodes["checkout"]["errors"] == 1
     assert store.service_map("default", NOW + 10**12, NOW + 2 * 10**12) == {"nodes": [], "edges": []}
+
+
+def test_fetching_a_trace_reads_only_its_granules(store: TraceStore) -> None:
+    """The layout's point: the trace's hours come from the index, its rows are contiguous."""
+    many = [span for n in range(1, 2600) for span in checkout(n, NOW + n * 3 * MS)]  # 5 granules
+    store.insert([("default", many)], dedup_token="many")
+    plan = "\n".join(r["explain"] for r in store.ex.rows(
+        f"EXPLAIN indexes = 1 SELECT span_id FROM `{store.db}`.spans WHERE project = 'default' "
+        "AND trace_id = {t:String} AND start >= fromUnixTimestamp64Nano((SELECT min(start_ns) "
+        f"FROM `{store.db}`.trace_index WHERE trace_id = {{t:String}})) AND start <= "
+        f"fromUnixTimestamp64Nano((SELECT max(end_ns) FROM `{store.db}`.trace_index WHERE trace_id = {{t:String}}))",
+        {"t": tid(200)},
+    ))
+    primary = plan[plan.index("PrimaryKey"):]
+    assert "trace_id" in primary.split("Condition")[1].split("\n")[0]
+    read, total = next(line for line in primary.splitlines() if "Granules:" in line).split(":")[1].split("/")
+    assert int(read) <= 2 and int(total) >= 5, plan
+    assert [s["span_id"] for s in store.get_trace("default", tid(200))] == [sid(2001), sid(2002), sid(2003), sid(2004)]

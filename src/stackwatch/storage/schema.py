@@ -187,23 +187,24 @@ TABLES: tuple[Table, ...] = (LOGS_HOT, LOGS_WARM, LOGS)
 
 # --------------------------------------------------------------------------- traces
 #
-# Two tables serve the two ways spans are read:
+# Two reads matter: one whole trace by id (the trace view, every log line's "open trace"), and
+# searches for traces by service/operation/duration/status/attribute over a time range.
 #
-# * ``spans`` is sorted for search: within a project, by service, then operation name, then
-#   time. "Slow checkout requests in the last hour" (service + name + duration + time range)
-#   reads a few contiguous granule runs. Skip indexes cover what the sort key does not: a
-#   minmax on duration (min_duration=), a set on status (status=error), bloom filters on
-#   attribute keys and values (q=http.route=/api/orders), and a bloom filter on trace_id.
-# * ``trace_index`` maps a trace id to the time range its spans cover, sorted by trace id, so
-#   fetching one trace is one primary-key lookup there, then a read of ``spans`` restricted to
-#   that time range (whole days of other partitions skipped) where the trace_id bloom filter
-#   skips nearly every other granule. Sorting ``spans`` by trace id instead would make the
-#   fetch a single range read but every search by service/time a full scan; the index table
-#   costs one small row per trace and batch.
+# ``spans`` is sorted by (project, hour, trace id, start): within each hour of data, the spans
+# of one trace are contiguous, so fetching a trace reads one or two granules. The hour bucket
+# first keeps searches cheap too: a time range is a primary-key range, and within it the
+# narrow columns searched on (service, name, duration, status: LowCardinality or small
+# numbers) are read first (PREWHERE) and the wide ones only for the matches.
+# ``trace_index`` (trace id -> the time range of its spans, one small row per trace and batch,
+# sorted by trace id) gives the fetch its hours: one key lookup, done in a scalar subquery of
+# the same statement, then a primary-key read of ``spans``.
 #
-# Measured with bench/traces_bench.py (1M spans, chDB, see docs/benchmarks.md): the fetch reads
-# ~20 granules of 2,048 rows instead of the table; a smaller index_granularity than the default
-# 8,192 is what keeps the rows read per matching span low, at a negligible cost in index size.
+# Measured before choosing (chDB, 700k spans, machine under load): sorted by (service, name,
+# hour, start) with a bloom filter on trace_id, a fetch read the ~10 granules its spans were
+# scattered over, 90-150 ms median whether or not the index table bounded it; sorted as now it
+# reads 1-2 granules (figures in docs/benchmarks.md, "Traces"). The cost: spans of one
+# service are no longer adjacent, so a search by service scans its time range (the narrow
+# columns only) instead of skipping to the service's run, and compression is a little worse.
 _SPAN_TTL_DAYS = 7  # the default of the traces_retention_days setting; see TraceStore
 
 SPANS = Table(
@@ -217,9 +218,9 @@ SPANS = Table(
         Column("service", "LowCardinality(String)"),
         Column("name", "LowCardinality(String)"),
         Column("kind", "LowCardinality(String)"),
-        # Sorted within (service, name): Delta turns start times into small gaps.
+        # Within an hour, a trace's spans start close together: Delta keeps the gaps small.
         Column("start", "DateTime64(9, 'UTC')", "Delta(8), ZSTD(1)"),
-        # Durations of one operation are similar: T64 drops their unused high bits.
+        # Durations fit in far fewer than 64 bits: T64 drops the unused high bits.
         Column("duration_ns", "Int64", "T64, ZSTD(1)"),
         Column("status_code", "LowCardinality(String)"),
         Column("status_message", "String", "ZSTD(1)"),
@@ -235,12 +236,11 @@ SPANS = Table(
         Column("scope_name", "LowCardinality(String)"),
         Column("scope_version", "LowCardinality(String)"),
     ),
-    order_by="(project, service, name, toStartOfHour(start), start)",
+    order_by="(project, toStartOfHour(start), trace_id, start)",
     partition_by="toYYYYMMDD(start)",
     indexes=(
-        Index("idx_trace_id", "trace_id", "bloom_filter(0.001)"),
+        # Rare values are what skip indexes can skip on: a slow outlier, a user id, an error code.
         Index("idx_duration", "duration_ns", "minmax"),
-        Index("idx_status", "status_code", "set(3)"),
         Index("idx_attr_keys", "mapKeys(attributes_string)", "bloom_filter(0.01)"),
         Index("idx_attr_values", "mapValues(attributes_string)", "bloom_filter(0.01)"),
         Index("idx_num_keys", "mapKeys(attributes_number)", "bloom_filter(0.01)"),
@@ -256,7 +256,7 @@ SPANS = Table(
         # Partitions are days and the TTL is whole days: expire whole parts, never rewrite.
         "ttl_only_drop_parts": 1,
     },
-    comment="Spans, sorted for search by service, operation and time.",
+    comment="Spans, sorted by hour then trace id: a trace is contiguous, a time range is a key range.",
 )
 
 TRACE_INDEX = Table(
