@@ -335,8 +335,8 @@ class TraceStore:
         """Every span of one trace (a span stored twice, by a client retrying, once), by start.
 
         One statement: the trace's time range comes from ``trace_index`` in scalar subqueries,
-        which ClickHouse evaluates first, so the read of ``spans`` is pruned to the partitions
-        of that range before the trace_id bloom filter skips granules within them.
+        which ClickHouse evaluates first, so the read of ``spans`` becomes a primary-key range
+        on (hour, trace id): the granule or two holding the trace.
         """
         where = "WHERE project = {p:String} AND trace_id = {t:String})"
         lo = f"(SELECT min(start_ns) FROM `{self.db}`.trace_index {where}"
