@@ -160,6 +160,12 @@ def test_alert_to_incident_escalation_ack_restart_resolution(server: ServerProce
     assert out.exit_code == 0 and "API is down" in out.output and "resolved" in out.output, out.output
     out = runner.invoke(cli_app, ["oncall", "now", "--schedule", "ops", *common])
     assert out.exit_code == 0 and "ops/primary: ann" in out.output and "ops/secondary: cat" in out.output
+    out = runner.invoke(cli_app, ["oncall", "now", "--at", "+8h", "--layer", "primary", "--json", *common])
+    assert out.exit_code == 0 and '"user": "ann"' in out.output, out.output
+    out = runner.invoke(cli_app, ["incidents", "show", "1", *common])
+    assert out.exit_code == 0 and "acknowledged" in out.output and "escalated" in out.output, out.output
+    out = runner.invoke(cli_app, ["incidents", "show", "999", *common])
+    assert out.exit_code == 1 and "no incident #999" in out.output
     out = runner.invoke(cli_app, ["incidents", "create", "Customers cannot log in", "--severity", "high", *common])
     assert out.exit_code == 0 and "incident #2 opened (P1)" in out.output, out.output
     out = runner.invoke(cli_app, ["incidents", "ack", "2", "--message", "looking", *common])
