@@ -265,3 +265,41 @@ _VALUES = st.recursive(
 def test_event_walker_decides_exactly_as_the_redactor(data: dict[str, Any]) -> None:
     redactor = Redactor()
     assert _Walker(redactor).mapping(data) == redactor.redact_mapping(data)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=25,
+)
+_EVENT_KEYS = st.sampled_from(["exception", "message", "logentry", "threads", "request", "user", "contexts", "tags",
+                               "breadcrumbs", "fingerprint", "timestamp", "level", "release", "environment",
+                               "transaction", "culprit", "extra", "event_id"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_EVENT_KEYS, _JSON | st.builds(lambda v: {"values": v}, st.lists(_JSON, max_size=3)), max_size=8))
+def test_any_event_shape_is_processed_and_its_page_renders(event: dict[str, Any]) -> None:
+    """Whatever a sender puts in an event, processing it and rendering its issue page work."""
+    import stackwatch.server.ui.issues  # noqa: F401  (registers the template helpers)
+    from stackwatch.server.ui.routes import _env
+    from stackwatch.storage.errors import event_detail, process_event
+
+    processed = process_event("default", event, NOW, Redactor())
+    summary = {"event_id": processed.event_id, "issue_id": 1, "timestamp": "2026-01-01T00:00:00Z",
+               "level": processed.level, "title": processed.title, "culprit": processed.culprit,
+               "message": processed.message, "release": processed.release, "environment": processed.environment,
+               "user_id": processed.user_id, "trace_id": processed.trace_id, "span_id": processed.span_id,
+               "tags": processed.tags}
+    payload = orjson.loads(orjson.dumps(processed.payload, default=str))
+    detail = event_detail(summary, payload, [])
+    issue = {"id": 1, "title": processed.title, "culprit": processed.culprit, "level": processed.level,
+             "status": "unresolved", "regressed": False, "assignee": None, "count": 1, "user_count": 0,
+             "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "first_release": None,
+             "last_release": None, "environments": []}
+    html = _env.get_template("issue.html").render(
+        request=None, user={"email": "a@b", "role": "admin"}, active="issues", error=None, can_edit=True,
+        issue=issue, event=detail, stats=[{"time": "t", "count": 0}], tags={}, events=[], activity=[],
+    )
+    assert "Latest event" in html and processed.event_id in html
