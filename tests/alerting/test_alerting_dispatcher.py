@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,9 +221,9 @@ def test_recurring_maintenance_window_in_a_time_zone(make: Any, clock: ManualClo
     assert len(recorder.bodies()) == 1
 
 
-def test_the_notification_log_survives_a_restart(clock: ManualClock, recorder: Recorder, tmp_path: Path) -> None:
-    meta = MetaStore(f"sqlite:///{tmp_path / 'meta.db'}")
-    meta.migrate()
+def test_the_notification_log_survives_a_restart(clock: ManualClock, recorder: Recorder,
+                                                  meta_store: MetaStore) -> None:
+    meta = meta_store
     cfg = parse_alerting_config(config(recorder.url))
     first = Dispatcher(cfg, meta, clock=clock)
     first.start(ticker=False)
@@ -247,12 +246,10 @@ def test_the_notification_log_survives_a_restart(clock: ManualClock, recorder: R
         assert second.deliveries()[0]["status"] == "success"  # read back from the meta store
     finally:
         second.stop()
-        meta.close()
 
 
-def test_silences_and_windows_are_persisted(clock: ManualClock, tmp_path: Path) -> None:
-    meta = MetaStore(f"sqlite:///{tmp_path / 'meta.db'}")
-    meta.migrate()
+def test_silences_and_windows_are_persisted(clock: ManualClock, meta_store: MetaStore) -> None:
+    meta = meta_store
     d = Dispatcher(None, meta, clock=clock)
     sid = d.put_silence({"matchers": [{"name": "a", "value": "1"}], "startsAt": clock.now.isoformat(),
                          "endsAt": (clock.now + timedelta(hours=1)).isoformat(), "createdBy": "me"})
@@ -265,7 +262,6 @@ def test_silences_and_windows_are_persisted(clock: ManualClock, tmp_path: Path) 
     third = Dispatcher(None, meta, clock=clock)
     third.load()
     assert third.list_maintenance() == []
-    meta.close()
 
 
 def test_retries_until_a_failing_receiver_recovers_and_a_dead_one_does_not_block_others(
