@@ -53,6 +53,22 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _collapse(timeline: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int, datetime | None]]:
+    """Runs of identical repeated notifications (a group re-sent every repeat interval during a
+    long incident) become one row with a count, so the table stays a story, not a log."""
+    out: list[tuple[dict[str, Any], int, datetime | None]] = []
+    for entry in timeline:
+        if out:
+            first, count, _ = out[-1]
+            same = (first["kind"], first.get("who"), first.get("message")) == (
+                entry["kind"], entry.get("who"), entry.get("message"))
+            if same and entry["kind"] == "notification":
+                out[-1] = (first, count + 1, _dt(entry["at"]))
+                continue
+        out.append((entry, 1, _dt(entry["at"])))
+    return out
+
+
 def draft_postmortem(incident: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
     """Markdown for ``incident`` (its JSON, as the API shows it) and its timeline entries."""
     opened = _dt(incident["opened_at"])
@@ -76,12 +92,15 @@ def draft_postmortem(incident: dict[str, Any], timeline: list[dict[str, Any]]) -
     if incident.get("summary"):
         lines += [incident["summary"], ""]
     lines += ["| Time (UTC) | Event | Who | Details |", "|---|---|---|---|"]
-    for entry in timeline:
+    for entry, repeats, last in _collapse(timeline):
         at = _dt(entry["at"])
         when = at.strftime("%Y-%m-%d %H:%M:%S") if at else ""
+        details = _cell(entry.get("message") or "")
+        if repeats > 1 and last is not None:
+            details += f" (x{repeats}, until {last.strftime('%H:%M:%S')})"
         lines.append(
             f"| {when} | {_KIND_TEXT.get(entry['kind'], entry['kind'])} | {_cell(entry.get('who') or '')} "
-            f"| {_cell(entry.get('message') or '')} |"
+            f"| {details} |"
         )
     lines += [
         "",
