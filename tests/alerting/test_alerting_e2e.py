@@ -175,6 +175,9 @@ def test_api_refuses_bad_input_and_missing_credentials(server: ServerProcess) ->
         assert status["cluster"]["status"] == "disabled" and "webhook_configs" in status["config"]["original"]
         assert "<secret>" in status["config"]["original"]  # webhook URLs carry secrets
         assert c.get("/api/v1/alerting/routes/test", params={"labels": 'alertname="x"'}).json()["receivers"] == ["ops"]
+        levels = c.get("/api/v1/alerting/severities").json()["severities"]
+        assert [(x["code"], x["name"], x["ack_within_s"]) for x in levels][:2] == [("P0", "critical", 300.0),
+                                                                                   ("P1", "high", 900.0)]
 
 
 def _doc_prometheus_alerting() -> str:

@@ -214,6 +214,18 @@ def test_routes(request: Request, who: Any = Depends(viewer)) -> dict[str, Any]:
     return {"labels": labels, "receivers": _dispatcher(request).routes_for(labels)}
 
 
+@router.get("/api/v1/alerting/severities")
+def list_severities(request: Request, who: Any = Depends(viewer)) -> dict[str, Any]:
+    """The severity levels with their aliases and response SLAs (seconds; null when none)."""
+    from stackwatch.alerting.severity import SEVERITIES
+
+    return {"severities": [
+        {"code": s.code, "name": s.name, "aliases": list(s.aliases), "pages": s.pages,
+         "ack_within_s": s.ack_within.total_seconds() if s.ack_within else None,
+         "respond_within_s": s.respond_within.total_seconds(), "description": s.description}
+        for s in SEVERITIES]}
+
+
 # -- maintenance windows ------------------------------------------------------------------------
 
 async def _json_object(request: Request) -> dict[str, Any]:
