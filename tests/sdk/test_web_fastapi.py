@@ -257,3 +257,29 @@ def test_app_exception_on_a_probe_path_runs_the_app_once(web: Web) -> None:
     with pytest.raises(PaymentDeclined):
         client.post("/health")
     assert calls == ["POST"]
+
+
+def test_an_unhandled_exception_is_logged_with_its_traceback_and_request_id(web: Web) -> None:
+    # Starlette re-raises it to the server, whose own logger (uvicorn's) is outside the JSON logs:
+    # the middleware logs it where the app's logs go, inside the request's log context.
+    seen: list[tuple[logging.LogRecord, dict[str, Any]]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record, get_context()))
+
+    handler = Capture()
+    logger = logging.getLogger("stackwatch.sdk.errors")
+    logger.addHandler(handler)
+    try:
+        app = instrument_app(crm_app(), *web.deps)
+        with TestClient(app, raise_server_exceptions=False) as client:  # type: ignore[arg-type]
+            assert client.get("/api/pay", headers={"x-request-id": "req-boom"}).status_code == 500
+            assert client.get("/api/leads/1").status_code == 200
+    finally:
+        logger.removeHandler(handler)
+    ((record, context),) = seen
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "Unhandled exception in GET /api/pay: PaymentDeclined: card declined"
+    assert record.exc_info is not None and record.exc_info[0] is PaymentDeclined
+    assert context["request_id"] == "req-boom"

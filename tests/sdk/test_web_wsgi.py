@@ -164,3 +164,73 @@ def test_app_exception_on_a_probe_path_runs_the_app_once(web: Web) -> None:
     with pytest.raises(Boom):
         client.post("/health")
     assert calls == ["POST"]
+
+
+def test_an_exception_escaping_a_wsgi_app_is_logged_in_the_request_context(web: Web) -> None:
+    import logging
+
+    seen: list[tuple[logging.LogRecord, dict[str, Any]]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record, get_context()))
+
+    def broken(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise KeyError("customer")
+
+    handler = Capture()
+    logger = logging.getLogger("stackwatch.sdk.errors")
+    logger.addHandler(handler)
+    try:
+        client = Client(instrument_app(broken, *web.deps))
+        with pytest.raises(KeyError):
+            client.get("/api/orders/7", headers={"X-Request-ID": "req-wsgi"})
+    finally:
+        logger.removeHandler(handler)
+    ((record, context),) = seen
+    assert record.getMessage() == "Unhandled exception in GET /api/orders/7: KeyError: 'customer'"
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    assert context["request_id"] == "req-wsgi"
+    assert web.requests(status_class="5xx") == 1
+
+
+def test_database_queries_are_counted_per_web_request(web: Web, tmp_path: Any) -> None:
+    """The web middleware brackets each request for the SQLAlchemy integration: queries per
+    request are observed and an N+1 inside one request is warned about."""
+    import logging
+
+    import sqlalchemy
+
+    from stackwatch.sdk.integrations.sqlalchemy import instrument_engine
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    instrument_engine(engine, web.config, web.metrics)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE leads (id INTEGER PRIMARY KEY)"))
+
+    def listing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with engine.connect() as conn:
+            for i in range(web.config.n_plus_one_threshold + 2):
+                conn.execute(sqlalchemy.text("SELECT id FROM leads WHERE id = :i"), {"i": i})
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    warnings: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record)
+
+    handler = Capture()
+    logging.getLogger("stackwatch.sdk.db").addHandler(handler)
+    try:
+        client = Client(instrument_app(listing, *web.deps))
+        for _ in range(2):
+            assert client.get("/api/leads").status_code == 200
+    finally:
+        logging.getLogger("stackwatch.sdk.db").removeHandler(handler)
+    n_plus_one = [r for r in warnings if r.getMessage().startswith("N+1 query detected")]
+    assert len(n_plus_one) == 2  # once per request, not once per process
+    samples = web.samples()
+    assert samples[("db_queries_per_request_count", ())] == 2
+    assert samples[("db_queries_per_request_sum", ())] == 2 * (web.config.n_plus_one_threshold + 2)

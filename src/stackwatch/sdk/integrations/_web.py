@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = ["RequestState", "WebInstrumentation", "collapse_path", "rule_to_templ
 
 logger = logging.getLogger("stackwatch.sdk.web")
 slow_logger = logging.getLogger("stackwatch.sdk.requests")
+error_logger = logging.getLogger("stackwatch.sdk.errors")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -115,10 +117,11 @@ class RequestState:
     """One request in flight; :meth:`WebInstrumentation.begin` fills it in. Integrations may
     subclass it to keep their own per-request fields in the same object."""
 
-    __slots__ = ("finished", "request_id", "start", "token")
+    __slots__ = ("db", "finished", "request_id", "start", "token")
 
     def __init__(self) -> None:
         self.finished = False
+        self.db: Any = None
 
 
 _failures: set[str] = set()
@@ -205,7 +208,31 @@ class WebInstrumentation:
         state.start = start
         state.request_id = request_id
         state.token = token
+        db = sys.modules.get("stackwatch.sdk.integrations.sqlalchemy")
+        # Queries per request and N+1 detection count this request's queries, once an engine
+        # is instrumented (no cost otherwise: the module is not even imported).
+        state.db = db.begin_request() if db is not None and db.instrumented() else None
         return state
+
+    @staticmethod
+    def unhandled(state: RequestState, method: str, path: str, exc: BaseException) -> None:
+        """Log an exception the app let escape, with its traceback, in the request's context.
+
+        Frameworks that turn exceptions into a 500 themselves (Flask, Django) log them on their
+        own loggers; an exception that reaches the server (Starlette/FastAPI re-raise it, plain
+        WSGI apps) would only reach the server's own stderr logger (uvicorn's, gunicorn's), out
+        of the JSON logs and the shipper. Client disconnects (CancelledError) are not errors.
+        """
+        if not isinstance(exc, Exception):
+            return
+        try:
+            error_logger.error(
+                "Unhandled exception in %s %s: %s: %s", method, path, type(exc).__name__, exc,
+                exc_info=(type(exc), exc, exc.__traceback__),
+                extra={"method": method, "path": path, "status_code": 500},
+            )
+        except Exception:
+            sdk_failure("logging an unhandled exception")
 
     @staticmethod
     def response_time(state: RequestState) -> str:
@@ -224,6 +251,10 @@ class WebInstrumentation:
             return
         state.finished = True
         duration = time.perf_counter() - state.start
+        if state.db is not None:
+            db = sys.modules["stackwatch.sdk.integrations.sqlalchemy"]
+            db.end_request(state.db)
+            state.db = None
         try:
             self._add_in_flight(-1)
             self._record(method, route, status, duration)

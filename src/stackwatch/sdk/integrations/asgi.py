@@ -118,7 +118,8 @@ class StackwatchASGIMiddleware(MiddlewareBase):
             return
         try:
             await self.app(scope, receive, request.send)
-        except BaseException:
+        except BaseException as exc:
+            web.unhandled(request, method, path, exc)
             request.finish(500)
             raise
         else:

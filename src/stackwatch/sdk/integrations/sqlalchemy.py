@@ -42,6 +42,7 @@ __all__ = [
     "begin_request",
     "end_request",
     "instrument_engine",
+    "instrumented",
     "normalize_statement",
     "statement_operation",
     "track_queries",
@@ -157,6 +158,11 @@ def _instruments_for(metrics: Any) -> _Instruments:
             found = _instruments[id(registry)] = _Instruments(registry)
         _default_instruments = found
         return found
+
+
+def instrumented() -> bool:
+    """True once an engine is instrumented: the web integrations then count per request."""
+    return len(_engines) > 0
 
 
 def begin_request() -> contextvars.Token[QueryStats | None]:

@@ -104,7 +104,8 @@ class _Request:
     def run(self) -> Iterable[bytes]:
         try:
             result = self.middleware.app(self.environ, self._start_response)
-        except BaseException:
+        except BaseException as exc:
+            self.web.unhandled(self.state, self.environ.get("REQUEST_METHOD", ""), self.environ.get("PATH_INFO", ""), exc)
             self.finish(500)
             raise
         if self.status:
@@ -149,7 +150,11 @@ class _ClosingIterable:
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self.result
-        except BaseException:
+        except BaseException as exc:
+            environ = self.request.environ
+            self.request.web.unhandled(
+                self.request.state, environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), exc
+            )
             self.request.finish(500)
             raise
 
