@@ -49,7 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, hook: Recorder) -> Iterator
     }}
     path = work / "stackwatch.yml"
     path.write_text(yaml.safe_dump(config))
-    srv = ServerProcess(work / "data", config=path).start()
+    srv = ServerProcess(work / "data", config=path, env={"STACKWATCH_PIPELINE_WORKERS": "0"}).start()
     yield srv
     srv.stop()
 
