@@ -613,3 +613,21 @@ def test_key_value_rule_is_linear_on_long_lines() -> None:
     started = time.perf_counter()
     assert "token=[REDACTED]" in R.redact_text(line)
     assert time.perf_counter() - started < 0.05  # the lazy form took ~0.5 s here
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([t for t, _ in POSITIVE if "-----BEGIN" not in t]
+                        + ["  File \"app.py\", line 3, in charge", "x", "key=", "=v", ""])
+        | st.text(max_size=40),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_no_rule_crosses_a_newline(lines: list[str]) -> None:
+    """Redacting line by line gives what redacting the whole text gives (PEM key blocks aside,
+    which span lines by nature): the SDK relies on it to redact tracebacks chunk by chunk and
+    remember clean frame lines; a chunk holds a whole exception message, PEM block included."""
+    chunks = [line.replace("\n", " ") + "\n" for line in lines if "-----BEGIN" not in line]
+    assert "".join(R.redact_text(c) for c in chunks) == R.redact_text("".join(chunks))

@@ -463,10 +463,16 @@ class EventBuilder:
             text = str(exc)
         except Exception:
             text = f"<unprintable {exc_type.__name__}>"
-        stack = "".join(traceback.format_exception(exc_type, exc, tb))
+        parts = traceback.format_exception(exc_type, exc, tb)
         if self.redactor is not None:
-            text = self.redactor.redact_text(text)
-            stack = self.redactor.redact_text(stack)
+            redact = self.redactor.redact_text
+            text = redact(text)
+            # Chunk by chunk (each ends with a newline, which no rule but a PEM key block crosses,
+            # and the exception message with any key in it is one chunk, so the result is the
+            # same as redacting the whole text): the frame lines of one code path recur in every
+            # traceback it raises, and short clean strings are remembered by the redactor.
+            parts = [redact(part) for part in parts]
+        stack = "".join(parts)
         return {"type": _exception_type(exc_type), "message": text, "stack": stack}
 
     def _fallback(self, record: logging.LogRecord, exc: Exception) -> dict[str, Any]:
