@@ -131,7 +131,11 @@ def test_a_full_alertmanager_configuration_parses() -> None:
      "required"),
     ({"receivers": [{"name": "a", "pagerduty_configs": [{"service_key": "k"}]}]},
      "receivers[0].pagerduty_configs[0].service_key", "Events API v1"),
-    ({"receivers": [{"name": "a", "opsgenie_configs": [{}]}]}, "receivers[0].opsgenie_configs", "apprise"),
+    ({"receivers": [{"name": "a", "victorops_configs": [{}]}]}, "receivers[0].victorops_configs", "apprise"),
+    ({"receivers": [{"name": "a", "telegram_configs": [{"chat_id": 1}]}]},
+     "receivers[0].telegram_configs[0].bot_token", "required"),
+    ({"receivers": [{"name": "a", "discord_configs": [{"webhook_url": "https://x/y"}]}]},
+     "receivers[0].discord_configs[0].webhook_url", "api/webhooks"),
     ({"receivers": [{"name": "a"}, {"name": "a"}]}, "receivers[1].name", "defined twice"),
     ({"time_intervals": [{"name": "t", "time_intervals": [{"times": [{"start_time": "25:00", "end_time": "26:00"}]}]}]},
      "time_intervals[0].time_intervals[0].times[0].start_time", "out of range"),
@@ -261,3 +265,28 @@ def test_server_settings_name_the_alertmanager_file_relative_to_the_config_and_r
     with pytest.raises(ConfigError, match="undefined receiver 'nope'"):
         d.reload()
     assert d.routes_for({"a": "b"}) == ["second"]  # the running configuration stays
+
+
+def test_telegram_discord_pushover_and_opsgenie_receivers_go_through_apprise() -> None:
+    import apprise
+
+    cfg = parse_alerting_config(yaml.safe_load("""
+route: {receiver: chat}
+receivers:
+  - name: chat
+    telegram_configs: [{bot_token: "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw", chat_id: -1001234567890,
+                        message: '{{ .CommonLabels.alertname }} is {{ .Status }}'}]
+    discord_configs: [{webhook_url: "https://discord.com/api/webhooks/1234567890/abcdefTOKEN", title: "t"}]
+    pushover_configs: [{user_key: uQiRzpo4DXghDmr9QzzfQu27cmVRsG, token: azGDORePK8gMaC0QOYAMyEEuzJnyUi}]
+    opsgenie_configs: [{api_key: 0123456789abcdef0123456789abcdef, send_resolved: false}]
+"""))
+    integrations = cfg.receivers["chat"].integrations
+    assert [i.name for i in integrations] == ["telegram[0]", "discord[0]", "pushover[0]", "opsgenie[0]"]
+    assert {i.kind for i in integrations} == {"apprise"}
+    urls = [i.params["urls"][0] for i in integrations]
+    assert urls[0] == "tgram://123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/-1001234567890"
+    assert urls[1] == "discord://1234567890/abcdefTOKEN"
+    assert all(apprise.Apprise().add(u) for u in urls)  # apprise understands every one
+    assert integrations[0].templates["body"].render({"CommonLabels": {"alertname": "X"}, "Status": "firing"}) == (
+        "X is firing")
+    assert not integrations[3].send_resolved

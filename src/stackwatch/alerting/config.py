@@ -12,7 +12,7 @@ Beyond Alertmanager's keys, one of ours: ``correlation: {labels: [service], wind
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -84,10 +84,13 @@ class Integration:
     send_resolved: bool
     params: dict[str, Any]
     templates: dict[str, Template]
+    #: The configuration key it came from when that is not the notifier kind (telegram via apprise).
+    source: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.kind}[{self.index}]"
+        """Unique within its receiver: the config list and position, like ``webhook[1]``."""
+        return f"{self.source or self.kind}[{self.index}]"
 
 
 @dataclass(frozen=True)
@@ -227,8 +230,67 @@ _KINDS: dict[str, tuple[str, set[str], set[str], set[str], bool]] = {
                   {"title", "text"}, set(), True),
     "apprise": ("apprise_configs", {"urls", "title", "body", "timeout"}, {"title", "body"}, {"urls"}, True),
 }
-_UNSUPPORTED = ("opsgenie_configs", "victorops_configs", "pushover_configs", "telegram_configs", "discord_configs",
-                "sns_configs", "webex_configs", "wechat_configs", "jira_configs", "rocketchat_configs")
+_UNSUPPORTED = ("victorops_configs", "sns_configs", "webex_configs", "wechat_configs", "jira_configs",
+                "rocketchat_configs")
+
+
+def _secret(raw: dict[str, Any], key: str, path: str) -> str:
+    if raw.get(f"{key}_file"):
+        try:
+            return Path(str(raw[f"{key}_file"])).read_text().strip()
+        except OSError as exc:
+            raise AlertingConfigError(f"{path}.{key}_file", f"cannot read it: {exc.strerror}") from None
+    value = raw.get(key)
+    if value in (None, ""):
+        raise AlertingConfigError(f"{path}.{key}", "required")
+    return _str(value, f"{path}.{key}")
+
+
+def _telegram(raw: dict[str, Any], path: str) -> str:
+    return f"tgram://{_secret(raw, 'bot_token', path)}/{_str(raw.get('chat_id', ''), path + '.chat_id')}"
+
+
+def _discord(raw: dict[str, Any], path: str) -> str:
+    url = _secret(raw, "webhook_url", path)
+    m = re.search(r"/api/webhooks/(\d+)/([^/?#]+)", url)
+    if not m:
+        raise AlertingConfigError(f"{path}.webhook_url", "expected https://discord.com/api/webhooks/<id>/<token>")
+    return f"discord://{m.group(1)}/{m.group(2)}"
+
+
+def _pushover(raw: dict[str, Any], path: str) -> str:
+    return f"pover://{_secret(raw, 'user_key', path)}@{_secret(raw, 'token', path)}"
+
+
+def _opsgenie(raw: dict[str, Any], path: str) -> str:
+    return f"opsgenie://{_secret(raw, 'api_key', path)}"
+
+
+#: Alertmanager receivers we deliver through apprise: config key -> (apprise URL builder, keys it reads).
+_VIA_APPRISE: dict[str, tuple[Any, set[str]]] = {
+    "telegram_configs": (_telegram, {"bot_token", "bot_token_file", "chat_id", "message", "parse_mode", "api_url",
+                                     "disable_notifications", "message_thread_id"}),
+    "discord_configs": (_discord, {"webhook_url", "webhook_url_file", "title", "message", "content", "username",
+                                   "avatar_url"}),
+    "pushover_configs": (_pushover, {"user_key", "user_key_file", "token", "token_file", "title", "message", "url",
+                                     "url_title", "priority", "sound", "retry", "expire", "html", "device", "ttl"}),
+    "opsgenie_configs": (_opsgenie, {"api_key", "api_key_file", "api_url", "message", "description", "source",
+                                     "details", "responders", "tags", "note", "priority", "entity", "actions",
+                                     "update_alerts"}),
+}
+
+
+def _via_apprise(key: str, index: int, raw: Any, path: str, glob: GlobalConfig) -> Integration:
+    """An Alertmanager receiver config (Telegram, Discord, Pushover, OpsGenie) as an apprise notifier."""
+    build, known = _VIA_APPRISE[key]
+    r = _mapping(raw, path)
+    _known(r, known | {"send_resolved", "http_config"}, path)
+    params: dict[str, Any] = {"urls": [build(r, path)], "send_resolved": r.get("send_resolved", True)}
+    if r.get("title"):
+        params["title"] = r["title"]
+    if r.get("message"):
+        params["body"] = r["message"]
+    return _integration("apprise", index, params, path, glob)
 
 
 def _read_secret_file(params: dict[str, Any], key: str, path: str) -> None:
@@ -435,7 +497,7 @@ def parse_alerting_config(raw: Any) -> AlertingConfig:
             raise AlertingConfigError(f"{path}.name", "required")
         if name in receivers:
             raise AlertingConfigError(f"{path}.name", f"receiver {name!r} is defined twice")
-        _known(r, {"name"} | {v[0] for v in _KINDS.values()} | set(_UNSUPPORTED), path)
+        _known(r, {"name"} | {v[0] for v in _KINDS.values()} | set(_UNSUPPORTED) | set(_VIA_APPRISE), path)
         for key in _UNSUPPORTED:
             if key in r:
                 raise AlertingConfigError(f"{path}.{key}", "not supported natively; use apprise_configs with the "
@@ -443,7 +505,12 @@ def parse_alerting_config(raw: Any) -> AlertingConfig:
         integrations: list[Integration] = []
         for kind, (key, *_rest) in _KINDS.items():
             for j, iraw in enumerate(_list(r.get(key), f"{path}.{key}")):
-                integrations.append(_integration(kind, len(integrations), iraw, f"{path}.{key}[{j}]", glob))
+                made = _integration(kind, j, iraw, f"{path}.{key}[{j}]", glob)
+                integrations.append(replace(made, source=kind) if kind == "msteamsv2" else made)
+        for key in _VIA_APPRISE:
+            for j, iraw in enumerate(_list(r.get(key), f"{path}.{key}")):
+                integrations.append(replace(_via_apprise(key, j, iraw, f"{path}.{key}[{j}]", glob),
+                                            source=key.removesuffix("_configs")))
         receivers[name] = Receiver(name, tuple(integrations))
 
     intervals: dict[str, tuple[TimeInterval, ...]] = {}
