@@ -66,8 +66,8 @@ class ActiveAlert:
     def to_json(self) -> dict[str, Any]:
         """Prometheus's ``/api/v1/alerts`` element."""
         out: dict[str, Any] = {
-            "labels": dict(self.labels),
-            "annotations": dict(self.annotations),
+            "labels": dict(sorted(self.labels.items())),
+            "annotations": dict(sorted(self.annotations.items())),
             "state": self.state,
             "activeAt": _rfc3339(self.active_at),
             "value": _value_text(self.value),
@@ -104,6 +104,8 @@ class RuleState:
     #: Series written by the previous evaluation (labels as sorted tuples), for stale markers.
     written: set[tuple[tuple[str, str], ...]] = field(default_factory=set)
     nodata_since: int | None = None
+    #: For ``<expr> <cmp> <number>`` alerts: (text of <expr>, names it reads, operator, number).
+    split: tuple[str, frozenset[str], str, float] | None = None
 
     @property
     def state(self) -> str:
@@ -157,6 +159,8 @@ class GroupEvaluator:
         self.for_grace_period_ms = for_grace_period_ms
         self.outage_tolerance_ms = outage_tolerance_ms
         self.write_series = write_series
+        #: Left sides of threshold comparisons evaluated at a time: (project, t, text) -> (samples, names).
+        self._lhs_memo: dict[tuple[str, int, str], tuple[list[tuple[dict[str, str], float]], frozenset[str]]] = {}
 
     @staticmethod
     def prepare(group: RuleGroup, default_interval_ms: int) -> GroupState:
@@ -164,16 +168,25 @@ class GroupEvaluator:
         states = []
         for rule in group.rules:
             node = parse_promql(rule.expr) if rule.source == "promql" else None
-            states.append(RuleState(rule, node))
+            rs = RuleState(rule, node)
+            if rule.kind == "alert" and node is not None:
+                rs.split = _threshold_split(rule.expr, node)
+            states.append(rs)
         return GroupState(group, states, group.interval_ms or default_interval_ms)
 
     # -- one group evaluation -------------------------------------------------------------------
 
-    def evaluate(self, gs: GroupState, ts_ms: int) -> list[Alert]:
-        """Evaluate every rule of the group at ``ts_ms``; returns (and notifies) the alerts sent."""
+    def evaluate(self, gs: GroupState, ts_ms: int, *, flush: bool = True) -> list[Alert]:
+        """Evaluate every rule of the group at ``ts_ms``; returns (and notifies) the alerts sent.
+
+        ``flush=False`` leaves written series buffered for the caller to flush once for several
+        groups (a later reader of a buffered metric flushes it first, so nothing reads stale data).
+        """
         started = time.perf_counter()
         group = gs.group
         query_ts = ts_ms - group.query_offset_ms
+        if self._lhs_memo and next(iter(self._lhs_memo))[1] != query_ts:
+            self._lhs_memo = {}
         nodes = [rs.node for rs in gs.rules if rs.node is not None]
         querier = self.sources.querier(group.project, nodes, query_ts, self.lookback_ms)
         engine = Engine(querier, lookback_delta_ms=self.lookback_ms, max_samples=self.max_samples,
@@ -196,10 +209,8 @@ class GroupEvaluator:
             rs.last_eval_ms = ts_ms
             rs.eval_seconds = time.perf_counter() - t0
         gs.restored_down_at_ms = None
-        try:
-            self.sources.flush()
-        except Exception as exc:
-            log.warning("group %r: writing rule results failed: %s", group.name, exc)
+        if flush:
+            self.flush()
         gs.last_eval_ms = ts_ms
         gs.eval_seconds = time.perf_counter() - started
         if to_send and self.notify is not None:
@@ -209,9 +220,18 @@ class GroupEvaluator:
                 log.warning("handing %d alerts to the dispatcher failed: %s", len(to_send), exc)
         return to_send
 
+    def flush(self) -> None:
+        """Write buffered recording results and ALERTS series; a failure is logged, not raised."""
+        try:
+            self.sources.flush()
+        except Exception as exc:
+            log.warning("writing rule results failed: %s", exc)
+
     def _values(self, rs: RuleState, group: RuleGroup, engine: Engine, query_ts: int) -> list[tuple[dict[str, str],
                                                                                                      float]]:
         rule = rs.rule
+        if rule.source == "promql" and rs.split is not None:
+            return self._split_values(rs.split, group, engine, query_ts)
         if rule.source == "promql":
             assert rs.node is not None
             res = engine.instant(rule.expr, query_ts)
@@ -222,6 +242,30 @@ class GroupEvaluator:
             n = self.sources.log_count(group.project, rule.expr, query_ts - rule.window_ms, query_ts)
             return [({}, float(n))]
         return self._error_values(rule, group, query_ts)
+
+    def _split_values(self, split: tuple[str, frozenset[str], str, float], group: RuleGroup, engine: Engine,
+                      query_ts: int) -> list[tuple[dict[str, str], float]]:
+        """``<expr> <cmp> <number>``: ``<expr>`` is evaluated once per time for every rule that has
+        it (warning/critical pairs, one expression per quantile...), the comparison is applied here
+        with PromQL's filter semantics (keep the series where it holds, with the left value)."""
+        lhs, names, op, number = split
+        key = (group.project, query_ts, lhs)
+        cached = self._lhs_memo.get(key)
+        if cached is None:
+            res = engine.instant(lhs, query_ts)
+            if res.type == "scalar":
+                cached = ([({}, res.scalar)], names)
+            else:
+                cached = ([(s.labels, float(s.values[0])) for s in res.series], names)
+            if len(self._lhs_memo) > 10_000:
+                self._lhs_memo.clear()
+            self._lhs_memo[key] = cached
+        cmp = _CMP[op]
+        return [(lb, v) for lb, v in cached[0] if cmp(v, number)]
+
+    def _forget_lhs(self, project: str, written: set[str]) -> None:
+        if self._lhs_memo:
+            self._lhs_memo = {k: v for k, v in self._lhs_memo.items() if k[0] != project or not (v[1] & written)}
 
     def _error_values(self, rule: Rule, group: RuleGroup, query_ts: int) -> list[tuple[dict[str, str], float]]:
         errors = self.sources.errors
@@ -262,6 +306,7 @@ class GroupEvaluator:
             samples = [(lb, ts_ms, v) for lb, v in out.values()]
             samples += [(dict(k), ts_ms, STALE_NAN) for k in rs.written - out.keys()]
             self.sources.append(group.project, samples)
+            self._forget_lhs(group.project, {rule.name})
         rs.written = set(out)
 
     def _alert(self, rs: RuleState, gs: GroupState, engine: Engine, query_ts: int, ts_ms: int) -> None:
@@ -304,6 +349,7 @@ class GroupEvaluator:
             lb["alertname"] = rule.name
             if severity:
                 lb["severity"] = severity
+            lb = dict(sorted(lb.items()))
             identity_labels = {k: v for k, v in lb.items() if not (severity and k == "severity")}
             ident = label_fingerprint(identity_labels)
             if ident in result:
@@ -366,6 +412,8 @@ class GroupEvaluator:
             samples += [(dict(k), ts_ms, STALE_NAN) for k in rs.written - now_keys]
             self.sources.append(group.project, samples)
             rs.written = now_keys
+            if samples:
+                self._forget_lhs(group.project, {"ALERTS", "ALERTS_FOR_STATE"})
 
     def _restore_for_state(self, rs: RuleState, gs: GroupState, ts_ms: int) -> None:
         """After a restart, shift pending alerts' ``active_at`` as Prometheus's for_grace_period does.
@@ -421,6 +469,38 @@ class GroupEvaluator:
 
     def _generator_url(self, rule: Rule) -> str:
         return f"{self.external_url}/graph?g0.expr={urllib.parse.quote_plus(rule.query)}&g0.tab=1"
+
+
+_CMP: dict[str, Callable[[float, float], bool]] = {
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+def _threshold_split(expr: str, node: Node) -> tuple[str, frozenset[str], str, float] | None:
+    """Split ``<vector expr> <cmp> <number>`` (no ``bool``) into its parts, else None."""
+    from stackwatch.query.promql._ast import Binary, NumberLit
+
+    from .sources import _metric_name, selector_windows
+
+    if not (isinstance(node, Binary) and node.op in _CMP and not node.return_bool
+            and isinstance(node.rhs, NumberLit) and node.lhs.type == "vector"):
+        return None
+    try:
+        import promql_parser
+
+        lhs = promql_parser.parse(expr).lhs.prettify()
+    except BaseException:  # the parser panics with BaseException: then no split
+        return None
+    names = frozenset(n for vs, _, _ in selector_windows(node.lhs, 0) if (n := _metric_name(vs)) is not None)
+    # A selector without a metric name could read anything a rule writes: no memo for those.
+    if any(_metric_name(vs) is None for vs, _, _ in selector_windows(node.lhs, 0)):
+        return None
+    return (lhs, names, node.op, float(node.rhs.value))
 
 
 def _dt(ms: int | None) -> datetime | None:

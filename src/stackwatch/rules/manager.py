@@ -55,6 +55,8 @@ class AlertStateStore:
         self.meta = meta
         #: What was last written per group: {(rule_index, ident): snapshot tuple}.
         self._saved: dict[str, dict[tuple[int, str], tuple[Any, ...]]] = {}
+        #: When each group's last-evaluation time was last written.
+        self._evals: dict[str, int] = {}
 
     def load(self, group_key: str) -> tuple[int | None, list[tuple[int, str, str, ActiveAlert]]]:
         from stackwatch.storage.meta.models import RuleAlertState, RuleGroupEval
@@ -94,36 +96,40 @@ class AlertStateStore:
                 alerts[(i, ident)] = (rs.rule.name, a)
         changed = [k for k, snap in now.items() if before.get(k) != snap]
         gone = [k for k in before if k not in now]
+        if not changed and not gone and gs.last_eval_ms is not None and self._evals.get(key, 0) + 60_000 > gs.last_eval_ms:
+            self._saved[key] = now
+            return  # nothing changed; the last-evaluation time is refreshed once a minute
         with self.meta.session() as s:
             ev = s.get(RuleGroupEval, key)
             if ev is None:
                 s.add(RuleGroupEval(group_key=key, last_eval_at=_dt(gs.last_eval_ms)))
             else:
                 ev.last_eval_at = _dt(gs.last_eval_ms)  # type: ignore[assignment]
-            for idx, ident in gone:
-                s.execute(delete(RuleAlertState).where(RuleAlertState.group_key == key,
-                                                       RuleAlertState.rule_index == idx,
-                                                       RuleAlertState.fingerprint == ident))
-            for idx, ident in changed:
-                name, a = alerts[(idx, ident)]
-                row = s.scalars(select(RuleAlertState).where(
-                    RuleAlertState.group_key == key, RuleAlertState.rule_index == idx,
-                    RuleAlertState.fingerprint == ident)).first()
-                if row is None:
-                    row = RuleAlertState(group_key=key, rule_index=idx, fingerprint=ident)
-                    s.add(row)
-                row.rule_name = name
-                row.labels = dict(a.labels)
-                row.annotations = dict(a.annotations)
-                row.state = a.state
-                row.value = None if a.value != a.value else a.value
-                row.active_at = _dt(a.active_at)  # type: ignore[assignment]
-                row.fired_at = _dt(a.fired_at)
-                row.resolved_at = _dt(a.resolved_at)
-                row.last_sent_at = _dt(a.last_sent_at)
-                row.keep_firing_since = _dt(a.keep_firing_since)
-                row.sent_labels = dict(a.sent_labels) if a.sent_labels is not None else None
-                row.hold_ms = a.hold_ms
+            if changed or gone:
+                rows = {(r.rule_index, r.fingerprint): r for r in s.scalars(
+                    select(RuleAlertState).where(RuleAlertState.group_key == key))}
+                for k in gone:
+                    if k in rows:
+                        s.delete(rows[k])
+                for idx, ident in changed:
+                    name, a = alerts[(idx, ident)]
+                    row = rows.get((idx, ident))
+                    if row is None:
+                        row = RuleAlertState(group_key=key, rule_index=idx, fingerprint=ident)
+                        s.add(row)
+                    row.rule_name = name
+                    row.labels = dict(a.labels)
+                    row.annotations = dict(a.annotations)
+                    row.state = a.state
+                    row.value = None if a.value != a.value else a.value
+                    row.active_at = _dt(a.active_at)  # type: ignore[assignment]
+                    row.fired_at = _dt(a.fired_at)
+                    row.resolved_at = _dt(a.resolved_at)
+                    row.last_sent_at = _dt(a.last_sent_at)
+                    row.keep_firing_since = _dt(a.keep_firing_since)
+                    row.sent_labels = dict(a.sent_labels) if a.sent_labels is not None else None
+                    row.hold_ms = a.hold_ms
+        self._evals[key] = gs.last_eval_ms or 0
         self._saved[key] = now
 
     def forget(self, group_key: str) -> None:
@@ -268,24 +274,42 @@ class RuleManager:
         return _now_ms(self.clock)
 
     def tick(self, now_ms: int | None = None) -> int:
-        """Evaluate every group due at ``now_ms`` (default: the clock); returns how many ran."""
+        """Evaluate every group due at ``now_ms`` (default: the clock); returns how many ran.
+
+        Groups due at the same time share one prefetch of their selectors and one write of their
+        results (see :class:`~stackwatch.rules.sources.StoreSources`).
+        """
         now = self.now_ms() if now_ms is None else int(now_ms)
         ran = 0
         with self._lock:
-            due = [gs for gs in self.groups.values() if gs.next_eval_ms <= now]
-            for gs in due:
+            batches: dict[tuple[str, int], list[GroupState]] = {}
+            for gs in self.groups.values():
+                if gs.next_eval_ms > now:
+                    continue
                 if gs.next_eval_ms == 0:
                     ts = now
                 else:
-                    missed = (now - gs.next_eval_ms) // gs.interval_ms
-                    ts = gs.next_eval_ms + missed * gs.interval_ms
-                self.evaluate_group(gs, ts)
-                gs.next_eval_ms = ts + gs.interval_ms
-                ran += 1
+                    ts = gs.next_eval_ms + (now - gs.next_eval_ms) // gs.interval_ms * gs.interval_ms
+                batches.setdefault((gs.group.project, ts), []).append(gs)
+            sources = self.evaluator.sources
+            for (project, ts), due in sorted(batches.items(), key=lambda kv: kv[0][1]):
+                prepare = getattr(sources, "prepare", None)
+                if prepare is not None and len(due) > 1:
+                    nodes = [rs.node for gs in due for rs in gs.rules if rs.node is not None]
+                    try:
+                        prepare(project, nodes, ts - max(gs.group.query_offset_ms for gs in due),
+                                self.evaluator.lookback_ms)
+                    except Exception as exc:  # the groups fetch for themselves then
+                        log.warning("rule prefetch failed: %s", exc)
+                for gs in due:
+                    self.evaluate_group(gs, ts, flush=False)
+                    gs.next_eval_ms = ts + gs.interval_ms
+                    ran += 1
+                self.evaluator.flush()
         return ran
 
-    def evaluate_group(self, gs: GroupState, ts_ms: int) -> list[Alert]:
-        sent = self.evaluator.evaluate(gs, ts_ms)
+    def evaluate_group(self, gs: GroupState, ts_ms: int, *, flush: bool = True) -> list[Alert]:
+        sent = self.evaluator.evaluate(gs, ts_ms, flush=flush)
         if self.state_store is not None:
             try:
                 self.state_store.save(gs)

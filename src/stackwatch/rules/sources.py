@@ -132,13 +132,54 @@ def _metric_name(vs: VectorSel) -> str | None:
 
 @dataclass
 class _Prefetched:
+    """One metric's series over a window, kept flat (all samples in one array, series after
+    series) so that a selector's window is cut for all series with a few numpy calls."""
+
     start: int
     end: int
     series: list[tuple[dict[str, str], np.ndarray, np.ndarray]] = field(default_factory=list)
+    _flat: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    _matches: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(series id per sample, timestamps, values, offset of each series' first sample)."""
+        if self._flat is None:
+            n = len(self.series)
+            counts = np.fromiter((len(t) for _, t, _ in self.series), dtype=np.int64, count=n)
+            t = np.concatenate([t for _, t, _ in self.series]) if n else np.empty(0, np.int64)
+            v = np.concatenate([v for _, _, v in self.series]) if n else np.empty(0, np.float64)
+            sid = np.repeat(np.arange(n), counts)
+            offsets = np.r_[0, np.cumsum(counts)[:-1]] if n else np.empty(0, np.int64)
+            self._flat = (sid, t, v, offsets)
+        return self._flat
+
+    def select(self, others: list[Matcher], start_ms: int, end_ms: int) -> SeriesSet:
+        key = tuple(str(m) for m in others)
+        idx = self._matches.get(key)
+        if idx is None:
+            idx = np.fromiter((i for i, (labels, _, _) in enumerate(self.series)
+                               if all(m.matches(labels.get(m.name, "")) for m in others)), dtype=np.int64)
+            self._matches[key] = idx
+        if not idx.size:
+            return []
+        sid, t, v, offsets = self.flat()
+        n = len(self.series)
+        lo = offsets + np.bincount(sid[t < start_ms], minlength=n)
+        hi = offsets + np.bincount(sid[t <= end_ms], minlength=n)
+        out: SeriesSet = []
+        for i, a, b in zip(idx.tolist(), lo[idx].tolist(), hi[idx].tolist(), strict=True):
+            if b > a:
+                out.append(Series(self.series[i][0], t[a:b], v[a:b]))
+        return out
 
 
 class _CycleQuerier:
-    """A querier for one group evaluation: prefetched metrics from memory, the rest from the store."""
+    """A querier for one group evaluation: prefetched metrics from memory, the rest from the store.
+
+    Its ``pushdown`` (the engine's hook for aggregations) answers an aggregation another rule
+    already computed at the same time, so rules that share ``sum by (...) (rate(x[5m]))`` compute
+    it once per evaluation time.
+    """
 
     def __init__(self, owner: StoreSources, project: str) -> None:
         self.owner = owner
@@ -150,19 +191,12 @@ class _CycleQuerier:
         name = next((m.value for m in matchers if m.name == "__name__" and m.op == "="), None)
         if name is not None and (self.project, name) in self.owner._dirty:
             self.owner.flush()
+            self.owner._shared.pop(name, None)
             self.prefetched.pop(name, None)
             self.cache = {k: v for k, v in self.cache.items() if k[0] != name}
         pf = self.prefetched.get(name) if name is not None else None
         if pf is not None and pf.start <= start_ms and end_ms <= pf.end:
-            others = [m for m in matchers if not (m.name == "__name__" and m.op == "=")]
-            out: SeriesSet = []
-            for labels, t, v in pf.series:
-                if all(m.matches(labels.get(m.name, "")) for m in others):
-                    lo = int(np.searchsorted(t, start_ms, side="left"))
-                    hi = int(np.searchsorted(t, end_ms, side="right"))
-                    if hi > lo:
-                        out.append(Series(labels, t[lo:hi], v[lo:hi]))
-            return out
+            return pf.select([m for m in matchers if not (m.name == "__name__" and m.op == "=")], start_ms, end_ms)
         key = (name, tuple(str(m) for m in matchers), start_ms, end_ms)
         hit = self.cache.get(key)
         if hit is None:
@@ -171,18 +205,29 @@ class _CycleQuerier:
             self.cache[key] = hit
         return hit
 
+    def pushdown(self, node: Aggregate, ts: np.ndarray, lookback_ms: int, deadline: float) -> Any:
+        return self.owner._memo_aggregate(self, node, ts, lookback_ms, deadline)
+
 
 class StoreSources:
     """Sources over the server's metric and log stores (and the errors store once wired)."""
 
     def __init__(self, metrics: Any, logs: Any = None, errors: ErrorSource | None = None,
-                 max_samples: int = 0) -> None:
+                 max_samples: int = 0, *, prefetch: bool = True) -> None:
         self.metrics = metrics
+        self.prefetch = prefetch
         self.logs = logs
         self.errors = errors
         self.max_samples = max_samples
         self._buffer: dict[str, list[SampleOut]] = {}
         self._dirty: set[tuple[str, str]] = set()
+        self._shared: dict[str, _Prefetched] = {}
+        self._shared_key: tuple[str, int] | None = None
+        #: Aggregations computed at one (project, time): structural key -> (result, metric names read).
+        self._memo: dict[str, tuple[Any, frozenset[str]]] = {}
+        self._memo_at: tuple[str, int] | None = None
+        self._node_keys: dict[int, tuple[Node, str, frozenset[str]]] = {}
+        self.memo_hits = 0
         #: Counters for the benchmark and the logs: how often the prefetch could not answer.
         self.fallback_selects = 0
         self.prefetch_queries = 0
@@ -192,8 +237,15 @@ class StoreSources:
 
         return ClickHouseQuerier(self.metrics, project, max_samples=self.max_samples)
 
-    def querier(self, project: str, nodes: Sequence[Node], t_ms: int, lookback_ms: int) -> Querier:
-        q = _CycleQuerier(self, project)
+    def prepare(self, project: str, nodes: Sequence[Node], t_ms: int, lookback_ms: int) -> None:
+        """Prefetch for several groups evaluated at the same time (the manager calls it per tick),
+        so the store is asked once for all of them rather than once per group."""
+        self._shared = {}
+        self._shared_key = (project, t_ms)
+        self._fetch_into(self._shared, project, self._windows(nodes, t_ms, lookback_ms))
+
+    @staticmethod
+    def _windows(nodes: Sequence[Node], t_ms: int, lookback_ms: int) -> dict[str, tuple[int, int]]:
         windows: dict[str, tuple[int, int]] = {}
         for node in nodes:
             for vs, back_start, back_end in selector_windows(node, lookback_ms):
@@ -206,11 +258,31 @@ class StoreSources:
                     windows[name] = (min(s, s0), max(e, e0))
                 else:
                     windows[name] = (s, e)
+        return windows
+
+    def querier(self, project: str, nodes: Sequence[Node], t_ms: int, lookback_ms: int) -> Querier:
+        q = _CycleQuerier(self, project)
+        if self._memo_at != (project, t_ms):
+            self._memo, self._memo_at = {}, (project, t_ms)
+        if not self.prefetch:
+            return q
+        windows = self._windows(nodes, t_ms, lookback_ms)
+        if self._shared_key == (project, t_ms):
+            # Reuse what the tick prefetched; fetch only what it did not cover.
+            missing = {}
+            for name, (s, e) in windows.items():
+                pf = self._shared.get(name)
+                if pf is not None and pf.start <= s and e <= pf.end and (project, name) not in self._dirty:
+                    q.prefetched[name] = pf
+                else:
+                    missing[name] = (s, e)
+            windows = missing
         if windows:
-            self._prefetch(q, project, windows)
+            self._fetch_into(q.prefetched, project, windows)
         return q
 
-    def _prefetch(self, q: _CycleQuerier, project: str, windows: dict[str, tuple[int, int]]) -> None:
+    def _fetch_into(self, into: dict[str, _Prefetched], project: str, windows: dict[str, tuple[int, int]]) -> None:
+        """Series of the named metrics, then their samples, one query per distinct window."""
         names = sorted(windows)
         lo = min(s for s, _ in windows.values())
         hi = max(e for _, e in windows.values())
@@ -221,8 +293,8 @@ class StoreSources:
         for fp, labels in found:
             by_name.setdefault(labels["__name__"], []).append((fp, labels))
         for name in names:
-            q.prefetched[name] = _Prefetched(*windows[name])
-        # One samples query per distinct window (rules mostly share a handful of ranges).
+            into[name] = _Prefetched(*windows[name])
+        # Rules mostly share a handful of ranges (5m, 1h...): one samples query per range.
         groups: dict[tuple[int, int], list[str]] = {}
         for name in names:
             groups.setdefault(windows[name], []).append(name)
@@ -241,15 +313,49 @@ class StoreSources:
             for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
                 labels = labels_of.get(int(fp[a]))
                 if labels is not None:
-                    q.prefetched[labels["__name__"]].series.append((labels, ts[a:b], vals[a:b]))
-        for pf in q.prefetched.values():
-            pf.series.sort(key=lambda s: sorted(s[0].items()))
+                    into[labels["__name__"]].series.append((labels, ts[a:b], vals[a:b]))
+        for name in names:
+            into[name].series.sort(key=lambda s: sorted(s[0].items()))
+
+    def _memo_aggregate(self, q: _CycleQuerier, node: Aggregate, ts: np.ndarray, lookback_ms: int,
+                        deadline: float) -> Any:
+        """An aggregation's result, computed once per evaluation time for every rule that has it."""
+        from stackwatch.query.promql._eval import EvalContext, Evaluator
+        from stackwatch.query.promql._values import Vec
+
+        if not self.prefetch or ts.size != 1:
+            return None
+        known = self._node_keys.get(id(node))
+        if known is None or known[0] is not node:
+            names = frozenset(n for vs, _, _ in selector_windows(node, 0) if (n := _metric_name(vs)) is not None)
+            known = (node, repr(node), names)
+            self._node_keys[id(node)] = known
+        _, key, names = known
+        key = f"{int(ts[0])}|{lookback_ms}|{key}"
+        hit = self._memo.get(key)
+        if hit is None:
+            ctx = EvalContext(querier=q, start_ms=int(ts[0]), end_ms=int(ts[-1]), lookback_ms=lookback_ms,
+                              max_samples=self.max_samples or 50_000_000, deadline=deadline,
+                              delayed_name_removal=False, subquery_step_ms=60_000)
+            with np.errstate(all="ignore"):
+                value = Evaluator(ctx).aggregate(node, ts)
+            hit = (value, names)
+            self._memo[key] = hit
+        else:
+            self.memo_hits += 1
+        v = hit[0]
+        return Vec(list(v.labels), v.values.copy(), v.present.copy(), v.drop_name.copy(),
+                   None if v.sample_ts is None else v.sample_ts.copy())
 
     def append(self, project: str, samples: list[SampleOut]) -> None:
         if not samples:
             return
         self._buffer.setdefault(project, []).extend(samples)
-        self._dirty.update((project, lb["__name__"]) for lb, _, _ in samples)
+        written = {lb["__name__"] for lb, _, _ in samples}
+        self._dirty.update((project, n) for n in written)
+        if self._memo and project == (self._memo_at or ("",))[0]:
+            # A later rule must see what a recording rule just wrote, not a memo computed before.
+            self._memo = {k: v for k, v in self._memo.items() if not (v[1] & written)}
 
     def flush(self) -> None:
         from stackwatch.storage.metrics import MetricBatch
