@@ -199,12 +199,18 @@ TABLES: tuple[Table, ...] = (LOGS_HOT, LOGS_WARM, LOGS)
 # sorted by trace id) gives the fetch its hours: one key lookup, done in a scalar subquery of
 # the same statement, then a primary-key read of ``spans``.
 #
-# Measured before choosing (chDB, 700k spans, machine under load): sorted by (service, name,
-# hour, start) with a bloom filter on trace_id, a fetch read the ~10 granules its spans were
-# scattered over, 90-150 ms median whether or not the index table bounded it; sorted as now it
-# reads 1-2 granules (figures in docs/benchmarks.md, "Traces"). The cost: spans of one
-# service are no longer adjacent, so a search by service scans its time range (the narrow
-# columns only) instead of skipping to the service's run, and compression is a little worse.
+# Measured (chDB, 2 shared CPUs under load; bench/traces_bench.py and docs/benchmarks.md):
+# * sorted by (service, name, hour, start) with a bloom filter on trace_id, a fetch read the
+#   ~10 granules its spans were scattered over: 90-150 ms median for 700k spans, whether or not
+#   the index table bounded it;
+# * sorted as now, 1M spans over 24 h: 24.5 ms bounded by trace_index; 13.2 ms by trace id
+#   alone, because at 40k spans an hour each granule holds one hour and the key prunes well;
+# * sorted as now, 300k spans over 7 days (under 2,048 spans an hour, so a granule spans
+#   several hours and the trace id alone prunes nothing): by trace id alone 142 of 143
+#   granules read, 47-60 ms; bounded by trace_index 19 granules, 34-37 ms. The index table is
+#   what keeps the fetch independent of how dense the data is.
+# The cost of this order: spans of one service are no longer adjacent, so a search by service
+# scans its time range (the narrow columns first) instead of skipping to the service's run.
 _SPAN_TTL_DAYS = 7  # the default of the traces_retention_days setting; see TraceStore
 
 SPANS = Table(
@@ -334,7 +340,9 @@ ERROR_EVENTS = Table(
         Index("idx_release", "release", "set(100)"),
         Index("idx_environment", "environment", "set(100)"),
     ),
-    settings={"non_replicated_deduplication_window": 10000, "fsync_after_insert": 1, "fsync_part_directory": 1},
+    # The TTL (errors_retention_days) is set by the store; whole parts expire, as partitions are months.
+    settings={"non_replicated_deduplication_window": 10000, "fsync_after_insert": 1, "fsync_part_directory": 1,
+              "ttl_only_drop_parts": 1},
     comment="Error events (Sentry protocol), scrubbed, grouped into issues kept in the meta store.",
 )
 
