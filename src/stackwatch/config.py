@@ -145,6 +145,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest Sentry attachment kept with its event; larger ones are dropped and counted (attachment/too_large).",
     ),
     Setting(
+        "errors_retention_days",
+        int,
+        90,
+        "Days error events are kept (issues and their counts stay); older months are dropped whole.",
+    ),
+    Setting(
         "alerting_file",
         str,
         "",
@@ -205,6 +211,7 @@ class Settings:
     secret_key: str = ""
     errors_max_event_bytes: int = 1024 * 1024
     errors_max_attachment_bytes: int = 1024 * 1024
+    errors_retention_days: int = 90
     alerting_file: str = ""
     rule_files: str = ""
     evaluation_interval: str = "1m"

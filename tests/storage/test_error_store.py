@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stackwatch.errors import BadRequest
+from stackwatch.errors import BadRequest, ConfigError
 from stackwatch.ingest.batcher import Entry
 from stackwatch.redaction import Redactor
 from stackwatch.storage.errors import ErrorStore, _Walker
@@ -303,3 +303,16 @@ def test_any_event_shape_is_processed_and_its_page_renders(event: dict[str, Any]
         issue=issue, event=detail, stats=[{"time": "t", "count": 0}], tags={}, events=[], activity=[],
     )
     assert "Latest event" in html and processed.event_id in html
+
+
+def test_retention_is_the_table_ttl_and_follows_the_setting(store: ErrorStore) -> None:
+    def engine() -> str:
+        rows = store.ex.rows("SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'error_events'",
+                             {"db": store.db})
+        return str(rows[0]["engine_full"])
+
+    assert "TTL toDateTime(timestamp) + toIntervalDay(90)" in engine()
+    ErrorStore(store.ex, store.meta, Redactor(), lambda: {}, retention_days=30).ensure_schema()
+    assert "toIntervalDay(30)" in engine()
+    with pytest.raises(ConfigError, match="errors_retention_days"):
+        ErrorStore(store.ex, store.meta, Redactor(), lambda: {}, retention_days=0)

@@ -128,6 +128,7 @@ class Runtime:
             meta,
             Redactor(PipelineConfig.from_dict(_pipeline_config(settings)).redact),
             lambda: {p.slug: p.id for p in auth.list_projects()},
+            retention_days=settings.errors_retention_days,
         )
         errors.ensure_schema()
 

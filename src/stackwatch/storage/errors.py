@@ -13,6 +13,7 @@ whose answer it lost) is dropped before either step, so it is counted once too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -27,7 +28,7 @@ import orjson
 import pyarrow as pa
 from sqlalchemy import delete, func, or_, select
 
-from stackwatch.errors import BadRequest, NotFound
+from stackwatch.errors import BadRequest, ConfigError, NotFound
 from stackwatch.ingest.sentry import Outcomes
 from stackwatch.model import errors as model
 from stackwatch.redaction import REDACTED, Redactor
@@ -41,7 +42,7 @@ from stackwatch.storage.meta.models import (
     ErrorIssueUser,
     ErrorRelease,
 )
-from stackwatch.storage.schema import ERROR_EVENTS, ERROR_TABLES, render_ddl
+from stackwatch.storage.schema import ERROR_EVENTS, ERROR_TABLES, Table, render_ddl
 
 __all__ = ["ErrorStore", "ProcessedEvent", "process_event", "scrub_event"]
 
@@ -333,7 +334,11 @@ class ErrorStore:
         *,
         outcomes: Outcomes | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        retention_days: int = 90,
     ) -> None:
+        if retention_days < 1:
+            raise ConfigError(f"setting 'errors_retention_days': must be at least 1, got {retention_days}")
+        self.retention_days = retention_days
         self.ex = executor
         self.db = executor.database
         self.meta = meta
@@ -344,10 +349,24 @@ class ErrorStore:
         self._lock = threading.Lock()
         self._walker = _Walker(redactor)
 
+    def tables(self) -> tuple[Table, ...]:
+        """The declared tables with the configured retention as their TTL."""
+        ttl = f"toDateTime(timestamp) + toIntervalDay({self.retention_days})"
+        return tuple(dataclasses.replace(t, ttl=ttl) for t in ERROR_TABLES)
+
     def ensure_schema(self) -> None:
-        for table in ERROR_TABLES:
+        """Create the tables; if they exist with another retention, change their TTL to it."""
+        for table in self.tables():
             for stmt in render_ddl(table, self.db, self.ex.cluster):
                 self.ex.command(stmt)
+            local = f"{table.name}_local" if self.ex.cluster else table.name
+            rows = self.ex.rows(
+                "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                {"db": self.db, "t": local},
+            )
+            if rows and f"toIntervalDay({self.retention_days})" not in rows[0]["engine_full"]:
+                on_cluster = f" ON CLUSTER `{self.ex.cluster}`" if self.ex.cluster else ""
+                self.ex.command(f"ALTER TABLE `{self.db}`.`{local}`{on_cluster} MODIFY TTL {table.ttl}")
 
     # -- the sink ------------------------------------------------------------------------------
 
