@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,9 +27,10 @@ NOW = time.time()
 
 
 @pytest.fixture
-def store(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[ErrorStore]:
+def store(tmp_path_factory: pytest.TempPathFactory, meta_url: str) -> Iterator[ErrorStore]:
+    """An error store on embedded ClickHouse, with its meta store on SQLite and on PostgreSQL."""
     ex = ChdbExecutor(tmp_path_factory.getbasetemp() / "chdb", database=f"t_{uuid.uuid4().hex[:8]}")
-    meta = MetaStore(f"sqlite:///{tmp_path / 'meta.db'}")
+    meta = MetaStore(meta_url)
     meta.migrate()
     with meta.session() as s:
         s.add(Project(slug="default", name="Default"))
