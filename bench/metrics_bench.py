@@ -7,7 +7,7 @@
   (an instance restarts: counter reset), classic latency histograms with ``_sum``/``_count``,
   gauges (memory, CPU, queue depth with a 12 min gap), two incidents (5xx and latency bursts).
 * Stackwatch, one server process: the whole set through ``POST /api/v1/import/prometheus``
-  (text, ms timestamps, 4 concurrent clients, chunks of 50 series), samples/s from the first
+  (text, ms timestamps, 4 concurrent clients, bodies of ~100,000 samples), samples/s from the first
   request to the moment all are queryable; remote write: ``--rw-steps`` scrapes of every series
   as a steady-state Prometheus sends them (one sample per series per request, snappy protobuf),
   samples/s to the last acknowledgement. Bytes/sample: active parts of ``metric_samples`` after
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import os
 import shutil
 import socket
@@ -34,7 +35,9 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -59,11 +62,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
         self.data = data
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "STACKWATCH_ADMIN_TOKEN": ADMIN, "STACKWATCH_INGEST_TOKEN": INGEST}
+        env = {**os.environ, "STACKWATCH_ADMIN_TOKEN": ADMIN, "STACKWATCH_INGEST_TOKEN": INGEST, **(env or {})}
         self.log = (data.parent / "server.log").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stackwatch.cli", "server", "--data-dir", str(data), "--port", str(self.port)],
@@ -138,8 +141,10 @@ def scaled(series: int, hours: float, t0_ms: int) -> Dataset:
     return generate(jobs=jobs, instances=max(1, targets // jobs), routes=routes, hours=hours, t0_ms=t0_ms)
 
 
-def text_bodies(data: Dataset, per_chunk: int = 50) -> list[bytes]:
+def text_bodies(data: Dataset) -> list[bytes]:
+    """Bodies of about 100,000 samples (~12 MB), under the server's 32 MB request limit."""
     n = len(data.series)
+    per_chunk = max(1, 100_000 // max(1, max(t.size for t in data.timestamps)))
     return ["".join(data.exposition(range(a, min(a + per_chunk, n)))).encode() for a in range(0, n, per_chunk)]
 
 
@@ -168,7 +173,7 @@ def dir_bytes(path: Path, only: str | None = None) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and (only is None or only in p.parts))
 
 
-def run_queries(url: str, data: Dataset, runs: int, headers: dict[str, str] | None = None,
+def run_queries(url: str, data: Any, runs: int, headers: dict[str, str] | None = None,
                 extra: dict[str, str] | None = None) -> dict[str, tuple[float, dict]]:
     """name -> (median seconds, last result ``data``) for the dashboard queries."""
     out = {}
@@ -279,6 +284,58 @@ def remote_write_rate(data: Dataset, work: Path, steps: int, clients: int) -> fl
     return n / rw_s
 
 
+def compare_queries(work: Path, data: Any, runs: int, prom: dict, vm: dict, results: dict) -> None:
+    """Stackwatch's dashboard queries, numpy engine vs SQL pushdown, against the peers' figures."""
+    for mode, env in (("numpy", {"STACKWATCH_QUERY_PUSHDOWN": "0"}), ("pushdown", {})):
+        server = Server(work / "data", env)
+        try:
+            ours = run_queries(server.url, data, runs, {"Authorization": f"Bearer {ADMIN}"})
+        finally:
+            server.stop()
+        for name in DASHBOARD:
+            results[f"sw_{mode}_{name}"] = ours[name][0]
+            line = f"query {name!r} ({mode}): stackwatch {ours[name][0]:.3f} s"
+            if prom:
+                diff = same_result(ours[name][1], prom[name][1])
+                results[f"prom_{name}"] = prom[name][0]
+                results[f"vm_{name}"] = vm[name][0]
+                line += (f", prometheus {prom[name][0]:.3f} s (ratio {ours[name][0] / prom[name][0]:.2f}), "
+                         f"victoriametrics {vm[name][0]:.3f} s (ratio {ours[name][0] / vm[name][0]:.2f}); "
+                         f"{'equal to Prometheus' if diff is None else 'DIFFERENT from Prometheus: ' + diff}")
+            log(line)
+
+
+@dataclass
+class Span:
+    """The time range of a kept run's data (what the queries need of the data set)."""
+
+    t0_ms: int
+    t_end_ms: int
+
+
+def queries_only(work: Path, runs: int) -> int:
+    """Re-run the query comparison on a directory kept by ``--keep`` (no ingest)."""
+    meta = json.loads((work / "bench.json").read_text())
+    data = Span(meta["t0_ms"], meta["t_end_ms"])
+    prom: dict[str, tuple[float, dict]] = {}
+    vm: dict[str, tuple[float, dict]] = {}
+    if (work / "tsdb").exists():
+        p = Prometheus(work / "tsdb")
+        try:
+            prom = run_queries(p.url, data, runs)
+        finally:
+            p.stop()
+        v = Victoria(work / "vm")
+        try:
+            vm = run_queries(v.url, data, runs, extra={"nocache": "1"})
+        finally:
+            v.stop()
+    results: dict[str, object] = {}
+    compare_queries(work, data, runs, prom, vm, results)
+    log(f"results: {results}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, default=10_000)
@@ -288,13 +345,18 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--clients", type=int, default=4, help="concurrent senders")
     ap.add_argument("--no-peers", action="store_true", help="Stackwatch only (no Prometheus, VictoriaMetrics)")
     ap.add_argument("--keep", type=Path, help="keep the work directory here")
+    ap.add_argument("--queries-only", type=Path, help="only the queries, on a directory kept by --keep")
     args = ap.parse_args(argv)
+    if args.queries_only:
+        return queries_only(args.queries_only, args.runs)
     t0 = (int(time.time() * 1000) // 3_600_000 - int(np.ceil(args.hours)) - 2) * 3_600_000
     data = scaled(args.series, args.hours, t0)
     total = data.samples
     log(f"{len(data.series):,} series, {total:,} samples over {args.hours} h")
     work = args.keep or Path(tempfile.mkdtemp(prefix="metrics-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    (work / "bench.json").write_text(json.dumps({"t0_ms": data.t0_ms, "t_end_ms": data.t_end_ms,
+                                                 "series": len(data.series), "samples": total}))
     results: dict[str, object] = {"series": len(data.series), "samples": total}
     try:
         bodies = text_bodies(data)
@@ -353,19 +415,7 @@ def main(argv: list[str]) -> int:
             vbytes = dir_bytes(work / "vm")
             log(f"victoriametrics: {vbytes:,} bytes ({vbytes / total:.3f} bytes/sample)")
             results["vm_bps"] = vbytes / total
-        server = Server(work / "data")
-        try:
-            ours = run_queries(server.url, data, args.runs, auth)
-        finally:
-            server.stop()
-        for name in DASHBOARD:
-            line = f"query {name!r}: stackwatch {ours[name][0]:.3f} s"
-            if prom:
-                diff = same_result(ours[name][1], prom[name][1])
-                line += (f", prometheus {prom[name][0]:.3f} s (ratio {ours[name][0] / prom[name][0]:.2f}), "
-                         f"victoriametrics {vm[name][0]:.3f} s (ratio {ours[name][0] / vm[name][0]:.2f}); "
-                         f"{'equal to Prometheus' if diff is None else 'DIFFERENT from Prometheus: ' + diff}")
-            log(line)
+        compare_queries(work, data, args.runs, prom, vm, results)
         log(f"results: {results}")
     finally:
         if args.keep is None:

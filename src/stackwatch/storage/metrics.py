@@ -29,6 +29,7 @@ per-project retention are not built yet; the partition by day is what both will 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -383,6 +384,10 @@ class MetricStore:
         self.max_series = max_series_per_project
         self._known: dict[str, set[int]] = {}
         self._known_lock = threading.Lock()
+        #: Let PromQL evaluate dashboard shapes in SQL (query.promql.pushdown). On unless
+        #: ``STACKWATCH_QUERY_PUSHDOWN=0``: the switch exists to compare against (and fall back
+        #: to) the numpy engine, whose answers are the same.
+        self.query_pushdown = os.environ.get("STACKWATCH_QUERY_PUSHDOWN", "1").lower() not in ("0", "false", "no")
 
     def ensure_schema(self) -> None:
         for table in METRIC_TABLES:

@@ -114,6 +114,12 @@ class Evaluator:
         if isinstance(node, Binary):
             return self.binary(node, ts)
         if isinstance(node, Aggregate):
+            pushdown = getattr(self.ctx.querier, "pushdown", None)
+            if pushdown is not None:
+                pushed = pushdown(node, ts, self.ctx.lookback_ms, self.ctx.deadline)
+                if pushed is not None:
+                    self._account(int(pushed.present.sum()))
+                    return pushed
             return self.aggregate(node, ts)
         if isinstance(node, Call):
             return self.call(node, ts)

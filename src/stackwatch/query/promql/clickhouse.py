@@ -5,10 +5,10 @@ per series), then the samples of the matching fingerprints in the time range com
 ``metric_samples`` as Arrow columns, split into per-series numpy views without a Python loop
 over samples.
 
-Pushdown is the next step for speed: for ``sum by (route) (rate(x[5m]))`` over many series,
-computing the per-step rates and the sum in ClickHouse returns a few hundred points instead of
-millions of samples. The engine asks storage one narrow question today, so that can be added
-as an optional, richer method on this class without the evaluator changing for other queriers.
+``pushdown`` is the optional, richer question: the evaluator offers it every aggregation
+first, and for dashboard shapes (``sum by (route) (rate(x[5m]))`` and the like) the per-step
+rates and the sum are computed in ClickHouse, returning a few thousand points instead of
+millions of samples (:mod:`.pushdown`). Other queriers simply do not have the method.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import numpy as np
 
 from stackwatch.storage.metrics import MetricStore
 
+from . import pushdown as _pushdown
+from ._ast import Node
+from ._values import Vec
 from .errors import TooManySamples
 from .storage import Matcher, Series, SeriesSet
 
@@ -33,10 +36,27 @@ class ClickHouseQuerier:
     samples are ever materialised.
     """
 
-    def __init__(self, store: MetricStore, project: str, *, max_samples: int = 0) -> None:
+    def __init__(
+        self, store: MetricStore, project: str, *, max_samples: int = 0, pushdown: bool | None = None
+    ) -> None:
         self.store = store
         self.project = project
         self.max_samples = max_samples
+        # The server's ``query_pushdown`` setting travels on the store (see MetricStore).
+        self.use_pushdown = store.query_pushdown if pushdown is None else pushdown
+        self.pushed = 0  # sub-expressions answered in SQL (tests and benchmarks read it)
+
+    def pushdown(self, node: Node, ts: np.ndarray, lookback_ms: int, deadline: float) -> Vec | None:
+        """Answer a whole dashboard-shaped sub-expression in ClickHouse, or None (see :mod:`.pushdown`)."""
+        if not self.use_pushdown:
+            return None
+        p = _pushdown.plan(node)
+        if p is None:
+            return None
+        out = _pushdown.run(self.store, self.project, p, ts, lookback_ms, deadline)
+        if out is not None:
+            self.pushed += 1
+        return out
 
     def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> SeriesSet:
         """See :class:`~stackwatch.query.promql.storage.Querier`."""
