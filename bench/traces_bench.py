@@ -344,11 +344,11 @@ def layout_compare(data_dir: Path, trace_ids: list[str], runs: int) -> dict[str,
 
     ex = ChdbExecutor(data_dir / "clickhouse")  # where the server keeps its embedded store
     db = ex.database
-    sub = f"FROM `{db}`.trace_index WHERE project = 'default' AND trace_id = {{t:String}})"
     bounded_sql = (
+        f"WITH (SELECT (min(start_ns), max(end_ns)) FROM `{db}`.trace_index "
+        "WHERE project = 'default' AND trace_id = {t:String}) AS bounds "
         f"SELECT * FROM `{db}`.spans WHERE project = 'default' AND trace_id = {{t:String}} "
-        f"AND start >= fromUnixTimestamp64Nano((SELECT min(start_ns) {sub}) "
-        f"AND start <= fromUnixTimestamp64Nano((SELECT max(end_ns) {sub})"
+        "AND start >= fromUnixTimestamp64Nano(bounds.1) AND start <= fromUnixTimestamp64Nano(bounds.2)"
     )
     unbounded_sql = f"SELECT * FROM `{db}`.spans WHERE project = 'default' AND trace_id = {{t:String}}"
     times: dict[str, list[float]] = {"index + bounded read": [], "trace id only": []}

@@ -187,10 +187,10 @@ def test_fetching_a_trace_reads_only_its_granules(store: TraceStore) -> None:
     many = [span for n in range(1, 2600) for span in checkout(n, NOW + n * 3 * MS)]  # 5 granules
     store.insert([("default", many)], dedup_token="many")
     plan = "\n".join(r["explain"] for r in store.ex.rows(
-        f"EXPLAIN indexes = 1 SELECT span_id FROM `{store.db}`.spans WHERE project = 'default' "
-        "AND trace_id = {t:String} AND start >= fromUnixTimestamp64Nano((SELECT min(start_ns) "
-        f"FROM `{store.db}`.trace_index WHERE trace_id = {{t:String}})) AND start <= "
-        f"fromUnixTimestamp64Nano((SELECT max(end_ns) FROM `{store.db}`.trace_index WHERE trace_id = {{t:String}}))",
+        f"EXPLAIN indexes = 1 WITH (SELECT (min(start_ns), max(end_ns)) FROM `{store.db}`.trace_index "
+        "WHERE trace_id = {t:String}) AS b "
+        f"SELECT span_id FROM `{store.db}`.spans WHERE project = 'default' AND trace_id = {{t:String}} "
+        "AND start >= fromUnixTimestamp64Nano(b.1) AND start <= fromUnixTimestamp64Nano(b.2)",
         {"t": tid(200)},
     ))
     primary = plan[plan.index("PrimaryKey"):]
