@@ -97,7 +97,9 @@ SDK_SETTINGS: dict[str, Any] = {
 
 
 def sdk_deps() -> tuple[SDKConfig, HealthRegistry, RequestMetrics]:
-    config = SDKConfig(service="bench", slow_request_seconds=10)
+    # tracing=False: the middleware-alone variant opens no request spans even though the full
+    # stack set tracing up in this process.
+    config = SDKConfig(service="bench", slow_request_seconds=10, tracing=False)
     return config, HealthRegistry(config), RequestMetrics(config, CollectorRegistry())
 
 

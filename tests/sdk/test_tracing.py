@@ -58,6 +58,18 @@ def lead(lead_id):
     seen["trace_id"] = format(ctx.trace_id, "032x")
     seen["log_trace_id"] = getattr(factory_record, "otelTraceID", None)
     return {"lead": lead_id, "valid": ctx.is_valid}
+
+
+def traced(app):
+    # As init(app) does: the SDK's web middleware opens each request's server span.
+    from stackwatch.sdk.health import HealthRegistry
+    from stackwatch.sdk.integrations import instrument_app
+    from stackwatch.sdk.metrics import RequestMetrics
+
+    assert tracing.instrument_app_tracing(app)
+    config = SDKConfig(service="leads-api")
+    instrument_app(app, config, HealthRegistry(), RequestMetrics(config, registry=None))
+    return True
 """
 
 
@@ -69,7 +81,7 @@ def test_spans_reach_the_server_with_resource_and_token(tmp_path: Path) -> None:
 config = SDKConfig(service="leads-api", environment="staging", version="2.3.1",
                    server_url={receiver.url!r}, token="swi_tok_123", tags={{"team": "growth"}})
 provider = tracing.setup_tracing(config)
-assert tracing.instrument_app_tracing(app)
+assert traced(app)
 assert tracing.setup_tracing(config) is provider  # idempotent
 with app.test_client() as client:
     response = client.get("/api/leads/42")
@@ -84,13 +96,13 @@ print(json.dumps({{**seen, "stats": tracing.export_stats.__dict__}}))
         out = json.loads(result.stdout.strip().splitlines()[-1])
         assert receiver.wait_for(lambda: len(receiver.spans()) >= 1)
         spans = receiver.spans()
-    server_spans = [s for s in spans if s["name"] == "GET /api/leads/<int:lead_id>"]
+    server_spans = [s for s in spans if s["name"] == "GET /api/leads/{lead_id}"]
     assert len(server_spans) == 1, spans
     span = server_spans[0]
     assert span["trace_id"] == out["trace_id"]
     # With OpenTelemetry's log-correlation switch on, LogRecords carry the trace id too.
     assert out["log_trace_id"] == out["trace_id"]
-    assert span["attributes"]["http.route"] == "/api/leads/<int:lead_id>"
+    assert span["attributes"]["http.route"] == "/api/leads/{lead_id}"
     assert span["resource"]["service.name"] == "leads-api"
     assert span["resource"]["service.version"] == "2.3.1"
     assert span["resource"]["deployment.environment"] == "staging"
@@ -109,7 +121,7 @@ def test_a_server_without_traces_endpoint_is_quiet_and_harmless(tmp_path: Path) 
             + f"""
 config = SDKConfig(service="leads-api", server_url={receiver.url!r}, token="t")
 tracing.setup_tracing(config)
-tracing.instrument_app_tracing(app)
+traced(app)
 codes = []
 with app.test_client() as client:
     for _ in range(5):
@@ -138,7 +150,7 @@ def test_an_unreachable_server_costs_one_warning(tmp_path: Path) -> None:
         FLASK_APP
         + f"""
 tracing.setup_tracing(SDKConfig(service="s", server_url={dead!r}, token="t"))
-tracing.instrument_app_tracing(app)
+traced(app)
 with app.test_client() as client:
     for _ in range(3):
         assert client.get("/api/leads/1").status_code == 200
@@ -160,7 +172,7 @@ def test_without_a_server_spans_have_ids_and_nothing_is_exported(tmp_path: Path)
         FLASK_APP
         + """
 provider = tracing.setup_tracing(SDKConfig(service="s"))
-tracing.instrument_app_tracing(app)
+traced(app)
 with app.test_client() as client:
     body = client.get("/api/leads/7").get_json()
 print(json.dumps({"valid": body["valid"], "inner": type(tracing._state.processor.inner).__name__,
@@ -178,7 +190,7 @@ def test_console_exporter_prints_spans(tmp_path: Path) -> None:
     script = tmp_path / "c.py"
     script.write_text(textwrap.dedent(FLASK_APP + """
 tracing.setup_tracing(SDKConfig(service="console-svc"))
-tracing.instrument_app_tracing(app)
+traced(app)
 with app.test_client() as client:
     client.get("/api/leads/7")
 tracing.force_flush(5000)
@@ -187,7 +199,7 @@ tracing.force_flush(5000)
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60,
                             check=False)
     assert result.returncode == 0, result.stderr
-    assert '"name": "GET /api/leads/<int:lead_id>"' in result.stdout
+    assert '"name": "GET /api/leads/{lead_id}"' in result.stdout
     assert '"service.name": "console-svc"' in result.stdout
 
 
@@ -239,8 +251,14 @@ def work(n):
     return {"pid": os.getpid(), "trace_id": format(ctx.trace_id, "032x")}
 
 # As stackwatch.sdk.init(app) does: set up after the app exists, in the master (--preload).
-tracing.setup_tracing(SDKConfig(service="forked-api", server_url=os.environ["RECEIVER_URL"], token="t"))
-tracing.instrument_app_tracing(app)
+config = SDKConfig(service="forked-api", server_url=os.environ["RECEIVER_URL"], token="t")
+tracing.setup_tracing(config)
+from prometheus_client import CollectorRegistry
+from stackwatch.sdk.health import HealthRegistry
+from stackwatch.sdk.integrations import instrument_app
+from stackwatch.sdk.metrics import RequestMetrics
+assert tracing.instrument_app_tracing(app)
+instrument_app(app, config, HealthRegistry(config), RequestMetrics(config, CollectorRegistry()))
 # A span made in the master before forking: it must not be exported twice by the children.
 with trace.get_tracer("boot").start_as_current_span("master-boot"):
     pass
@@ -359,3 +377,64 @@ print(json.dumps({{"same": again is provider}}))
         names = [s["name"] for s in receiver.spans()]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"same": True}
     assert names == ["before", "after"]
+
+
+def test_fastapi_requests_get_one_server_span_that_continues_the_callers_trace(tmp_path: Path) -> None:
+    """One server span per request (FastAPI opens its own natively; the SDK's middleware then
+    adds none): the caller's traceparent is its parent, the route template names it, a 500 marks
+    it as an error with the exception recorded, and the app's own spans belong to it."""
+    result = run_script(
+        """
+import json
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import stackwatch.sdk as sdk
+
+app = FastAPI()
+
+@app.get("/api/leads/{lead_id}")
+async def lead(lead_id: int):
+    with trace.get_tracer("app").start_as_current_span("load lead"):
+        return {"id": lead_id}
+
+@app.post("/api/payments")
+async def pay():
+    raise RuntimeError("card declined")
+
+sdk.init(app, service="crm", environment="test", version="1")
+memory = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
+parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+with TestClient(app, raise_server_exceptions=False) as client:
+    assert client.get("/api/leads/7", headers={"traceparent": parent}).status_code == 200
+    assert client.post("/api/payments").status_code == 500
+out = []
+for s in memory.get_finished_spans():
+    out.append({"name": s.name, "kind": s.kind.name, "trace_id": format(s.context.trace_id, "032x"),
+                "parent": format(s.parent.span_id, "016x") if s.parent else None,
+                "span_id": format(s.context.span_id, "016x"),
+                "attributes": dict(s.attributes or {}), "status": s.status.status_code.name,
+                "events": [e.name for e in s.events]})
+print(json.dumps(out))
+""",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    finished = json.loads(result.stdout.strip().splitlines()[-1])
+    # FastAPI adds spans of its own (fastapi.endpoint...) under whatever span is current.
+    assert sorted(s["name"] for s in finished if s["kind"] == "SERVER") == [
+        "GET /api/leads/{lead_id}", "POST /api/payments"]
+    spans = {s["name"]: s for s in finished}
+    server = spans["GET /api/leads/{lead_id}"]
+    assert {s["trace_id"] for s in finished if s["name"] == "load lead"} == {server["trace_id"]}
+    assert server["kind"] == "SERVER" and server["parent"] == "b7ad6b7169203331"
+    assert server["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert server["attributes"]["http.route"] == "/api/leads/{lead_id}"
+    assert server["attributes"]["http.response.status_code"] == 200
+    assert spans["load lead"]["parent"] in {s["span_id"] for s in finished if s["trace_id"] == server["trace_id"]}
+    failed = spans["POST /api/payments"]
+    assert failed["status"] == "ERROR" and "exception" in failed["events"]
+    assert failed["attributes"]["http.response.status_code"] == 500

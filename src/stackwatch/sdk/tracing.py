@@ -61,8 +61,6 @@ _OTLP_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 #: Instrumentations enabled when both the instrumentation package and its library are
 #: installed: (instrumentation module, instrumentor class, library module it patches).
 INSTRUMENTATIONS: tuple[tuple[str, str, str], ...] = (
-    ("opentelemetry.instrumentation.flask", "FlaskInstrumentor", "flask"),
-    ("opentelemetry.instrumentation.fastapi", "FastAPIInstrumentor", "fastapi"),
     ("opentelemetry.instrumentation.django", "DjangoInstrumentor", "django"),
     ("opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor", "sqlalchemy"),
     ("opentelemetry.instrumentation.requests", "RequestsInstrumentor", "requests"),
@@ -310,6 +308,7 @@ class _State:
     processor: _ForkSafeSpanProcessor
     owns_provider: bool
     config: SDKConfig
+    web_tracer: Any = None
 
 
 _state: _State | None = None
@@ -483,31 +482,27 @@ def _django_configured() -> bool:
 
 
 def instrument_app_tracing(app: Any) -> bool:
-    """Trace an app object that already existed when tracing was set up.
+    """Whether ``init(app)`` traces ``app``: True once tracing is set up.
 
-    ``FlaskInstrumentor().instrument()`` and ``FastAPIInstrumentor().instrument()`` only
-    patch apps created afterwards; ``init(app)`` receives one created before, so it is
-    instrumented here (once). Returns True when the app is now traced.
+    Flask, FastAPI/Starlette and plain WSGI/ASGI apps get their server span from the SDK's web
+    middleware (see :meth:`WebInstrumentation.trace`), which ``init(app)`` installs anyway; the
+    OpenTelemetry Flask/FastAPI instrumentations are not used for them because they cost ten
+    times more per request for the same span. Django keeps OpenTelemetry's instrumentation.
     """
-    if _state is None:
-        return False
-    try:
-        cls_module = type(app).__module__ or ""
-        if cls_module.startswith("flask"):
-            from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    return _state is not None
 
-            if not getattr(app, "_is_instrumented_by_opentelemetry", False):
-                FlaskInstrumentor.instrument_app(app)
-            return True
-        if cls_module.startswith("fastapi"):
-            from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-            if not getattr(app, "_is_instrumented_by_opentelemetry", False):
-                FastAPIInstrumentor.instrument_app(app)
-            return True
-    except Exception as exc:
-        logger.debug("could not trace app %r: %r", type(app).__name__, exc)
-    return False
+def web_tracer() -> Any:
+    """The tracer the web middleware opens request spans with, or None without tracing."""
+    state = _state
+    if state is None:
+        return None
+    tracer = state.web_tracer
+    if tracer is None:
+        from stackwatch import __version__
+
+        tracer = state.web_tracer = state.provider.get_tracer("stackwatch.sdk.web", __version__)
+    return tracer
 
 
 def shutdown_tracing(timeout_millis: int = 5000) -> None:

@@ -99,14 +99,20 @@ class StackwatchASGIMiddleware(MiddlewareBase):
             if path in web.own_paths:
                 probe = self.serve_probes and method in ("GET", "HEAD")
             else:
-                request_id = traceparent = None
+                request_id = traceparent = tracestate = user_agent = None
                 for name, value in scope["headers"]:
                     if name == b"x-request-id":
                         request_id = value.decode("latin-1")
                     elif name == b"traceparent":
                         traceparent = value.decode("latin-1")
+                    elif name == b"tracestate":
+                        tracestate = value.decode("latin-1")
+                    elif name == b"user-agent":
+                        user_agent = value.decode("latin-1")
                 request = _Request(self, web, scope, method, path, root_path, send)
                 web.begin(request_id, traceparent, request)
+                if self.traced:
+                    web.trace(request, method, path, scope.get("scheme", "http"), traceparent, tracestate, user_agent)
         except Exception:
             sdk_failure("ASGI request start")
             request = None

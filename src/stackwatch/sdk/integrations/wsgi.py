@@ -57,7 +57,11 @@ class StackwatchWSGIMiddleware(MiddlewareBase):
                 method = environ.get("REQUEST_METHOD", "GET")
                 probe = self.serve_probes and method in ("GET", "HEAD")
             else:
-                state = web.begin(environ.get("HTTP_X_REQUEST_ID"), environ.get("HTTP_TRACEPARENT"))
+                traceparent = environ.get("HTTP_TRACEPARENT")
+                state = web.begin(environ.get("HTTP_X_REQUEST_ID"), traceparent)
+                if self.traced:
+                    web.trace(state, environ.get("REQUEST_METHOD", "GET"), path, environ.get("wsgi.url_scheme", "http"),
+                              traceparent, environ.get("HTTP_TRACESTATE"), environ.get("HTTP_USER_AGENT"))
         except Exception:
             sdk_failure("WSGI request start")
             state = None
