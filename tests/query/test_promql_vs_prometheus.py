@@ -245,10 +245,12 @@ def test_instant_queries_match_prometheus(data: Dataset, prometheus: str, stackw
 
 def test_range_queries_match_prometheus(data: Dataset, prometheus: str, stackwatch: str) -> None:
     _, start, end = _times(data)
-    exprs = [e for e in queries(start + 3000) if not e.endswith("]")]  # range vectors: instant only
+    # Every other template (each shape still runs over each metric kind), to keep the test short;
+    # range vectors are for instant queries only.
+    exprs = [e for e in queries(start + 3000) if not e.endswith("]")][::2]
     jobs = [(e, "/api/v1/query_range", {"query": e, "start": start, "end": end, "step": 60}) for e in exprs]
     # A few other steps: finer than the scrape interval, and one not dividing a minute.
-    for e in exprs[::25]:
+    for e in exprs[::15]:
         jobs.append((e, "/api/v1/query_range", {"query": e, "start": start, "end": start + 1800, "step": 10}))
         jobs.append((e, "/api/v1/query_range", {"query": e, "start": start, "end": end, "step": 97}))
     problems = _compare_all(stackwatch, prometheus, jobs)

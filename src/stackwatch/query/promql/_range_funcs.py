@@ -262,16 +262,17 @@ def _extrapolated(w: WindowInput, is_counter: bool, is_rate: bool) -> tuple[np.n
     last_v = _at(w.v, last_i)
     result = last_v - first_v
     if is_counter and w.v.size > 1:
-        # Each reset inside the window adds the value just before it.
-        drop = np.zeros(w.v.shape, dtype=np.longdouble)
-        is_reset = np.zeros(w.v.shape, dtype=bool)
-        is_reset[1:] = w.v[1:] < w.v[:-1]
-        drop[1:] = np.where(is_reset[1:], w.v[:-1], 0.0)
-        n_resets = _pair_counts(w, is_reset)
-        cs = np.concatenate([[0], np.cumsum(drop)])
-        lo1 = np.minimum(w.lo + 1, w.hi)
-        corr = (cs[w.hi] - cs[lo1]).astype(np.float64)
-        result = np.where(n_resets > 0, result + corr, result)
+        # Each reset inside the window adds the value just before it. Resets are rare, so only
+        # their positions are summed (exactly, in long double), not every sample.
+        pos = np.flatnonzero(w.v[1:] < w.v[:-1]) + 1
+        if pos.size:
+            lo1 = np.minimum(w.lo + 1, w.hi)
+            a = np.searchsorted(pos, lo1, side="left")
+            b = np.searchsorted(pos, w.hi, side="left")
+            if (b > a).any():
+                cs = np.concatenate([[0], np.cumsum(w.v[pos - 1].astype(np.longdouble))])
+                corr = (cs[b] - cs[a]).astype(np.float64)
+                result = np.where(b > a, result + corr, result)
     range_start = w.range_start.astype(np.float64)
     range_end = w.range_end.astype(np.float64)
     to_start = (first_t - range_start) / 1000
