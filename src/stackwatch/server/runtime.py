@@ -17,6 +17,7 @@ import yaml
 
 from stackwatch.auth import AuthService
 from stackwatch.errors import ConfigError
+from stackwatch.ingest._body import gc_paused
 from stackwatch.ingest.batcher import Batcher, Entry, Staged
 from stackwatch.ingest.spanmetrics import SpanMetrics
 from stackwatch.ingest.wal import WAL
@@ -118,7 +119,8 @@ class Runtime:
         )
 
         def store_spans(entries: list[Entry], token: str) -> None:
-            batches = [(e.project, e.body()["e"]) for e in entries]
+            with gc_paused():  # a block's JSON is 100k+ small dicts with no cycles: 2-3x faster
+                batches = [(e.project, e.body()["e"]) for e in entries]
             traces.insert(batches, dedup_token=token)
             spanmetrics.observe(batches, token)
 
