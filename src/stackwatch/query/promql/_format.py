@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 
+import numpy as np
+
 
 def _shortest(x: float) -> str:
     return repr(float(x))  # Python's repr is the shortest round-trip form, like Go's -1 precision
@@ -57,6 +59,9 @@ def format_go_v(x: float) -> str:
 
 def format_sample_value(x: float) -> str:
     """A sample value as the Prometheus HTTP API renders it (``"NaN"``, ``"+Inf"``, ``"0.25"``)."""
+    r = repr(x)
+    if "e" not in r and "n" not in r:  # plain decimal already (not inf/nan): Go's 'f' digits
+        return r[:-2] if r.endswith(".0") else r
     if math.isnan(x):
         return "NaN"
     if math.isinf(x):
@@ -65,6 +70,13 @@ def format_sample_value(x: float) -> str:
     if a != 0 and (a < 1e-6 or a >= 1e21):
         return format_go_e(x)
     return format_go_f(x)
+
+
+def format_timestamps(ms: np.ndarray) -> list[float | int]:
+    """:func:`format_timestamp` of a whole array (range-query results have thousands)."""
+    if ms.size and not (ms % 1000).any():
+        return (ms // 1000).tolist()  # type: ignore[no-any-return]
+    return [format_timestamp(int(t)) for t in ms.tolist()]
 
 
 def format_timestamp(ms: int) -> float | int:

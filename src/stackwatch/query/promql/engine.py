@@ -15,7 +15,7 @@ import numpy as np
 
 from ._ast import Node, parse
 from ._eval import EvalContext, Evaluator, finish_names
-from ._format import format_sample_value, format_timestamp
+from ._format import format_sample_value, format_timestamp, format_timestamps
 from ._values import Labels, RangeVec, Scalar, String, Vec, without_name
 from .errors import EvaluationError, ParseError, PromQLError
 from .storage import Querier
@@ -71,8 +71,8 @@ class Result:
                 {
                     "metric": s.labels,
                     "values": [
-                        [format_timestamp(int(t)), format_sample_value(float(v))]
-                        for t, v in zip(s.timestamps_ms, s.values, strict=True)
+                        [t, format_sample_value(v)]
+                        for t, v in zip(format_timestamps(s.timestamps_ms), s.values.tolist(), strict=True)
                     ],
                 }
                 for s in self.series
