@@ -83,6 +83,19 @@ SETTINGS: tuple[Setting, ...] = (
         256 * 1024 * 1024,
         "Bytes of acknowledged-but-not-yet-stored payload allowed before ingest answers 429.",
     ),
+    Setting(
+        "ingest_backlog_s",
+        float,
+        1.5,
+        "Hold acknowledged-but-unstored data to what storage clears in this many seconds at its measured pace, "
+        "so acknowledged events are searchable that soon after (0: only ingest_buffer_bytes applies).",
+    ),
+    Setting(
+        "ingest_wait_s",
+        float,
+        5.0,
+        "How long an ingest request waits for room in that backlog (backpressure) before it is answered 429.",
+    ),
     Setting("batch_max_rows", int, 200_000, "Largest block the batcher inserts at once."),
     Setting(
         "batch_max_delay_ms",
@@ -126,6 +139,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", str, "INFO", "The server's own log level."),
     Setting(
+        "alerting_file",
+        str,
+        "",
+        "Alertmanager configuration file (route, receivers, inhibit_rules, time_intervals); the YAML key "
+        "`alerting:` may instead hold the configuration inline or the file path. Empty: alerts are kept and "
+        "shown in the API but sent nowhere.",
+    ),
+    Setting(
         "secret_key",
         str,
         "",
@@ -149,14 +170,6 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         90,
         "Days error events are kept (issues and their counts stay); older months are dropped whole.",
-    ),
-    Setting(
-        "alerting_file",
-        str,
-        "",
-        "Alertmanager configuration file (route, receivers, inhibit_rules, time_intervals); the YAML key "
-        "`alerting:` may instead hold the configuration inline or the file path. Empty: alerts are kept and "
-        "shown in the API but sent nowhere.",
     ),
     Setting(
         "rule_files",
@@ -191,6 +204,8 @@ class Settings:
     wal_segment_bytes: int = 16 * 1024 * 1024
     wal_fsync: bool = True
     ingest_buffer_bytes: int = 256 * 1024 * 1024
+    ingest_backlog_s: float = 1.5
+    ingest_wait_s: float = 5.0
     batch_max_rows: int = 200_000
     batch_max_delay_ms: int = 400
     max_body_bytes: int = 32 * 1024 * 1024
@@ -208,11 +223,11 @@ class Settings:
     traces_retention_days: int = 7
     traces_spanmetrics_flush_s: float = 15.0
     log_level: str = "INFO"
+    alerting_file: str = ""
     secret_key: str = ""
     errors_max_event_bytes: int = 1024 * 1024
     errors_max_attachment_bytes: int = 1024 * 1024
     errors_retention_days: int = 90
-    alerting_file: str = ""
     rule_files: str = ""
     evaluation_interval: str = "1m"
     #: Sections the server passes to components as they are (pipeline, later rules/alerting).

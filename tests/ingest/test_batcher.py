@@ -166,3 +166,59 @@ def test_staged_sinks_prepare_ahead_and_commit_in_order_exactly_once(tmp_path: P
     assert b.stored_events == 60 and b.buffered_bytes == 0 and b.last_error is None
     b.stop()
     wal.close()
+
+
+def test_backlog_is_held_to_storage_pace_by_waiting_then_429(tmp_path: Path) -> None:
+    """With backlog_s, the buffer allows what storage clears in that time at its measured pace:
+    a request that does not fit waits for room (and goes through when storage catches up), or
+    gets a 429 after wait_s."""
+    import time
+
+    from stackwatch.ingest.batcher import Staged
+
+    slow = {"delay": 0.05}
+
+    def commit(entries: list[Entry], token: str) -> None:
+        time.sleep(slow["delay"])
+
+    wal = WAL(tmp_path / "wal")
+    b = Batcher(wal, tmp_path / "wal" / "checkpoint.json", {"logs": Staged(lambda e: e, commit)}, max_rows=10,
+                max_delay_s=0.001, backlog_s=0.2, wait_s=3.0)
+    assert b.limit_bytes == 64 << 20  # pace unknown yet: a fixed first limit
+    b.start()
+    payload = [{"m": "x" * 2000}]
+
+    async def burst(n: int) -> list[float]:
+        async def one() -> float:
+            t0 = time.monotonic()
+            await b.submit("logs", "default", payload)
+            return time.monotonic() - t0
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+    asyncio.run(burst(60))  # storage's pace gets measured
+    assert b.flush(20)
+    # Blocks of at most 10 rows of ~2 kB, 50 ms per commit: about 400 kB/s.
+    assert b._store_rate is not None and 100e3 < b._store_rate < 2e6, b._store_rate
+    assert b.limit_bytes == 4 << 20  # 0.2 s of so slow a store is below the 4 MiB floor
+    b.backlog_s = 100.0
+    assert b.limit_bytes == int(b._store_rate * 100)  # 100 s of it is not
+    b.buffer_bytes = 5000  # never more than two requests' worth: the others must wait
+    waits = asyncio.run(burst(6))
+    assert max(waits) > 0.04, waits  # some waited for a commit instead of failing
+    assert b.flush(20) and b.buffered_bytes == 0
+
+    slow["delay"] = 2.0  # storage stalls: a waiting request gives up after wait_s with a 429
+    b.wait_s = 0.3
+
+    async def stalled() -> None:
+        await b.submit("logs", "default", payload)  # fills the buffer
+        with pytest.raises(Overloaded):
+            await b.submit("logs", "default", payload)
+            await b.submit("logs", "default", payload)
+            await b.submit("logs", "default", payload)
+
+    asyncio.run(stalled())
+    assert b.flush(30)
+    b.stop()
+    wal.close()

@@ -183,6 +183,7 @@ def test_live_tail_streams_new_lines(server: ServerProcess) -> None:
 
 def test_buffer_full_answers_429_with_retry_after(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path / "data", env={"STACKWATCH_INGEST_BUFFER_BYTES": "2000",
+                                                "STACKWATCH_INGEST_WAIT_S": "0",
                                                 "STACKWATCH_BATCH_MAX_DELAY_MS": "3000"}).start()
     try:
         line = ndjson([{"message": "x" * 1500}])
@@ -195,6 +196,24 @@ def test_buffer_full_answers_429_with_retry_after(tmp_path: Path) -> None:
         while (r := push(srv, line)).status_code == 429 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert r.status_code == 200
+        assert srv.wait_for_count("*", 2) == 2
+    finally:
+        srv.stop()
+
+
+def test_a_full_buffer_holds_the_request_until_storage_makes_room(tmp_path: Path) -> None:
+    """Backpressure by a slower answer: within ingest_wait_s the request waits and succeeds."""
+    srv = ServerProcess(tmp_path / "data", env={"STACKWATCH_INGEST_BUFFER_BYTES": "2000",
+                                                "STACKWATCH_INGEST_WAIT_S": "20",
+                                                "STACKWATCH_BATCH_MAX_DELAY_MS": "1000"}).start()
+    try:
+        line = ndjson([{"message": "x" * 1500}])
+        assert push(srv, line).status_code == 200
+        t0 = time.monotonic()
+        r = push(srv, line)
+        waited = time.monotonic() - t0
+        assert r.status_code == 200
+        assert waited > 0.3, waited  # held until the first block was stored
         assert srv.wait_for_count("*", 2) == 2
     finally:
         srv.stop()

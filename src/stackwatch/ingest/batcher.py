@@ -20,6 +20,7 @@ A sink is either a callable ``(entries, token)`` (prepare-free) or a :class:`Sta
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -127,12 +128,22 @@ class Batcher:
         max_rows: int = 200_000,
         max_delay_s: float = 0.4,
         buffer_bytes: int = 256 << 20,
+        backlog_s: float = 0.0,
+        wait_s: float = 0.0,
     ) -> None:
         self.wal = wal
         self.sinks = sinks
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self.buffer_bytes = buffer_bytes
+        #: With ``backlog_s`` > 0 the buffer is also held to what storage clears in that many
+        #: seconds at its measured rate, so everything acknowledged is searchable that soon
+        #: after; a request that does not fit waits up to ``wait_s`` for room (backpressure by
+        #: slower answers) before it gets a 429.
+        self.backlog_s = backlog_s
+        self.wait_s = wait_s
+        self._store_rate: float | None = None  # bytes/s stored while busy (EWMA)
+        self._last_commit = 0.0
         self._checkpoint = _Checkpoint(Path(checkpoint_path))
         self._queue: deque[tuple[float, Entry]] = deque()
         self._queued_rows = 0
@@ -186,7 +197,8 @@ class Batcher:
         """Make ``events`` durable; returns once they are in the WAL (then the caller may ack)."""
         if not events:
             return 0
-        entry = self._prepare(kind, project, events, observed_ns, defaults)
+        entry = Entry.create(kind, project, events, observed_ns or time.time_ns(), defaults)
+        await self._reserve_waiting(entry.nbytes)
         try:
             await self.wal.append(entry.payload, lambda lsn: self._durable(entry, lsn))
         except BaseException:
@@ -227,14 +239,45 @@ class Batcher:
         if entry.lsn == 0:
             self._release(entry.nbytes)
 
-    def _reserve(self, nbytes: int) -> None:
+    @property
+    def limit_bytes(self) -> int:
+        """How many acknowledged-but-unstored bytes are allowed now (see ``backlog_s``)."""
+        if self.backlog_s <= 0:
+            return self.buffer_bytes
+        rate = self._store_rate
+        if rate is None:
+            return min(self.buffer_bytes, 64 << 20)  # until storage's pace is known
+        return int(min(self.buffer_bytes, max(4 << 20, rate * self.backlog_s)))
+
+    def _try_reserve(self, nbytes: int) -> bool:
         with self._cond:
-            if self.buffered_bytes and self.buffered_bytes + nbytes > self.buffer_bytes:
-                raise Overloaded(
-                    f"ingest buffer full ({self.buffered_bytes} bytes waiting for storage); retry later",
-                    retry_after=max(1.0, self.max_delay_s * 2),
-                )
+            if self.buffered_bytes and self.buffered_bytes + nbytes > self.limit_bytes:
+                return False
             self.buffered_bytes += nbytes
+            return True
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"ingest buffer full ({self.buffered_bytes} bytes waiting for storage); retry later",
+            retry_after=max(1.0, self.max_delay_s * 2),
+        )
+
+    def _reserve(self, nbytes: int) -> None:
+        if not self._try_reserve(nbytes):
+            raise self._overloaded()
+
+    async def _reserve_waiting(self, nbytes: int) -> None:
+        """Reserve room, waiting up to ``wait_s`` while storage catches up, then 429."""
+        if self._try_reserve(nbytes):
+            return
+        deadline = time.monotonic() + self.wait_s
+        delay = 0.005
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            if self._try_reserve(nbytes):
+                return
+            delay = min(delay * 2, 0.05)
+        raise self._overloaded()
 
     def _release(self, nbytes: int) -> None:
         with self._cond:
@@ -361,7 +404,18 @@ class Batcher:
         self.wal.trim(b)
         nbytes = sum(e.nbytes for e in block)
         self.stored_events += sum(e.count for e in block)
+        self._measure(nbytes)
         self._release(nbytes)
+
+    def _measure(self, nbytes: int) -> None:
+        """Storage's pace, from consecutive commits while busy (idle gaps say nothing)."""
+        now = time.monotonic()
+        elapsed = now - self._last_commit
+        self._last_commit = now
+        if 0 < elapsed < 2.0 and nbytes > 0:
+            sample = nbytes / elapsed
+            rate = self._store_rate
+            self._store_rate = sample if rate is None else 0.7 * rate + 0.3 * sample
 
     # -- observing ---------------------------------------------------------------------------
 

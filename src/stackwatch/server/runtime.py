@@ -141,6 +141,8 @@ class Runtime:
             max_rows=settings.batch_max_rows,
             max_delay_s=settings.batch_max_delay_ms / 1000,
             buffer_bytes=settings.ingest_buffer_bytes,
+            backlog_s=settings.ingest_backlog_s,
+            wait_s=settings.ingest_wait_s,
         )
         batcher.recover()
         batcher.start()
