@@ -106,6 +106,8 @@ class RuleState:
     nodata_since: int | None = None
     #: For ``<expr> <cmp> <number>`` alerts: (text of <expr>, names it reads, operator, number).
     split: tuple[str, frozenset[str], str, float] | None = None
+    #: Metric names the expression reads, when all its selectors name one (then it is memoized).
+    names: frozenset[str] | None = None
 
     @property
     def state(self) -> str:
@@ -169,8 +171,10 @@ class GroupEvaluator:
         for rule in group.rules:
             node = parse_promql(rule.expr) if rule.source == "promql" else None
             rs = RuleState(rule, node)
-            if rule.kind == "alert" and node is not None:
-                rs.split = _threshold_split(rule.expr, node)
+            if node is not None:
+                rs.names = _names_read(node)
+                if rule.kind == "alert" and rs.names is not None:
+                    rs.split = _threshold_split(rule.expr, node)
             states.append(rs)
         return GroupState(group, states, group.interval_ms or default_interval_ms)
 
@@ -234,14 +238,32 @@ class GroupEvaluator:
             return self._split_values(rs.split, group, engine, query_ts)
         if rule.source == "promql":
             assert rs.node is not None
-            res = engine.instant(rule.expr, query_ts)
-            if res.type == "scalar":
-                return [({}, res.scalar)]
-            return [(s.labels, float(s.values[0])) for s in res.series]
+            if rs.names is None:
+                return self._instant(engine, rule.expr, query_ts)
+            return self._memo_instant(group, engine, query_ts, rule.expr, rs.names)
         if rule.source == "log":
             n = self.sources.log_count(group.project, rule.expr, query_ts - rule.window_ms, query_ts)
             return [({}, float(n))]
         return self._error_values(rule, group, query_ts)
+
+    @staticmethod
+    def _instant(engine: Engine, expr: str, query_ts: int) -> list[tuple[dict[str, str], float]]:
+        res = engine.instant(expr, query_ts)
+        if res.type == "scalar":
+            return [({}, res.scalar)]
+        return [(s.labels, float(s.values[0])) for s in res.series]
+
+    def _memo_instant(self, group: RuleGroup, engine: Engine, query_ts: int, expr: str,
+                      names: frozenset[str]) -> list[tuple[dict[str, str], float]]:
+        """``expr`` at ``query_ts``, evaluated once for every rule of the project that has it."""
+        key = (group.project, query_ts, expr)
+        cached = self._lhs_memo.get(key)
+        if cached is None:
+            if len(self._lhs_memo) > 10_000:
+                self._lhs_memo.clear()
+            cached = (self._instant(engine, expr, query_ts), names)
+            self._lhs_memo[key] = cached
+        return cached[0]
 
     def _split_values(self, split: tuple[str, frozenset[str], str, float], group: RuleGroup, engine: Engine,
                       query_ts: int) -> list[tuple[dict[str, str], float]]:
@@ -249,19 +271,8 @@ class GroupEvaluator:
         it (warning/critical pairs, one expression per quantile...), the comparison is applied here
         with PromQL's filter semantics (keep the series where it holds, with the left value)."""
         lhs, names, op, number = split
-        key = (group.project, query_ts, lhs)
-        cached = self._lhs_memo.get(key)
-        if cached is None:
-            res = engine.instant(lhs, query_ts)
-            if res.type == "scalar":
-                cached = ([({}, res.scalar)], names)
-            else:
-                cached = ([(s.labels, float(s.values[0])) for s in res.series], names)
-            if len(self._lhs_memo) > 10_000:
-                self._lhs_memo.clear()
-            self._lhs_memo[key] = cached
         cmp = _CMP[op]
-        return [(lb, v) for lb, v in cached[0] if cmp(v, number)]
+        return [(lb, v) for lb, v in self._memo_instant(group, engine, query_ts, lhs, names) if cmp(v, number)]
 
     def _forget_lhs(self, project: str, written: set[str]) -> None:
         if self._lhs_memo:
@@ -481,24 +492,35 @@ _CMP: dict[str, Callable[[float, float], bool]] = {
 }
 
 
+def _names_read(node: Node) -> frozenset[str] | None:
+    """Metric names an expression reads, or None if a selector does not name its metric (it could
+    read what a recording rule writes, so its results are not shared between rules)."""
+    from .sources import _metric_name, selector_windows
+
+    names = set()
+    for vs, _, _ in selector_windows(node, 0):
+        name = _metric_name(vs)
+        if name is None:
+            return None
+        names.add(name)
+    return frozenset(names)
+
+
 def _threshold_split(expr: str, node: Node) -> tuple[str, frozenset[str], str, float] | None:
     """Split ``<vector expr> <cmp> <number>`` (no ``bool``) into its parts, else None."""
     from stackwatch.query.promql._ast import Binary, NumberLit
 
-    from .sources import _metric_name, selector_windows
-
     if not (isinstance(node, Binary) and node.op in _CMP and not node.return_bool
             and isinstance(node.rhs, NumberLit) and node.lhs.type == "vector"):
+        return None
+    names = _names_read(node.lhs)
+    if names is None:
         return None
     try:
         import promql_parser
 
         lhs = promql_parser.parse(expr).lhs.prettify()
     except BaseException:  # the parser panics with BaseException: then no split
-        return None
-    names = frozenset(n for vs, _, _ in selector_windows(node.lhs, 0) if (n := _metric_name(vs)) is not None)
-    # A selector without a metric name could read anything a rule writes: no memo for those.
-    if any(_metric_name(vs) is None for vs, _, _ in selector_windows(node.lhs, 0)):
         return None
     return (lhs, names, node.op, float(node.rhs.value))
 

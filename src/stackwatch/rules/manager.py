@@ -78,7 +78,9 @@ class AlertStateStore:
 
     @staticmethod
     def _snapshot(name: str, a: ActiveAlert) -> tuple[Any, ...]:
-        return (name, tuple(sorted(a.labels.items())), tuple(sorted(a.annotations.items())), a.state, a.active_at,
+        # Annotations and values are left out: they change with $value at every evaluation, and
+        # the first evaluation after a restart recomputes them anyway. What must survive is the state.
+        return (name, tuple(sorted(a.labels.items())), a.state, a.active_at,
                 a.fired_at, a.resolved_at, a.last_sent_at, a.keep_firing_since,
                 tuple(sorted(a.sent_labels.items())) if a.sent_labels is not None else None, a.hold_ms)
 
@@ -106,8 +108,12 @@ class AlertStateStore:
             else:
                 ev.last_eval_at = _dt(gs.last_eval_ms)  # type: ignore[assignment]
             if changed or gone:
-                rows = {(r.rule_index, r.fingerprint): r for r in s.scalars(
-                    select(RuleAlertState).where(RuleAlertState.group_key == key))}
+                wanted = [ident for _, ident in changed + gone]
+                rows = {}
+                for i in range(0, len(wanted), 500):  # bounded IN lists
+                    rows.update({(r.rule_index, r.fingerprint): r for r in s.scalars(
+                        select(RuleAlertState).where(RuleAlertState.group_key == key,
+                                                     RuleAlertState.fingerprint.in_(wanted[i:i + 500])))})
                 for k in gone:
                     if k in rows:
                         s.delete(rows[k])
