@@ -90,12 +90,15 @@ class ErrorStoreSource:
 def open_rules(rt: Any, *, start: bool = True) -> RuleManager:
     """Build, load and (by default) start the rule manager of a runtime."""
     settings = rt.settings
+    # Settings objects built by hand (tests, embedders) may predate the rule settings.
+    setting = lambda name, default: getattr(settings, name, default) or default  # noqa: E731
     try:
-        interval_ms = parse_duration(settings.evaluation_interval or "1m")
+        interval_ms = parse_duration(setting("evaluation_interval", "1m"))
     except ValueError as exc:
         raise ConfigError(f"setting 'evaluation_interval': {exc}") from None
     errors = ErrorStoreSource(rt.errors, rt.meta) if getattr(rt, "errors", None) is not None else None
-    sources = StoreSources(rt.metrics, rt.logs, errors, max_samples=settings.query_max_samples)
+    max_samples = int(setting("query_max_samples", 50_000_000))
+    sources = StoreSources(rt.metrics, rt.logs, errors, max_samples=max_samples)
 
     def notify(alerts: list[Alert]) -> None:
         dispatcher = getattr(rt, "dispatcher", None)
@@ -106,11 +109,11 @@ def open_rules(rt: Any, *, start: bool = True) -> RuleManager:
         sources,
         notify=notify,
         evaluation_interval_ms=interval_ms,
-        rule_files=[g.strip() for g in (settings.rule_files or "").split(",") if g.strip()],
+        rule_files=[g.strip() for g in str(setting("rule_files", "")).split(",") if g.strip()],
         meta=rt.meta,
-        external_url=settings.url,
-        timeout_s=settings.query_timeout_s,
-        max_samples=settings.query_max_samples,
+        external_url=str(setting("url", "")),
+        timeout_s=float(setting("query_timeout_s", 30.0)),
+        max_samples=max_samples,
     )
     for e in manager.reload():
         log.error("rules: %s", e)
