@@ -64,10 +64,11 @@ class ErrorStoreSource:
         if pid is None:
             return []
         with self.meta.session() as s:
-            rows = s.scalars(
-                select(ErrorIssue).join(ErrorIssueActivity, ErrorIssueActivity.issue_id == ErrorIssue.id).where(
-                    ErrorIssue.project_id == pid, ErrorIssueActivity.kind == "regression",
-                    ErrorIssueActivity.at > since, ErrorIssueActivity.at <= until).distinct()).all()
+            # IN (subquery) rather than JOIN + DISTINCT: PostgreSQL cannot compare the JSON columns.
+            regressed = select(ErrorIssueActivity.issue_id).where(
+                ErrorIssueActivity.kind == "regression", ErrorIssueActivity.at > since, ErrorIssueActivity.at <= until)
+            rows = s.scalars(select(ErrorIssue).where(ErrorIssue.project_id == pid,
+                                                      ErrorIssue.id.in_(regressed))).all()
         return [self._issue(i) for i in rows]
 
     def issue_event_counts(self, project: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
