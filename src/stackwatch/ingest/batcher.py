@@ -142,11 +142,12 @@ class Batcher:
         #: slower answers) before it gets a 429.
         self.backlog_s = backlog_s
         self.wait_s = wait_s
-        self._store_rate: float | None = None  # bytes/s stored while busy (EWMA)
-        self._last_commit = 0.0
+        self._store_rate: float | None = None  # bytes/s storage can take (EWMA)
+        self._prepare_s: dict[int, float] = {}  # id(block) -> seconds its prepare took
         self._checkpoint = _Checkpoint(Path(checkpoint_path))
         self._queue: deque[tuple[float, Entry]] = deque()
         self._queued_rows = 0
+        self._queued_bytes = 0
         self.buffered_bytes = 0
         self._cond = threading.Condition()
         self._in_flight = 0  # blocks taken from the queue and not yet stored
@@ -249,6 +250,15 @@ class Batcher:
             return min(self.buffer_bytes, 64 << 20)  # until storage's pace is known
         return int(min(self.buffer_bytes, max(4 << 20, rate * self.backlog_s)))
 
+    def _block_bytes(self) -> int:
+        """Largest block under a backlog limit: a third of it, so that one block can be
+        prepared while another is inserted and a third fills up. A block as large as the
+        whole limit would leave no room for the next until it is stored, and the two stages
+        would take turns instead of overlapping."""
+        if self.backlog_s <= 0:
+            return 1 << 62
+        return max(1, self.limit_bytes // 3)
+
     def _try_reserve(self, nbytes: int) -> bool:
         with self._cond:
             if self.buffered_bytes and self.buffered_bytes + nbytes > self.limit_bytes:
@@ -292,6 +302,7 @@ class Batcher:
         with self._cond:
             self._queue.append((time.monotonic(), entry))
             self._queued_rows += entry.count
+            self._queued_bytes += entry.nbytes
             self._cond.notify_all()
 
     # -- the loop ----------------------------------------------------------------------------
@@ -312,6 +323,7 @@ class Batcher:
                     due = oldest + self.max_delay_s
                     if (
                         self._queued_rows >= self.max_rows
+                        or self._queued_bytes >= self._block_bytes()
                         or self._stopping
                         or self._urgent
                         or time.monotonic() >= due
@@ -323,12 +335,15 @@ class Batcher:
                 else:
                     self._cond.wait(timeout=1.0)
             block: list[Entry] = []
-            rows = 0
-            while self._queue and (rows < self.max_rows or not block):
+            rows = nbytes = 0
+            cap = self._block_bytes()
+            while self._queue and ((rows < self.max_rows and nbytes < cap) or not block):
                 _, entry = self._queue.popleft()
                 block.append(entry)
                 rows += entry.count
+                nbytes += entry.nbytes
             self._queued_rows -= rows
+            self._queued_bytes -= nbytes
             if not self._queue:
                 self._urgent = False
             self._in_flight += 1
@@ -355,7 +370,9 @@ class Batcher:
                 block = self._take_block()
                 if block is None:
                     return
+                started = time.monotonic()
                 prepared = self._retrying("preparing", block, self._prepare_block, block)
+                self._prepare_s[id(block)] = time.monotonic() - started
                 self._ready.put((block, prepared))  # waits while the inserter is busy: backpressure
         finally:
             self._ready.put(None)
@@ -366,7 +383,10 @@ class Batcher:
             if item is None:
                 return
             block, prepared = item
+            started = time.monotonic()
             self._retrying("storing", block, self._store_block, block, block[0].lsn, block[-1].lsn, prepared)
+            self._measure(sum(e.nbytes for e in block), self._prepare_s.pop(id(block), 0.0),
+                          time.monotonic() - started)
             with self._cond:
                 self._in_flight -= 1
                 self._flight_oldest.pop(id(block), None)
@@ -404,16 +424,15 @@ class Batcher:
         self.wal.trim(b)
         nbytes = sum(e.nbytes for e in block)
         self.stored_events += sum(e.count for e in block)
-        self._measure(nbytes)
         self._release(nbytes)
 
-    def _measure(self, nbytes: int) -> None:
-        """Storage's pace, from consecutive commits while busy (idle gaps say nothing)."""
-        now = time.monotonic()
-        elapsed = now - self._last_commit
-        self._last_commit = now
-        if 0 < elapsed < 2.0 and nbytes > 0:
-            sample = nbytes / elapsed
+    def _measure(self, nbytes: int, prepare_s: float, commit_s: float) -> None:
+        """Storage's capacity: a block's bytes over its slower stage's time (the two stages
+        overlap). Not bytes over wall time between commits: that is the demand, and a limit
+        derived from it would shrink with every slow-down and never grow back."""
+        busiest = max(prepare_s, commit_s)
+        if busiest > 0 and nbytes > 0:
+            sample = nbytes / busiest
             rate = self._store_rate
             self._store_rate = sample if rate is None else 0.7 * rate + 0.3 * sample
 
