@@ -18,8 +18,11 @@
   ``/api/v1/import/prometheus``, samples/s until all are queryable, bytes/sample of its data
   directory after a flush.
 * Queries: the five dashboard queries of :data:`DASHBOARD` as ``query_range`` over the whole
-  range at a 60 s step, ``--runs`` times each per system (median; caches off in
-  VictoriaMetrics), and Stackwatch's answer must equal Prometheus's within 1e-9 relative.
+  range at a 60 s step, interleaved: each round sends every query to each system in turn
+  (Prometheus, VictoriaMetrics with caches off, Stackwatch), ``--runs`` rounds, medians; once
+  with Stackwatch's numpy engine and once with SQL pushdown. Stackwatch's answer must equal
+  Prometheus's within 1e-9 relative (topk: the same values per step, ties aside).
+* ``--keep DIR`` keeps the stores; ``--queries-only DIR`` re-runs just the queries on them.
 """
 
 from __future__ import annotations
@@ -173,26 +176,6 @@ def dir_bytes(path: Path, only: str | None = None) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and (only is None or only in p.parts))
 
 
-def run_queries(url: str, data: Any, runs: int, headers: dict[str, str] | None = None,
-                extra: dict[str, str] | None = None) -> dict[str, tuple[float, dict]]:
-    """name -> (median seconds, last result ``data``) for the dashboard queries."""
-    out = {}
-    with httpx.Client(base_url=url, headers=headers or {}, timeout=1800) as c:
-        for name, q in DASHBOARD.items():
-            times = []
-            body: dict = {}
-            for _ in range(runs):
-                t = time.perf_counter()
-                r = c.post("/api/v1/query_range", data={"query": q, "start": data.t0_ms / 1000,
-                                                        "end": data.t_end_ms / 1000, "step": 60, **(extra or {})})
-                times.append(time.perf_counter() - t)
-                if r.status_code != 200:
-                    raise RuntimeError(f"{url} {name}: {r.status_code} {r.text[:300]}")
-                body = r.json()["data"]
-            out[name] = (float(np.median(times)), body)
-    return out
-
-
 def same_result(ours: dict, theirs: dict, rel: float = 1e-9, ties: bool = False) -> str | None:
     """None if both query_range results have the same series, timestamps and values (NaN == NaN).
 
@@ -306,25 +289,72 @@ def remote_write_rate(data: Dataset, work: Path, steps: int, clients: int) -> fl
     return n / rw_s
 
 
-def compare_queries(work: Path, data: Any, runs: int, prom: dict, vm: dict, results: dict) -> None:
-    """Stackwatch's dashboard queries, numpy engine vs SQL pushdown, against the peers' figures."""
-    for mode, env in (("numpy", {"STACKWATCH_QUERY_PUSHDOWN": "0"}), ("pushdown", {"STACKWATCH_QUERY_PUSHDOWN": "1"})):
-        server = Server(work / "data", env)
-        try:
-            ours = run_queries(server.url, data, runs, {"Authorization": f"Bearer {ADMIN}"})
-        finally:
-            server.stop()
-        for name in DASHBOARD:
-            results[f"sw_{mode}_{name}"] = ours[name][0]
-            line = f"query {name!r} ({mode}): stackwatch {ours[name][0]:.3f} s"
-            if prom:
-                diff = same_result(ours[name][1], prom[name][1], ties=name.startswith("topk"))
-                results[f"prom_{name}"] = prom[name][0]
-                results[f"vm_{name}"] = vm[name][0]
-                line += (f", prometheus {prom[name][0]:.3f} s (ratio {ours[name][0] / prom[name][0]:.2f}), "
-                         f"victoriametrics {vm[name][0]:.3f} s (ratio {ours[name][0] / vm[name][0]:.2f}); "
-                         f"{'equal to Prometheus' if diff is None else 'DIFFERENT from Prometheus: ' + diff}")
-            log(line)
+def compare_queries(work: Path, data: Any, runs: int, results: dict, peers: bool = True) -> None:
+    """The dashboard queries on every system, interleaved, so load drifts hit all alike.
+
+    Prometheus and VictoriaMetrics stay up; Stackwatch runs twice on the same store (one
+    embedded store opens in one process at a time): with the numpy engine, then with SQL
+    pushdown. Each round sends every query to each running system in turn; medians over
+    ``runs`` rounds, ratios against the peers' medians of the same phase. Stackwatch's answers
+    must equal Prometheus's (topk: the same values per step, ties aside).
+    """
+    stops = []
+    peer_systems: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {}
+    try:
+        if peers:
+            p = Prometheus(work / "tsdb")
+            stops.append(p.stop)
+            peer_systems["prometheus"] = (p.url, {}, {})
+            v = Victoria(work / "vm")
+            stops.append(v.stop)
+            peer_systems["victoriametrics"] = (v.url, {}, {"nocache": "1"})
+        for mode, env in (("numpy", "0"), ("pushdown", "1")):
+            srv = Server(work / "data", {"STACKWATCH_QUERY_PUSHDOWN": env})
+            try:
+                systems = {**peer_systems,
+                           "stackwatch": (srv.url, {"Authorization": f"Bearer {ADMIN}"}, {})}
+                times, bodies = _interleaved(systems, data, runs)
+            finally:
+                srv.stop()
+            for qname in DASHBOARD:
+                med = {sname: float(np.median(times[(sname, qname)])) for sname in systems}
+                ours = med["stackwatch"]
+                results[f"stackwatch-{mode} {qname}"] = ours
+                line = f"query {qname!r} ({mode}): stackwatch {ours:.3f} s"
+                if peers:
+                    results[f"prometheus ({mode} phase) {qname}"] = med["prometheus"]
+                    results[f"victoriametrics ({mode} phase) {qname}"] = med["victoriametrics"]
+                    diff = same_result(bodies[("stackwatch", qname)], bodies[("prometheus", qname)],
+                                       ties=qname.startswith("topk"))
+                    line += (f", prometheus {med['prometheus']:.3f} s (ratio {ours / med['prometheus']:.2f}), "
+                             f"victoriametrics {med['victoriametrics']:.3f} s "
+                             f"(ratio {ours / med['victoriametrics']:.2f}); "
+                             f"{'equal to Prometheus' if diff is None else 'DIFFERENT from Prometheus: ' + diff}")
+                log(line)
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+def _interleaved(systems: dict, data: Any, runs: int) -> tuple[dict, dict]:
+    times: dict[tuple[str, str], list[float]] = {}
+    bodies: dict[tuple[str, str], dict] = {}
+    clients = {name: httpx.Client(base_url=url, headers=h, timeout=1800) for name, (url, h, _) in systems.items()}
+    try:
+        for _ in range(runs):
+            for qname, q in DASHBOARD.items():
+                for sname, (_, _, extra) in systems.items():
+                    t = time.perf_counter()
+                    r = clients[sname].post("/api/v1/query_range", data={
+                        "query": q, "start": data.t0_ms / 1000, "end": data.t_end_ms / 1000, "step": 60, **extra})
+                    times.setdefault((sname, qname), []).append(time.perf_counter() - t)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{sname} {qname}: {r.status_code} {r.text[:300]}")
+                    bodies[(sname, qname)] = r.json()["data"]
+    finally:
+        for c in clients.values():
+            c.close()
+    return times, bodies
 
 
 @dataclass
@@ -338,22 +368,8 @@ class Span:
 def queries_only(work: Path, runs: int) -> int:
     """Re-run the query comparison on a directory kept by ``--keep`` (no ingest)."""
     meta = json.loads((work / "bench.json").read_text())
-    data = Span(meta["t0_ms"], meta["t_end_ms"])
-    prom: dict[str, tuple[float, dict]] = {}
-    vm: dict[str, tuple[float, dict]] = {}
-    if (work / "tsdb").exists():
-        p = Prometheus(work / "tsdb")
-        try:
-            prom = run_queries(p.url, data, runs)
-        finally:
-            p.stop()
-        v = Victoria(work / "vm")
-        try:
-            vm = run_queries(v.url, data, runs, extra={"nocache": "1"})
-        finally:
-            v.stop()
     results: dict[str, object] = {}
-    compare_queries(work, data, runs, prom, vm, results)
+    compare_queries(work, Span(meta["t0_ms"], meta["t_end_ms"]), runs, results, (work / "tsdb").exists())
     log(f"results: {results}")
     return 0
 
@@ -401,8 +417,6 @@ def main(argv: list[str]) -> int:
         results["sw_bps"] = nbytes / rows
         if args.rw_steps:
             results["sw_rw"] = remote_write_rate(data, work, args.rw_steps, args.clients)
-        prom: dict[str, tuple[float, dict]] = {}
-        vm: dict[str, tuple[float, dict]] = {}
         if not args.no_peers:
             om = work / "data.om"
             with om.open("w") as f:
@@ -416,11 +430,6 @@ def main(argv: list[str]) -> int:
             log(f"prometheus backfill (promtool): {secs:.1f} s ({total / secs:,.0f} samples/s); "
                 f"{pbytes:,} bytes ({pbytes / total:.3f} bytes/sample, chunks {dir_bytes(work / 'tsdb', 'chunks') / total:.3f})")
             results.update(prom_import=total / secs, prom_bps=pbytes / total)
-            p = Prometheus(work / "tsdb")
-            try:
-                prom = run_queries(p.url, data, args.runs)
-            finally:
-                p.stop()
             v = Victoria(work / "vm")
             try:
                 start = time.perf_counter()
@@ -431,13 +440,12 @@ def main(argv: list[str]) -> int:
                 log(f"victoriametrics import: acked in {acked:.1f} s; queryable after {secs:.1f} s "
                     f"({total / secs:,.0f} samples/s)")
                 results["vm_import"] = total / secs
-                vm = run_queries(v.url, data, args.runs, extra={"nocache": "1"})
             finally:
                 v.stop()
             vbytes = dir_bytes(work / "vm")
             log(f"victoriametrics: {vbytes:,} bytes ({vbytes / total:.3f} bytes/sample)")
             results["vm_bps"] = vbytes / total
-        compare_queries(work, data, args.runs, prom, vm, results)
+        compare_queries(work, data, args.runs, results, not args.no_peers)
         log(f"results: {results}")
     finally:
         if args.keep is None:
