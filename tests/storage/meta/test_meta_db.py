@@ -211,3 +211,17 @@ def test_the_command_line_without_a_url_says_how_to_give_one(tmp_path: Path) -> 
     )
     assert result.returncode != 0
     assert "-x url=" in result.stderr + result.stdout
+
+
+def test_a_database_of_an_earlier_release_upgrades_to_the_single_head(meta_url: str) -> None:
+    """A store created at 0001 (the first release) gets every feature's tables and ends on one head."""
+    store = MetaStore(meta_url)
+    try:
+        store.migrate("0001")
+        assert store.current_revision() == "0001"
+        store.migrate()
+        assert store.current_revision() == HEAD == "0006"
+        assert _tables(store) == TABLES | {"alembic_version"}
+        assert _diff(store) == []
+    finally:
+        store.close()
