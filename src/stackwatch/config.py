@@ -130,6 +130,13 @@ SETTINGS: tuple[Setting, ...] = (
         "query_max_samples", int, 50_000_000, "Most samples one PromQL query may load (Prometheus's --query.max-samples)."
     ),
     Setting("metrics_max_series", int, 1_000_000, "Most active series a project may have; more are refused with a 4xx."),
+    Setting(
+        "query_pushdown",
+        bool,
+        False,
+        "Evaluate the common dashboard PromQL shapes (sums of rates) in ClickHouse SQL instead of the numpy engine; "
+        "same answers, measured slower on the embedded store so far (docs/metrics.md).",
+    ),
     Setting("traces_retention_days", int, 7, "Days spans are kept; older days are dropped whole."),
     Setting(
         "traces_spanmetrics_flush_s",
@@ -220,6 +227,7 @@ class Settings:
     query_timeout_s: float = 30.0
     query_max_samples: int = 50_000_000
     metrics_max_series: int = 1_000_000
+    query_pushdown: bool = False
     traces_retention_days: int = 7
     traces_spanmetrics_flush_s: float = 15.0
     log_level: str = "INFO"

@@ -86,7 +86,9 @@ class Runtime:
         executor = open_executor(data, settings.clickhouse_url, settings.clickhouse_cluster)
         logs = LogStore(executor, cold_dir=data / "cold" / "logs")
         logs.ensure_schema()
-        metrics = MetricStore(executor, max_series_per_project=settings.metrics_max_series)
+        metrics = MetricStore(
+            executor, max_series_per_project=settings.metrics_max_series, query_pushdown=settings.query_pushdown
+        )
         metrics.ensure_schema()
         meta = MetaStore(settings.meta_url)
         meta.migrate()

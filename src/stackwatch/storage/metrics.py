@@ -29,7 +29,6 @@ per-project retention are not built yet; the partition by day is what both will 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -378,17 +377,19 @@ def _last_write_wins(fp: np.ndarray, ts: np.ndarray, vals: np.ndarray) -> tuple[
 class MetricStore:
     """Reads and writes the metric tables through an executor (embedded or server)."""
 
-    def __init__(self, executor: Executor, *, max_series_per_project: int = 1_000_000) -> None:
+    def __init__(
+        self, executor: Executor, *, max_series_per_project: int = 1_000_000, query_pushdown: bool = False
+    ) -> None:
         self.ex = executor
         self.db = executor.database
         self.max_series = max_series_per_project
         self._known: dict[str, set[int]] = {}
         self._known_lock = threading.Lock()
-        #: Let PromQL evaluate dashboard shapes in SQL (query.promql.pushdown) when
-        #: ``STACKWATCH_QUERY_PUSHDOWN=1``. Off by default: on 1,900 series x 24 h it measured
-        #: 1.2-3x slower than the numpy engine reading Arrow columns (docs/benchmarks.md), with
-        #: the same answers.
-        self.query_pushdown = os.environ.get("STACKWATCH_QUERY_PUSHDOWN", "0").lower() in ("1", "true", "yes")
+        #: Let PromQL evaluate dashboard shapes in SQL (query.promql.pushdown): the
+        #: ``query_pushdown`` setting. Off by default: on 1,900 series x 24 h it measured 1.2-3x
+        #: slower than the numpy engine reading Arrow columns (docs/benchmarks.md), with the same
+        #: answers.
+        self.query_pushdown = query_pushdown
 
     def ensure_schema(self) -> None:
         for table in METRIC_TABLES:
