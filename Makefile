@@ -15,11 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# UI libraries come from the npm registry at build time; nothing vendored is committed.
+# UI libraries come from the npm registry at build time; nothing vendored is committed. The
+# npm install has its own stamp: the browser tests also need the dev dependencies
+# (@sentry/browser) from node_modules, not only the copied files.
+NPM_STAMP := node_modules/.installed-stamp
+
 assets: $(VENDOR)/htmx.min.js
 
-$(VENDOR)/htmx.min.js: package.json package-lock.json
+$(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
+	touch $(NPM_STAMP)
+
+$(VENDOR)/htmx.min.js: $(NPM_STAMP)
 	mkdir -p $(VENDOR)
 	cp node_modules/htmx.org/dist/htmx.min.js $(VENDOR)/
 	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
