@@ -149,7 +149,7 @@ def test_errors_use_prometheus_envelope(
 
 
 def test_auth_bearer_basic_and_refusals(server: ServerProcess) -> None:
-    q = {"query": "count(node_memory_bytes)"}
+    q = {"query": "count(node_memory_bytes)", "time": NOW_S}  # the data sits around NOW_S
     assert httpx.get(server.url + "/api/v1/query", params=q).status_code == 401
     basic = base64.b64encode(f"grafana:{ADMIN_TOKEN}".encode()).decode()
     r = httpx.get(server.url + "/api/v1/query", params=q, headers={"Authorization": f"Basic {basic}"})
