@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -343,33 +343,52 @@ def _decode_json(body: bytes) -> list[dict[str, Any]]:
     request = _obj(request, "request")
     events: list[dict[str, Any]] = []
     append = events.append
-    for i, resource_logs in enumerate(_arr(_get(request, "resourceLogs", "resource_logs"), "resourceLogs")):
-        where = f"resourceLogs[{i}]"
-        resource_logs = _obj(resource_logs, where)
-        resource = _obj(resource_logs.get("resource"), f"{where}.resource")
+    for resource_attrs, name, version, scope_attrs, records, where in json_scopes(
+        request, "Logs", ("logRecords", "log_records")
+    ):
+        scope = _Scope(resource_attrs, name, version, scope_attrs)
+        for k, record in enumerate(records):
+            append(_json_record(scope, record, f"{where}[{k}]"))
+    return events
+
+
+def json_scopes(
+    request: dict[str, Any], signal: str, items: tuple[str, str]
+) -> Iterator[tuple[dict[str, Any], str, str, dict[str, Any], list[Any], str]]:
+    """Walk an OTLP/JSON export request of one signal (``"Logs"``, ``"Spans"``...).
+
+    Yields, per scope: the resource's flattened attributes, the scope's name, version and
+    flattened attributes, its items (``items`` names their list, camel and snake case) and
+    where they are in the request, for error messages. Accepts both JSON spellings of every
+    key and OTLP < 0.19's "instrumentation library" in place of the scope.
+    """
+    lower = signal.lower()
+    resources = _arr(_get(request, f"resource{signal}", f"resource_{lower}"), f"resource{signal}")
+    for i, resource_entry in enumerate(resources):
+        where = f"resource{signal}[{i}]"
+        resource_entry = _obj(resource_entry, where)
+        resource = _obj(resource_entry.get("resource"), f"{where}.resource")
         resource_attrs = _flatten(_json_pairs(resource.get("attributes"), f"{where}.resource.attributes"))
-        scope_list = _get(resource_logs, "scopeLogs", "scope_logs")
+        scope_list = _get(resource_entry, f"scope{signal}", f"scope_{lower}")
         scope_key = "scope"
         if scope_list is None:  # OTLP < 0.19 called scopes "instrumentation libraries"
-            scope_list = _get(resource_logs, "instrumentationLibraryLogs", "instrumentation_library_logs")
+            scope_list = _get(resource_entry, f"instrumentationLibrary{signal}", f"instrumentation_library_{lower}")
             scope_key = "instrumentationLibrary"
-        for j, scope_logs in enumerate(_arr(scope_list, f"{where}.scopeLogs")):
-            swhere = f"{where}.scopeLogs[{j}]"
-            scope_logs = _obj(scope_logs, swhere)
-            raw_scope = scope_logs.get(scope_key)
+        for j, scope_entry in enumerate(_arr(scope_list, f"{where}.scope{signal}")):
+            swhere = f"{where}.scope{signal}[{j}]"
+            scope_entry = _obj(scope_entry, swhere)
+            raw_scope = scope_entry.get(scope_key)
             if raw_scope is None and scope_key != "scope":
-                raw_scope = scope_logs.get("instrumentation_library")
+                raw_scope = scope_entry.get("instrumentation_library")
             json_scope = _obj(raw_scope, f"{swhere}.scope")
-            scope = _Scope(
+            yield (
                 resource_attrs,
                 _str(json_scope.get("name"), f"{swhere}.scope.name"),
                 _str(json_scope.get("version"), f"{swhere}.scope.version"),
                 _flatten(_json_pairs(json_scope.get("attributes"), f"{swhere}.scope.attributes")),
+                _arr(_get(scope_entry, *items), f"{swhere}.{items[0]}"),
+                f"{swhere}.{items[0]}",
             )
-            records = _arr(_get(scope_logs, "logRecords", "log_records"), f"{swhere}.logRecords")
-            for k, record in enumerate(records):
-                append(_json_record(scope, record, f"{swhere}.logRecords[{k}]"))
-    return events
 
 
 def _json_record(scope: _Scope, record: Any, where: str) -> dict[str, Any]:

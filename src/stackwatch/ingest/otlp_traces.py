@@ -48,6 +48,7 @@ from stackwatch.ingest.otlp_logs import (
     _pb_attributes,
     _str,
     _to_text,
+    json_scopes,
 )
 from stackwatch.model.spans import SPAN_KINDS, STATUS_CODES, Span
 
@@ -262,31 +263,10 @@ def _decode_json(body: bytes) -> TraceBatch:
         raise BadRequest(f"invalid OTLP/JSON: {exc}") from None
     request = _obj(request, "request")
     batch = TraceBatch()
-    for i, resource_spans in enumerate(_arr(_get(request, "resourceSpans", "resource_spans"), "resourceSpans")):
-        where = f"resourceSpans[{i}]"
-        resource_spans = _obj(resource_spans, where)
-        raw_resource = _obj(resource_spans.get("resource"), f"{where}.resource")
-        resource = _resource(_flatten(_json_pairs(raw_resource.get("attributes"), f"{where}.resource.attributes")))
-        scope_list = _get(resource_spans, "scopeSpans", "scope_spans")
-        scope_key = "scope"
-        if scope_list is None:  # OTLP < 0.19 called scopes "instrumentation libraries"
-            scope_list = _get(resource_spans, "instrumentationLibrarySpans", "instrumentation_library_spans")
-            scope_key = "instrumentationLibrary"
-        for j, scope_spans in enumerate(_arr(scope_list, f"{where}.scopeSpans")):
-            swhere = f"{where}.scopeSpans[{j}]"
-            scope_spans = _obj(scope_spans, swhere)
-            raw_scope = scope_spans.get(scope_key)
-            if raw_scope is None and scope_key != "scope":
-                raw_scope = scope_spans.get("instrumentation_library")
-            json_scope = _obj(raw_scope, f"{swhere}.scope")
-            scope = _Scope(
-                resource,
-                _str(json_scope.get("name"), f"{swhere}.scope.name"),
-                _str(json_scope.get("version"), f"{swhere}.scope.version"),
-                _flatten(_json_pairs(json_scope.get("attributes"), f"{swhere}.scope.attributes")),
-            )
-            for k, span in enumerate(_arr(scope_spans.get("spans"), f"{swhere}.spans")):
-                _json_span(batch, scope, span, f"{swhere}.spans[{k}]")
+    for resource_attrs, name, version, scope_attrs, spans, where in json_scopes(request, "Spans", ("spans", "spans")):
+        scope = _Scope(_resource(resource_attrs), name, version, scope_attrs)
+        for k, span in enumerate(spans):
+            _json_span(batch, scope, span, f"{where}[{k}]")
     return batch
 
 
