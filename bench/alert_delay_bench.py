@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import platform
-import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,18 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import free_port, write_section
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS_FILE = REPO / "docs" / "benchmarks.md"
 STACKWATCH = str(Path(sys.executable).parent / "stackwatch")
 ADMIN = "bench-admin-token-0123456789abcdef"
 INGEST = "bench-ingest-token-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:
@@ -158,17 +150,6 @@ sample for its own alert group, staggered against the evaluation phase, and time
 """
 
 
-def write_docs(section: str) -> None:
-    """Replace the ``## Alert delay`` section of docs/benchmarks.md, leaving every other one alone."""
-    text = DOCS_FILE.read_text() if DOCS_FILE.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Alert delay\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS_FILE.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--interval", type=float, default=5.0, help="evaluation interval, seconds")
@@ -179,7 +160,7 @@ def main(argv: list[str]) -> int:
     section = run(args)
     print(section)
     if not args.no_docs:
-        write_docs(section)
+        write_section("Alert delay", section)
     return 0
 
 

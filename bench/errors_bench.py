@@ -23,7 +23,6 @@ import gzip
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 
 import httpx
 import orjson
+from _common import free_port
 
 ADMIN = "swa_bench_admin_token_0123456789"
 INGEST = "swi_bench_ingest_token_0123456789"
@@ -44,12 +44,6 @@ INGEST = "swi_bench_ingest_token_0123456789"
 def log(message: str) -> None:
     sys.stderr.write(f"[errors-bench] {message}\n")
     sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

@@ -30,10 +30,8 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,11 +50,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gen_logs
+from _common import DOCS_FILE, free_port, write_section
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 WORK_DIR = BENCH_DIR / ".work"
-DOCS_FILE = REPO / "docs" / "benchmarks.md"
 CLICKHOUSE_BIN = "/usr/sbin/clickhouse-server"
 STACKWATCH_BIN = str(Path(sys.executable).parent / "stackwatch")
 
@@ -72,12 +70,6 @@ HISTOGRAM = "level:ERROR"
 def log(message: str) -> None:
     sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def disk_usage(path: Path) -> tuple[int, int]:
@@ -937,24 +929,6 @@ def _mix(levels: dict[str, int], n: int) -> str:
     return ", ".join(f"{k} {v / n:.0%}" for k, v in sorted(levels.items(), key=lambda kv: -kv[1]))
 
 
-def write_docs(section: str) -> None:
-    """Replace the ``## Logs`` section of docs/benchmarks.md (or create the file)."""
-    DOCS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    if DOCS_FILE.exists():
-        text = DOCS_FILE.read_text()
-    else:
-        text = (
-            "# Benchmarks\n\nStackwatch measured side by side with its peers on the same data, "
-            "the same machine, the same run. Reproduce with `make bench` (see `bench/README.md`).\n\n"
-        )
-    pattern = re.compile(r"^## Logs\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS_FILE.write_text(text.rstrip("\n") + "\n")
-
-
 def data_file(events: int, seed: int, end: str) -> tuple[Path, dict[str, Any]]:
     """The generated NDJSON, cached in bench/.work/ by its parameters."""
     stamp = end.replace(":", "").replace("-", "")
@@ -1021,7 +995,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     complete = all(s is not None and not s.error for s in (ch, sw))
     if complete and not args.no_docs:
-        write_docs(section)
+        write_section("Logs", section)
         log(f"wrote the Logs section of {DOCS_FILE}")
     elif not args.no_docs:
         log("not writing docs/benchmarks.md: the run did not complete on both sides")

@@ -32,7 +32,6 @@ import concurrent.futures
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "query"))
+from _common import free_port
 from promgen import Dataset, generate  # the comparison test's data, scaled up
 
 ADMIN = "swa_bench_admin_token_0123456789"
@@ -56,12 +56,6 @@ STEP_MS = 15_000
 def log(message: str) -> None:
     sys.stderr.write(f"[metrics-bench] {message}\n")
     sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -109,8 +103,6 @@ def post_all(url: str, bodies: list[bytes], headers: dict[str, str], clients: in
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         list(pool.map(send, bodies))
     return time.perf_counter() - start
-
-
 
 
 def stackwatch_bytes(data: Path) -> tuple[int, int]:

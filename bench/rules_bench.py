@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import write_section
+
 REPO = Path(__file__).resolve().parents[1]
-DOCS_FILE = REPO / "docs" / "benchmarks.md"
 STEP_MS = 15_000
 
 
@@ -269,17 +270,6 @@ def _scenario(root: Path, store: object, meta: object, end_ms: int, args: argpar
             "unbatched_rules": sum(len(g.rules) for g in sample)}
 
 
-def write_docs(section: str) -> None:
-    """Replace the ``## Rules`` section of docs/benchmarks.md, leaving every other one alone."""
-    text = DOCS_FILE.read_text() if DOCS_FILE.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Rules\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS_FILE.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--series", type=int, default=10_000)
@@ -291,7 +281,7 @@ def main(argv: list[str]) -> int:
     section = run(args)
     print(section)
     if not args.no_docs:
-        write_docs(section)
+        write_section("Rules", section)
     return 0
 
 

@@ -33,10 +33,8 @@ import http.client
 import os
 import platform
 import random
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,7 @@ from typing import Any
 
 import orjson
 import psutil
+from _common import DOCS_FILE, free_port, write_section
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -56,7 +55,6 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 WORK_DIR = BENCH_DIR / ".work"
-DOCS_FILE = REPO / "docs" / "benchmarks.md"
 STACKWATCH_BIN = str(Path(sys.executable).parent / "stackwatch")
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 INGEST_TOKEN = "bench-ingest-token-0123456789abcdef"
@@ -67,12 +65,6 @@ MS = 1_000_000
 def log(message: str) -> None:
     sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def machine() -> dict[str, str]:
@@ -376,17 +368,6 @@ def layout_compare(data_dir: Path, trace_ids: list[str], runs: int) -> dict[str,
 # --- report --------------------------------------------------------------------------------
 
 
-def write_docs(section: str) -> None:
-    """Replace the ``## Traces`` section of docs/benchmarks.md, leaving every other one alone."""
-    text = DOCS_FILE.read_text() if DOCS_FILE.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Traces\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS_FILE.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spans", type=int, default=1_000_000)
@@ -456,7 +437,7 @@ def main(argv: list[str]) -> int:
     section = report(args, results, size, len(trace_ids))
     print(section)
     if not args.no_docs:
-        write_docs(section)
+        write_section("Traces", section)
         log(f"wrote the Traces section of {DOCS_FILE}")
     return 0
 
