@@ -7,7 +7,7 @@ the resolved alert resolves it with a post-mortem, and the CLI reads and acts on
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,18 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import Receiver
-from serverproc import ADMIN_TOKEN, ServerProcess
+from serverproc import ADMIN_TOKEN, ServerProcess, wait_for
 from stackwatch.cli import app as cli_app
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

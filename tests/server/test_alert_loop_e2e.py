@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 
-from serverproc import ADMIN_TOKEN, INGEST_TOKEN, ServerProcess, free_port
+from serverproc import ADMIN_TOKEN, INGEST_TOKEN, ServerProcess, free_port, wait_for
 
 RULES = """
 groups:
@@ -72,14 +72,6 @@ class Recorder:
         self._server.shutdown()
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
