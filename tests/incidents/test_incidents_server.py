@@ -102,10 +102,10 @@ def test_alert_to_incident_escalation_ack_restart_resolution(server: ServerProce
     assert page["escalation"]["level"] == 1 and page["escalation"]["user"] == "ann"
     confirm = httpx.get(link)  # no credentials: the link is the capability
     assert confirm.status_code == 200 and "Acknowledge" in confirm.text
-    assert httpx.post(link).status_code == 200
     # PagerDuty keeps paging until told: it gets an acknowledge event with the page's dedup key.
     pd = [body for path, body in receiver.requests if path == "/pd"]
     assert [b["event_action"] for b in pd] == ["trigger"]
+    assert httpx.post(link).status_code == 200
     wait_for("PagerDuty acknowledge", lambda: len([p for p in receiver.paths() if p == "/pd"]) == 2)
     acked = [body for path, body in receiver.requests if path == "/pd"][1]
     assert (acked["event_action"], acked["dedup_key"]) == ("acknowledge", pd[0]["dedup_key"])
