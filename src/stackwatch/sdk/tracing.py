@@ -214,6 +214,7 @@ class _ForkSafeSpanProcessor:
         self._factory = factory
         self._lock = threading.Lock()
         self._inner = factory()
+        self._bind()
         self._pid = os.getpid()
         self._closed = False
         ref = weakref.WeakMethod(self._after_fork_in_child)
@@ -230,11 +231,20 @@ class _ForkSafeSpanProcessor:
     def inner(self) -> Any:
         return self._inner
 
+    def _bind(self) -> None:
+        """Point ``on_start``/``_on_ending``/``on_end`` straight at the current inner processor's
+        methods: they run for every span, and a forwarding call each was measurable."""
+        inner = self._inner
+        self.on_start = inner.on_start  # type: ignore[method-assign]
+        self.on_end = inner.on_end  # type: ignore[method-assign]
+        self._on_ending = getattr(inner, "_on_ending", None) or _ignore_span  # type: ignore[method-assign]
+
     def replace(self, factory: Callable[[], Any]) -> None:
         """Point at a new exporter (a later ``setup_tracing`` with another server)."""
         with self._lock:
             old, self._factory = self._inner, factory
             self._inner = factory()
+            self._bind()
         _shutdown_quietly(old)
 
     def _after_fork_in_child(self) -> None:
@@ -245,6 +255,7 @@ class _ForkSafeSpanProcessor:
         export_stats.reset()
         try:
             self._inner = self._factory()
+            self._bind()
         except Exception:
             logger.warning("could not rebuild the span exporter after fork", exc_info=True)
             return
@@ -268,6 +279,10 @@ class _ForkSafeSpanProcessor:
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return bool(self._inner.force_flush(timeout_millis))
+
+
+def _ignore_span(span: Any) -> None:
+    pass
 
 
 def _shutdown_quietly(processor: Any, timeout_millis: int = 1000) -> None:
@@ -493,7 +508,12 @@ def instrument_app_tracing(app: Any) -> bool:
 
 
 def web_tracer() -> Any:
-    """The tracer the web middleware opens request spans with, or None without tracing."""
+    """The tracer the web middleware opens request spans with, or None without tracing.
+
+    A :class:`RequestSpanStarter` when the provider is the OpenTelemetry SDK's with its default
+    sampler and id generator (the usual case), else the provider's own tracer; both have
+    ``start_span(name, context=..., kind=..., attributes=...)``.
+    """
     state = _state
     if state is None:
         return None
@@ -501,7 +521,14 @@ def web_tracer() -> Any:
     if tracer is None:
         from stackwatch import __version__
 
-        tracer = state.web_tracer = state.provider.get_tracer("stackwatch.sdk.web", __version__)
+        tracer = state.provider.get_tracer("stackwatch.sdk.web", __version__)
+        try:
+            from stackwatch.sdk._request_span import RequestSpanStarter
+
+            tracer = RequestSpanStarter.for_tracer(tracer) or tracer
+        except Exception:
+            logger.debug("request spans use the general OpenTelemetry path", exc_info=True)
+        state.web_tracer = tracer
     return tracer
 
 

@@ -265,25 +265,27 @@ class WebInstrumentation:
         if tracer is None:
             return
         try:
-            from opentelemetry import context as otel_context
-            from opentelemetry import propagate
-            from opentelemetry import trace as otel_trace
-
-            carrier = {}
+            otel = _otel()
+            current = otel.get_current_span()
+            if current.is_recording() and getattr(current, "kind", None) is otel.SERVER:
+                return  # OpenTelemetry's own instrumentation (its agent) already opened one
+            parent = None
             if traceparent:
-                carrier["traceparent"] = traceparent
+                carrier = {"traceparent": traceparent}
                 if tracestate:
                     carrier["tracestate"] = tracestate
-            current = otel_trace.get_current_span()
-            if current.is_recording() and getattr(current, "kind", None) is otel_trace.SpanKind.SERVER:
-                return  # OpenTelemetry's own instrumentation (its agent) already opened one
-            parent = propagate.extract(carrier) if carrier else None
+                parent = otel.extract(carrier)
             attributes = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
             if user_agent:
                 attributes["user_agent.original"] = user_agent
-            span = tracer.start_span(method, context=parent, kind=otel_trace.SpanKind.SERVER, attributes=attributes)
+            start_server_span = getattr(tracer, "start_server_span", None)
+            if start_server_span is not None:  # stackwatch.sdk._request_span.RequestSpanStarter
+                parent_span = current if parent is None else otel.get_current_span(parent)
+                span = start_server_span(method, parent_span.get_span_context(), parent, attributes)
+            else:
+                span = tracer.start_span(method, context=parent, kind=otel.SERVER, attributes=attributes)
             state.span = span
-            state.span_token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
+            state.span_token = otel.attach(otel.set_span_in_context(span, parent))
         except Exception:
             sdk_failure("request span start")
 
@@ -292,22 +294,24 @@ class WebInstrumentation:
         span, state.span = state.span, None
         token, state.span_token = state.span_token, None
         try:
-            if route and route != UNMATCHED:
-                span.update_name(f"{method} {route}")
-                span.set_attribute("http.route", route)
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                from opentelemetry.trace import Status, StatusCode
-
-                span.set_status(Status(StatusCode.ERROR))
-            span.end()
+            known = bool(route) and route != UNMATCHED
+            finish = getattr(span, "finish_request", None)
+            if finish is not None:
+                finish(f"{method} {route}" if known else None, route if known else None, status)
+            else:
+                if known:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    otel = _otel()
+                    span.set_status(otel.Status(otel.StatusCode.ERROR))
+                span.end()
         except Exception:
             sdk_failure("request span end")
         if token is not None:
             try:
-                from opentelemetry import context as otel_context
-
-                otel_context.detach(token)
+                _otel().detach(token)
             except Exception:
                 pass  # ended in another context (a streaming body closed elsewhere): nothing to undo
 
@@ -363,10 +367,47 @@ class WebInstrumentation:
             pass
 
 
+class _OTel:
+    """The OpenTelemetry API functions the request span needs, looked up once: importing them
+    inside every request cost more than some of the calls themselves."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, propagate, trace
+
+        self.get_current_span = trace.get_current_span
+        self.set_span_in_context = trace.set_span_in_context
+        self.SERVER = trace.SpanKind.SERVER
+        self.Status = trace.Status
+        self.StatusCode = trace.StatusCode
+        self.extract = propagate.extract
+        self.attach = context.attach
+        self.detach = context.detach
+
+
+_otel_api: _OTel | None = None
+
+
+def _otel() -> _OTel:
+    global _otel_api
+    if _otel_api is None:
+        _otel_api = _OTel()
+    return _otel_api
+
+
+_tracer: Any = None
+
+
 def _web_tracer() -> Any:
-    """The tracer for request spans, or None when tracing is not set up (no import cost then)."""
-    tracing = sys.modules.get("stackwatch.sdk.tracing")
-    return None if tracing is None else tracing.web_tracer()
+    """The tracer for request spans, or None when tracing is not set up (no import cost then).
+
+    Once there is one it stays: tracing, once set up, is never torn down in a process
+    (``shutdown()`` only stops its export), so the lookup is made once."""
+    global _tracer
+    tracer = _tracer
+    if tracer is None:
+        tracing = sys.modules.get("stackwatch.sdk.tracing")
+        tracer = _tracer = None if tracing is None else tracing.web_tracer()
+    return tracer
 
 
 def unmatched_or_collapsed(path: str, status: int) -> str:

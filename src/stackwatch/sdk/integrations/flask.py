@@ -3,9 +3,10 @@
 - ``/health``, ``/health/live``, ``/health/ready`` and ``/metrics`` become ordinary routes
   (GET and HEAD; they show in ``app.url_map`` and work with ``url_for``). A path the app already
   routes is left to the app: the SDK never takes a URL away from it.
-- A ``before_request`` hook, run first, stores the matched ``url_rule`` in the WSGI environ, so
-  the middleware labels metrics with ``/api/leads/{id}`` rather than ``/api/leads/42``;
-  requests Flask could not route are ``<unmatched>``.
+- The middleware labels metrics with the rule Flask matched, ``/api/leads/{id}`` rather than
+  ``/api/leads/42``, read from Flask's request object (in the WSGI environ) when the response
+  starts: no per-request hook (a ``before_request`` function cost about 3 us a request).
+  Requests Flask could not route are ``<unmatched>``.
 - ``app.wsgi_app`` is wrapped in place, so the app object the user holds is the instrumented
   one, exceptions included: Flask's own 500 handling, or in testing/debug mode the exception
   itself, which is re-raised untouched after a 500 is recorded.
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stackwatch.sdk.integrations._web import WebInstrumentation, sdk_failure
-from stackwatch.sdk.integrations.wsgi import ROUTE_KEY, StackwatchWSGIMiddleware
+from stackwatch.sdk.integrations._web import WebInstrumentation
+from stackwatch.sdk.integrations.wsgi import StackwatchWSGIMiddleware
 
 try:
     import flask
@@ -28,14 +29,20 @@ __all__ = ["instrument_flask"]
 _EXTENSION = "stackwatch"
 
 
-def _remember_route() -> None:
-    try:
-        request = flask.request
-        rule = request.url_rule
-        if rule is not None:
-            request.environ[ROUTE_KEY] = rule.rule
-    except Exception:
-        sdk_failure("Flask route lookup")
+def _rule_matcher(app: Any) -> Any:
+    """Route matching after the fact, for a request whose exception escaped Flask (testing or
+    ``PROPAGATE_EXCEPTIONS``): its response never started, so the middleware did not see the
+    rule Flask matched. Rare, so matching again costs nothing that matters."""
+
+    def match(environ: dict[str, Any]) -> Any:
+        try:
+            request = app.request_class(environ, populate_request=False)
+            rule, _args = app.create_url_adapter(request).match(return_rule=True)
+            return rule
+        except Exception:
+            return None
+
+    return match
 
 
 def _probe_view(web: WebInstrumentation, path: str) -> Any:
@@ -71,9 +78,10 @@ def instrument_flask(app: Any, web: WebInstrumentation) -> Any:
         # Flask refuses new routes once it has handled a request (init() called late): the
         # middleware answers the probe paths itself then.
         served_by_app = False
-    app.before_request_funcs.setdefault(None, []).insert(0, _remember_route)
-    app.wsgi_app = StackwatchWSGIMiddleware(
+    middleware = StackwatchWSGIMiddleware(
         app.wsgi_app, serve_probes=not served_by_app, templates_known=True, instrumentation=web
     )
+    middleware.match_rule = _rule_matcher(app)
+    app.wsgi_app = middleware
     app.extensions[_EXTENSION] = web
     return app

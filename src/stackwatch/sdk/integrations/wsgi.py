@@ -5,8 +5,9 @@ Usage for a plain WSGI app::
     application = StackwatchWSGIMiddleware(application)   # after stackwatch.sdk.init()
 
 The route template comes from ``environ["stackwatch.route"]`` when a framework hook put it
-there (the Flask integration does); otherwise 404s are ``<unmatched>`` and id-like path
-segments collapse to ``{id}`` so the label set stays bounded.
+there, or from the rule Flask matched (read from the request object Flask keeps in the environ
+while it starts the response); otherwise 404s are ``<unmatched>`` and id-like path segments collapse to ``{id}`` so
+the label set stays bounded.
 
 The request is recorded when the app returns, if it already called ``start_response`` (the
 usual case); an app that starts the response lazily, from inside its body iterable, is
@@ -32,6 +33,8 @@ __all__ = ["ROUTE_KEY", "StackwatchWSGIMiddleware"]
 
 #: environ key a framework hook sets to the matched rule (e.g. ``/api/leads/<int:id>``).
 ROUTE_KEY = "stackwatch.route"
+#: environ key where werkzeug's (and so Flask's) request object stores itself.
+_WERKZEUG_REQUEST = "werkzeug.request"
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -41,8 +44,8 @@ class StackwatchWSGIMiddleware(MiddlewareBase):
     """Wraps a WSGI app: request id, response time, metrics, slow warnings, probes.
 
     ``serve_probes=False`` when the framework serves the probe paths itself (Flask registers
-    them as routes); ``templates_known=True`` when a framework hook always sets
-    :data:`ROUTE_KEY` for matched requests, so a missing one means "no route matched".
+    them as routes); ``templates_known=True`` when the framework always says which route
+    matched (Flask: see :meth:`route_for`), so a missing one means "no route matched".
     """
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -82,10 +85,19 @@ class StackwatchWSGIMiddleware(MiddlewareBase):
                                                ("Cache-Control", "no-store")])
         return [body]
 
-    def route_for(self, environ: dict[str, Any], status: int) -> str:
-        rule = environ.get(ROUTE_KEY)
+    #: Set by a framework integration: the route rule (an object with ``.rule``) for a request
+    #: whose response was never started (an exception escaped the app), or None.
+    match_rule: Callable[[dict[str, Any]], Any] | None = None
+
+    def route_for(self, environ: dict[str, Any], status: int, rule: Any = None) -> str:
+        """The request's route template: from :data:`ROUTE_KEY` when a hook set it, else from
+        ``rule`` (the Flask ``url_rule`` seen while the response started, see
+        :meth:`_Request._start_response`), else the collapsed path."""
+        key = environ.get(ROUTE_KEY)
+        if key is not None:
+            return rule_to_template(key)
         if rule is not None:
-            return rule_to_template(rule)
+            return rule_to_template(rule.rule)
         if self.templates_known:
             return UNMATCHED
         return unmatched_or_collapsed(environ.get("PATH_INFO") or "/", status)
@@ -94,7 +106,7 @@ class StackwatchWSGIMiddleware(MiddlewareBase):
 class _Request:
     """One request through the middleware (its start_response wrapper and the finish)."""
 
-    __slots__ = ("environ", "middleware", "start_response", "state", "status", "web")
+    __slots__ = ("environ", "middleware", "rule", "start_response", "state", "status", "web")
 
     def __init__(self, middleware: StackwatchWSGIMiddleware, web: WebInstrumentation, state: RequestState,
                  environ: dict[str, Any], start_response: StartResponse) -> None:
@@ -104,12 +116,16 @@ class _Request:
         self.environ = environ
         self.start_response = start_response
         self.status = 0
+        self.rule: Any = None
 
     def run(self) -> Iterable[bytes]:
         try:
             result = self.middleware.app(self.environ, self._start_response)
         except BaseException as exc:
             self.web.unhandled(self.state, self.environ.get("REQUEST_METHOD", ""), self.environ.get("PATH_INFO", ""), exc)
+            match_rule = self.middleware.match_rule
+            if self.rule is None and match_rule is not None:
+                self.rule = match_rule(self.environ)
             self.finish(500)
             raise
         if self.status:
@@ -120,15 +136,22 @@ class _Request:
     def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         try:
             self.status = int(status[:3])
+            # Flask (werkzeug) starts the response while its request context is still active,
+            # with its request object in the environ: the matched rule is read here, for free.
+            request = self.environ.get(_WERKZEUG_REQUEST)
+            if request is not None:
+                self.rule = getattr(request, "url_rule", None)
             has_id = False
             for name, _value in headers:
                 if name.lower() == "x-request-id":
                     has_id = True
                     break
-            extra = [("X-Response-Time", self.web.response_time(self.state))]
-            if not has_id:
-                extra.append(("X-Request-ID", self.state.request_id))
-            headers = [*headers, *extra]
+            state = self.state
+            if has_id:
+                headers = [*headers, ("X-Response-Time", self.web.response_time(state))]
+            else:
+                headers = [*headers, ("X-Response-Time", self.web.response_time(state)),
+                           ("X-Request-ID", state.request_id)]
         except Exception:
             sdk_failure("WSGI response headers")
         if exc_info is not None:
@@ -137,9 +160,9 @@ class _Request:
 
     def finish(self, status: int) -> None:
         try:
-            method = self.environ.get("REQUEST_METHOD", "GET")
-            route = self.middleware.route_for(self.environ, status)
-            self.web.finish(self.state, method, route, status)
+            environ = self.environ
+            route = self.middleware.route_for(environ, status, self.rule)
+            self.web.finish(self.state, environ.get("REQUEST_METHOD", "GET"), route, status)
         except Exception:
             sdk_failure("WSGI request finish")
 
