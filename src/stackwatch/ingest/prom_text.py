@@ -28,7 +28,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from stackwatch.errors import BadRequest
+from stackwatch.ingest._prom_fast import read_classic
 from stackwatch.storage.metrics import MetricBatch, SeriesRef, series_ref
 
 __all__ = [
@@ -598,11 +601,75 @@ def text_to_batch(body: bytes, content_type: str, now_ms: int) -> MetricBatch:
                     continue
                 batch.add([("__name__", s.name), *s.labels], ts, s.value)
         return batch
+    fast = _classic_fast(body)
+    if fast is not None:
+        return fast
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise TextParseError("exposition text must be UTF-8") from None
     return _classic_to_batch(text, now_ms)
+
+
+def _classic_fast(body: bytes) -> MetricBatch | None:
+    """The batch of a body in the common backfill shape, read column-wise (see :mod:`._prom_fast`).
+
+    None when the body is not in that shape or anything in it is wrong: the line parser then
+    reads it again and names the line at fault, so the two roads never disagree on what is valid.
+    """
+    lines = read_classic(body, lambda text: _number(text, False))
+    if lines is None:
+        return None
+    try:
+        types: dict[str, str] = {}
+        helps: dict[str, str] = {}
+        for raw in lines.comments:
+            parts = raw.decode("utf-8")[1:].split(None, 2)
+            if len(parts) < 2 or parts[0] not in ("HELP", "TYPE"):
+                continue
+            kind, name, rest = parts[0], parts[1], parts[2] if len(parts) > 2 else ""
+            if not _NAME.fullmatch(name):
+                return None
+            if kind == "TYPE":
+                if rest not in PROMETHEUS_TYPES:
+                    return None
+                types[name] = "unknown" if rest == "untyped" else rest
+            else:
+                helps[name] = rest.replace("\\\\", "\0").replace("\\n", "\n").replace("\0", "\\")
+        position = {key: i for i, key in enumerate(dict.fromkeys(lines.keys))}
+        line_series = np.fromiter(map(position.__getitem__, lines.keys), dtype=np.int64, count=len(lines.keys))
+        refs: list[SeriesRef | str] = []
+        for key in position:
+            name, labels = _parse_series(key.decode("utf-8"))
+            try:
+                refs.append(series_ref([("__name__", name), *labels]))
+            except ValueError as exc:
+                refs.append(str(exc))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    batch = MetricBatch()
+    # Series the store refuses (an invalid label name...) are rejected with their samples, as
+    # the line parser does; their indexes are remapped out of the batch's series numbering.
+    remap = np.full(len(refs), -1, dtype=np.int64)
+    for i, ref in enumerate(refs):
+        if isinstance(ref, str):
+            continue
+        remap[i] = batch.index(ref)
+    series = remap[line_series]
+    bad = series < 0
+    if bad.any():
+        counts = np.bincount(line_series[bad], minlength=len(refs))
+        for i, ref in enumerate(refs):
+            if isinstance(ref, str) and counts[i]:
+                batch.reject(ref, int(counts[i]))
+        keep = ~bad
+        series, ts, vals = series[keep], lines.timestamps[keep], lines.values[keep]
+    else:
+        ts, vals = lines.timestamps, lines.values
+    batch.set_columns(series, ts, vals)
+    for name in {**types, **helps}:
+        batch.add_metadata(name, types.get(name, "unknown"), helps.get(name, ""))
+    return batch
 
 
 def _seconds_to_ms(seconds: float) -> int | None:

@@ -224,6 +224,10 @@ class MetricBatch:
         self.values.append(value)
         return True
 
+    def set_columns(self, series: np.ndarray, timestamps: np.ndarray, values: np.ndarray) -> None:
+        """Replace the sample columns with arrays (a vectorised decoder's output), kept as numpy."""
+        self.series, self.timestamps, self.values = series, timestamps, values  # type: ignore[assignment]
+
     def reject(self, reason: str, samples: int = 1) -> None:
         self.rejected_samples += samples
         if len(self.errors) < 20:  # enough to say what is wrong without echoing a whole payload
@@ -238,14 +242,14 @@ class MetricBatch:
         if not gone:
             return 0
         keep_series = [i for i in range(len(self.refs)) if i not in gone]
-        new_index = {old: new for new, old in enumerate(keep_series)}
+        new_index = np.full(len(self.refs), -1, dtype=np.int64)
+        new_index[keep_series] = np.arange(len(keep_series), dtype=np.int64)
         series = np.asarray(self.series, dtype=np.int64)
-        keep = np.isin(series, np.fromiter(gone, dtype=np.int64), invert=True)
+        keep = new_index[series] >= 0 if series.size else np.ones(0, dtype=bool)
         dropped = int(keep.size - keep.sum())
-        kept_idx = np.flatnonzero(keep).tolist()
-        self.series = [new_index[self.series[j]] for j in kept_idx]
-        self.timestamps = [self.timestamps[j] for j in kept_idx]
-        self.values = [self.values[j] for j in kept_idx]
+        self.series = new_index[series[keep]]  # type: ignore[assignment]
+        self.timestamps = np.asarray(self.timestamps, dtype=np.int64)[keep]  # type: ignore[assignment]
+        self.values = np.asarray(self.values, dtype=np.float64)[keep]  # type: ignore[assignment]
         self.refs = [self.refs[i] for i in keep_series]
         self._index = {r.fingerprint: j for j, r in enumerate(self.refs)}
         return dropped
@@ -256,9 +260,9 @@ class MetricBatch:
         Within a series, samples keep their order in the request (a later duplicate wins).
         """
         n = len(self.timestamps)
-        series = np.fromiter(self.series, dtype=np.int64, count=n)
-        ts = np.fromiter(self.timestamps, dtype=np.int64, count=n)
-        vals = np.fromiter(self.values, dtype=np.float64, count=n)
+        series = np.asarray(self.series, dtype=np.int64)
+        ts = np.asarray(self.timestamps, dtype=np.int64)
+        vals = np.asarray(self.values, dtype=np.float64)
         if n and (series[1:] < series[:-1]).any():
             order = np.argsort(series, kind="stable")
             series, ts, vals = series[order], ts[order], vals[order]
@@ -275,7 +279,7 @@ class MetricBatch:
         Metadata: ``["m", name, type, help, unit]``.
         """
         out: list[Any] = []
-        if self.timestamps:
+        if len(self.timestamps):
             refs, counts, ts, vals = self.grouped()
             ts_list = ts.tolist()
             bits = vals.view(np.uint64).tolist()

@@ -1,0 +1,112 @@
+"""The vectorised import reader must agree with the line parser on every body it accepts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stackwatch.ingest.prom_text import TextParseError, _classic_fast, _classic_to_batch, text_to_batch
+
+_names = st.sampled_from(["up", "http_requests_total", "a:b_c", "bad-name", "9x", "x y"])
+_label_names = st.sampled_from(["job", "route", "le", "__name__", "1bad", "code"])
+_label_values = st.sampled_from(["api", "/v1/x y", 'q"uo\\"te', "", "0.5", "+Inf", "a}b", "ü"])
+_values = st.one_of(
+    st.integers(-(10**17), 10**17).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.decimals(allow_nan=False, allow_infinity=False, places=6).map(str),
+    st.sampled_from(["NaN", "nan", "+Inf", "-Inf", "inf", "-nan", "1e3", "1E-7", ".5", "5.", "-0", "+1", "1_0",
+                     "0x10", "1.2.3", "", "-", "e5", "12345678901234567", "0.0000000000000001", "Infinity"]),
+)
+_timestamps = st.one_of(
+    st.integers(-(10**13), 10**15).map(str),
+    st.sampled_from(["", "1e3", "+5", "-", "99999999999999999999", "12.5", "0", "-0"]),
+)
+
+
+@st.composite
+def _line(draw: st.DrawFn) -> str:
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return draw(st.sampled_from(["# HELP up The up metric", "# TYPE up gauge", "# TYPE x untyped",
+                                     "# TYPE bad-name counter", "# TYPE up nonsense", "# just a comment", "",
+                                     " up 1 2", "up 1 2 ", "up\t1 2", "up 1\r"]))
+    name = draw(_names)
+    labels = draw(st.lists(st.tuples(_label_names, _label_values), max_size=3))
+    series = name
+    if labels or draw(st.booleans()):
+        series += "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
+    value = draw(_values)
+    ts = draw(_timestamps)
+    return f"{series} {value} {ts}" if ts else f"{series} {value}"
+
+
+def _same(fast: object, slow: object) -> None:
+    rf, cf, tf, vf = fast.grouped()  # type: ignore[attr-defined]
+    rs, cs, ts_, vs = slow.grouped()  # type: ignore[attr-defined]
+    assert rf == rs
+    assert cf.tolist() == cs.tolist() and tf.tolist() == ts_.tolist()
+    assert vf.view(np.uint64).tolist() == vs.view(np.uint64).tolist()  # bit for bit, NaN payloads included
+    assert fast.metadata == slow.metadata  # type: ignore[attr-defined]
+    assert fast.rejected_samples == slow.rejected_samples  # type: ignore[attr-defined]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_line(), min_size=1, max_size=12), st.booleans())
+def test_fast_reader_agrees_with_the_line_parser(lines: list[str], trailing_newline: bool) -> None:
+    text = "\n".join(lines) + ("\n" if trailing_newline else "")
+    body = text.encode()
+    fast = _classic_fast(body)
+    try:
+        slow = _classic_to_batch(text, 0)
+    except TextParseError:
+        assert fast is None, "the fast reader accepted a body the line parser refuses"
+        return
+    if fast is not None:
+        _same(fast, slow)
+
+
+def test_fast_reader_takes_a_backfill_body_and_rounds_like_float() -> None:
+    values = ["0.1", "-2.675", "123456789012345", "0.000123", "-0", "1e-3", "NaN", "+Inf", "7.", ".25",
+              "3.141592653589793", "999999999999999.9"]
+    body = "# TYPE m gauge\n# HELP m A gauge.\n" + "".join(
+        f'm{{i="{i}",path="/a b"}} {v} {1_700_000_000_000 + i}\n' for i, v in enumerate(values))
+    fast = _classic_fast(body.encode())
+    assert fast is not None
+    refs, counts, _ts, vals = fast.grouped()
+    assert len(refs) == len(values) and counts.tolist() == [1] * len(values)
+    got = {dict(r.labels)["i"]: v for r, v in zip(refs, vals.tolist(), strict=True)}
+    for i, v in enumerate(values):
+        want = float(v)
+        assert (math.isnan(got[str(i)]) and math.isnan(want)) or got[str(i)] == want
+        assert math.copysign(1, got[str(i)]) == math.copysign(1, want)
+    assert fast.metadata == {"m": ("gauge", "A gauge.", "")}
+    slow = _classic_to_batch(body, 0)
+    _same(fast, slow)
+
+
+@pytest.mark.parametrize("body", [
+    b"up 1\n",  # no timestamp: the line parser stamps it with the arrival time
+    b"up 1 1000\nup{a=\"b\"} 2\n",
+    b"up\t1 1000\n",
+    b"up 1 1e3\n",
+])
+def test_bodies_outside_the_common_shape_take_the_line_parser(body: bytes) -> None:
+    assert _classic_fast(body) is None
+    if b"1e3" in body:
+        with pytest.raises(TextParseError, match="line 1"):
+            text_to_batch(body, "text/plain", 5)
+    else:
+        batch = text_to_batch(body, "text/plain", 5)
+        assert batch.sample_count == body.count(b"\n")
+
+
+def test_a_series_the_store_refuses_rejects_its_samples_only() -> None:
+    body = b'ok{a="1"} 1 1000\nbad{__name__="x"} 2 1000\nbad{__name__="x"} 3 2000\n'
+    fast = _classic_fast(body)
+    assert fast is not None
+    assert fast.sample_count == 1 and fast.rejected_samples == 2
+    assert "duplicate label name" in fast.errors[0] and fast.refs[0].name == "ok"
