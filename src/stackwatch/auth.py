@@ -231,8 +231,9 @@ class AuthService:
     """Credentials, users, projects and project settings, kept in a :class:`MetaStore`.
 
     ``now`` and ``monotonic`` are the clocks (wall time for stored timestamps and expiry,
-    monotonic time for the ingest cache); tests pass fakes. ``password_hasher`` defaults to
-    argon2id with argon2-cffi's RFC 9106 low-memory profile.
+    monotonic time for the token caches); tests pass fakes. ``password_hasher`` defaults to
+    argon2id with argon2-cffi's RFC 9106 low-memory profile. ``api_token_cache_ttl`` (seconds,
+    0 = off) lets :meth:`verify_api_token` answer from memory; see there.
     """
 
     def __init__(
@@ -242,6 +243,7 @@ class AuthService:
         ingest_cache_ttl: float = 10.0,
         ingest_negative_ttl: float = 2.0,
         ingest_cache_size: int = 10_000,
+        api_token_cache_ttl: float = 0.0,
         session_ttl: timedelta = timedelta(days=7),
         password_hasher: PasswordHasher | None = None,
         now: Callable[[], datetime] = utcnow,
@@ -258,6 +260,10 @@ class AuthService:
         # token digest -> (monotonic expiry, project or None for "no such token")
         self._ingest_cache: dict[str, tuple[float, ProjectRef | None]] = {}
         self._ingest_cache_lock = threading.Lock()
+        self.api_token_cache_ttl = api_token_cache_ttl
+        # token digest -> (monotonic expiry, principal, token expiry as wall time or None)
+        self._api_cache: dict[str, tuple[float, Principal, datetime | None]] = {}
+        self._api_cache_lock = threading.Lock()
         self._dummy_password_hash: str | None = None
 
     # -- bootstrap -------------------------------------------------------------------------
@@ -554,12 +560,23 @@ class AuthService:
                 raise NotFound(f"API token {token_id} not found")
             if row.revoked_at is None:
                 row.revoked_at = self._now()
+            digest = row.token_hash
+        self._forget_api_token(digest)
 
     def verify_api_token(self, token: str | None) -> Principal:
         """The principal an API token acts as; :class:`Unauthorized` saying why if it is not valid.
 
         The role is the weaker of the token's and its user's current role, so demoting a user
         also demotes their existing tokens.
+
+        Every read request (a search, a dashboard panel, each Grafana query) comes through
+        here, and the database round trip costs about as much as the search it guards on a
+        small query. With ``api_token_cache_ttl`` set, a token verified in the last that many
+        seconds is answered from memory (its expiry time is still checked on every call). A
+        revocation through :meth:`revoke_api_token` takes effect at once; a change made
+        elsewhere (a user disabled or demoted in the database, another server replica
+        revoking) within the TTL. Only valid tokens are cached, at most
+        ``ingest_cache_size`` of them.
         """
         if not token:
             raise Unauthorized("missing token")
@@ -567,6 +584,19 @@ class AuthService:
             raise Unauthorized("unknown or revoked token")
         digest = hash_token(token)
         now = self._now()
+        if self.api_token_cache_ttl > 0:
+            cached = self._api_cache.get(digest)
+            if cached is not None and cached[0] > self._monotonic():
+                if cached[2] is not None and cached[2] <= now:
+                    self._forget_api_token(digest)
+                    raise Unauthorized("expired token")
+                return cached[1]
+        principal, expires_at = self._lookup_api_token(digest, now)
+        if self.api_token_cache_ttl > 0:
+            self._remember_api_token(digest, principal, expires_at)
+        return principal
+
+    def _lookup_api_token(self, digest: str, now: datetime) -> tuple[Principal, datetime | None]:
         with self.store.session() as s:
             row = s.execute(
                 select(ApiToken, User)
@@ -587,7 +617,18 @@ class AuthService:
             if api_token.last_used_at is None or now - api_token.last_used_at >= _LAST_USED_PRECISION:
                 api_token.last_used_at = now
             role = api_token.role if role_at_least(user.role, api_token.role) else user.role
-            return Principal(user.id, user.email, role)
+            return Principal(user.id, user.email, role), api_token.expires_at
+
+    def _remember_api_token(self, digest: str, principal: Principal, expires_at: datetime | None) -> None:
+        entry = (self._monotonic() + self.api_token_cache_ttl, principal, expires_at)
+        with self._api_cache_lock:
+            if len(self._api_cache) >= self.ingest_cache_size:
+                self._api_cache.clear()
+            self._api_cache[digest] = entry
+
+    def _forget_api_token(self, digest: str) -> None:
+        with self._api_cache_lock:
+            self._api_cache.pop(digest, None)
 
     def login(self, email: str, password: str) -> str:
         """Check a password and open a session; return the session token (the cookie value).

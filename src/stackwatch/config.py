@@ -70,6 +70,13 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "On first start, becomes the default project's ingest token (and Sentry DSN key).",
     ),
+    Setting(
+        "api_token_cache_s",
+        float,
+        5.0,
+        "Seconds a verified API token is answered from memory (0: check the database on every request). "
+        "Revoking through Stackwatch acts at once; a user disabled or demoted in the database, within this time.",
+    ),
     Setting("wal_segment_bytes", int, 16 * 1024 * 1024, "Size at which a WAL segment file is rolled."),
     Setting(
         "wal_fsync",
@@ -208,6 +215,7 @@ class Settings:
     database_url: str = ""
     admin_token: str = ""
     ingest_token: str = ""
+    api_token_cache_s: float = 5.0
     wal_segment_bytes: int = 16 * 1024 * 1024
     wal_fsync: bool = True
     ingest_buffer_bytes: int = 256 * 1024 * 1024

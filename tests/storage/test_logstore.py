@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from stackwatch.query.logql import compile_query
 from stackwatch.storage.executor import ChdbExecutor
 from stackwatch.storage.logs import LogStore
 
@@ -118,3 +120,133 @@ def test_a_huge_integer_attribute_does_not_fail_the_block(store: LogStore) -> No
     hits = store.search("default", "1", {}, T0, T0 + 10**12).hits
     assert float(hits[1]["attributes"]["order_id"]) == float(1234567890123456789)
     assert len(hits) == 2
+
+
+# -- one scan for a page and its total; histograms from the per-minute counts -----------------
+
+DAY_NS = 86_400 * 10**9
+#: Yesterday 00:00 UTC: per-minute counts are kept for recent lines only (LOGS_MINUTES_TTL_DAYS).
+RECENT = (time.time_ns() // DAY_NS - 1) * DAY_NS
+LEVELS = [("INFO", 9), ("WARN", 13), ("ERROR", 17), ("DEBUG", 5)]
+
+
+def recent_lines(n: int, step_ns: int = 7_300_000_000, offset: int = 0) -> list[dict[str, object]]:
+    """Lines every 7.3 s from RECENT, cycling through levels, services and log types."""
+    out = []
+    for i in range(offset, offset + n):
+        text, number = LEVELS[i % 4]
+        ts = RECENT + i * step_ns
+        out.append(
+            record(
+                0,
+                timestamp=ts,
+                observed_timestamp=ts + 5,
+                severity_text=text,
+                severity_number=number,
+                service=("api", "auth", "payment")[i % 3],
+                log_type=("application", "security")[i % 5 == 0],
+                message=f"line {i}",
+            )
+        )
+    return out
+
+
+def minute_total(store: LogStore) -> int:
+    return int(store.ex.rows(f"SELECT sum(lines) AS n FROM `{store.db}`.logs_minutes")[0]["n"])
+
+
+def test_first_page_total_comes_from_the_same_query_and_equals_the_count(store: LogStore) -> None:
+    store.insert(recent_lines(700))
+    calls: list[str] = []
+    rows_with_total = store.ex.rows_with_total  # type: ignore[attr-defined]
+    rows = store.ex.rows
+
+    def spy_total(sql: str, params: dict[str, object]) -> object:
+        calls.append("rows_with_total")
+        return rows_with_total(sql, params)
+
+    def spy_rows(sql: str, params: dict[str, object] | None = None) -> object:
+        calls.append("count" if "count()" in sql else "rows")
+        return rows(sql, params)
+
+    store.ex.rows_with_total = spy_total  # type: ignore[attr-defined]
+    store.ex.rows = spy_rows  # type: ignore[method-assign]
+    try:
+        for q in ("level:ERROR", "service:api AND NOT level:DEBUG", "line", "service:nothing"):
+            c = compile_query(q)
+            calls.clear()
+            page = store.search("default", c.where, c.params, RECENT, RECENT + DAY_NS, limit=50)
+            assert calls == ["rows_with_total"], q
+            expected = store.count("default", c.where, c.params, RECENT, RECENT + DAY_NS)
+            assert page.total == expected, q
+            assert len(page.hits) == min(50, expected)
+            if page.next_cursor:  # later pages count separately: the page's rows are not all lines
+                calls.clear()
+                second = store.search(
+                    "default", c.where, c.params, RECENT, RECENT + DAY_NS, limit=50, cursor=page.next_cursor
+                )
+                assert calls == ["rows", "count"]
+                assert second.total == expected
+    finally:
+        del store.ex.rows_with_total  # type: ignore[attr-defined]
+        del store.ex.rows
+
+
+def test_minute_counts_follow_inserts_and_a_replayed_block_counts_once(store: LogStore) -> None:
+    lines = recent_lines(300)
+    store.insert(lines[:200], dedup_token="logs-a")
+    store.insert(lines[:200], dedup_token="logs-a")  # a WAL replay of the same block
+    store.insert(lines[200:], dedup_token="logs-b")
+    assert store.count("default", "1", {}, RECENT, RECENT + DAY_NS) == 300
+    assert minute_total(store) == 300
+
+
+@pytest.mark.parametrize("q", ["level:ERROR", "service:api AND NOT level:DEBUG", "", "level:w*", "type:security"])
+def test_histograms_from_minute_counts_equal_counting_the_lines(store: LogStore, q: str) -> None:
+    store.hot_horizon = lambda: 0  # everything is in the hot tier
+    store.insert(recent_lines(900))
+    c = compile_query(q)
+    ranges = [
+        (RECENT, RECENT + 2 * 3600 * 10**9),  # whole minutes
+        (RECENT + 7_500_000_000, RECENT + 5400 * 10**9 + 1_234_567),  # partial minutes at both ends
+        (RECENT - 3600 * 10**9, RECENT + 40 * 60 * 10**9 + 59 * 10**9),
+    ]
+    for start, end in ranges:
+        for interval in (60, 300):
+            for by_level in (False, True):
+                assert store._minute_range("default", start, end, interval, c.columns) is not None
+                fast = store.histogram(
+                    "default", c.where, c.params, start, end, interval, by_level=by_level, columns=c.columns
+                )
+                slow = store.histogram("default", c.where, c.params, start, end, interval, by_level=by_level)
+                key = (lambda b: (b["t"], b.get("level", ""))) if by_level else (lambda b: b["t"])
+                assert sorted(fast, key=key) == sorted(slow, key=key), (q, start, end, interval, by_level)
+                assert sum(b["count"] for b in fast) > 0 or q == "type:security"
+
+
+def test_histograms_that_need_the_lines_read_the_lines(store: LogStore) -> None:
+    store.hot_horizon = lambda: 0
+    store.insert(recent_lines(50))
+    message = compile_query("line")
+    level = compile_query("level:ERROR")
+    day = (RECENT, RECENT + DAY_NS)
+    assert store._minute_range("default", *day, 60, message.columns) is None  # reads message
+    assert store._minute_range("default", *day, 90, level.columns) is None  # buckets split minutes
+    assert store._minute_range("default", RECENT, RECENT + 30 * 10**9, 60, level.columns) is None  # no whole minute
+    assert store._minute_range("default", *day, 60, None) is None  # columns unknown
+    store.hot_horizon = lambda: RECENT + 10**9
+    assert store._minute_range("default", *day, 60, level.columns) is None  # reaches warm days
+    buckets = store.histogram("default", message.where, message.params, *day, 60, columns=message.columns)
+    assert sum(b["count"] for b in buckets) == 50
+
+
+def test_a_store_made_before_the_minute_counts_gets_them_filled_in(store: LogStore) -> None:
+    store.insert(recent_lines(120))
+    store.ex.command(f"DROP VIEW `{store.db}`.logs_minutes_mv")
+    store.ex.command(f"DROP TABLE `{store.db}`.logs_minutes")
+    store.insert(recent_lines(80, offset=120))  # lines stored while no counts were kept
+    store.ensure_schema()
+    assert minute_total(store) == 200
+    store.insert(recent_lines(10, offset=200))
+    store.ensure_schema()  # a later start: the view exists, nothing is counted twice
+    assert minute_total(store) == 210

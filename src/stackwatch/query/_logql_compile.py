@@ -96,6 +96,12 @@ class Compiler:
     def __init__(self, param_prefix: str) -> None:
         self.params = Params(param_prefix)
         self.terms = 0
+        #: Columns read by the SQL made so far (a term folded away still counts: harmless).
+        self.columns: set[str] = set()
+
+    def _use(self, field: Field) -> Field:
+        self.columns |= field.columns
+        return field
 
     def compile(self, node: Item, field: Field | None = None, depth: int = 0) -> str:
         """SQL for ``node``; ``field`` is the field of an enclosing ``name:(...)``."""
@@ -141,20 +147,21 @@ class Compiler:
             target = node.expr
             if not isinstance(target, Word) or split_wildcards(target.value) != [unescape(target.value)]:
                 raise QuerySyntaxError("_exists_ takes one field name, e.g. _exists_:user.id", pos)
-            return resolve_field(unescape(target.value), _pos(target)).exists(self.params)
+            return self._use(resolve_field(unescape(target.value), _pos(target))).exists(self.params)
         return self.compile(node.expr, resolve_field(node.name, pos), depth)
 
     def _term(self, node: Term, field: Field | None) -> str:
         pos = _pos(node)
+        if node.value == "*" and field is None and not isinstance(node, (Regex, Phrase)):
+            return TRUE  # a bare * is "everything"; name:* is "name is set"
+        field = self._use(field or message_field())
         if isinstance(node, Regex):
-            return (field or message_field()).regex(node.value[1:-1], self.params, pos)
+            return field.regex(node.value[1:-1], self.params, pos)
         if isinstance(node, Phrase):  # wildcards inside quotes are literal, as in Lucene
-            return (field or message_field()).equals(unquote_phrase(node.value), self.params, pos)
+            return field.equals(unquote_phrase(node.value), self.params, pos)
         if node.value == "*":
-            # A bare * is "everything"; name:* is "name is set".
-            return TRUE if field is None else field.exists(self.params)
+            return field.exists(self.params)
         pieces = split_wildcards(node.value)
-        field = field or message_field()
         if all(isinstance(piece, str) for piece in pieces):
             return field.equals("".join(pieces), self.params, pos)  # type: ignore[arg-type]
         if all(piece is ANY for piece in pieces):
@@ -162,6 +169,7 @@ class Compiler:
         return field.pattern(pieces, self.params, pos)
 
     def _range(self, node: Range | From | To, field: Field) -> str:
+        self._use(field)
         bounds: list[Bound] = []
         if isinstance(node, Range):
             low, high = _bound_text(node.low), _bound_text(node.high)

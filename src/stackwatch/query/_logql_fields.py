@@ -96,6 +96,8 @@ class Field:
     """A field kind; subclasses turn values into SQL boolean expressions."""
 
     label: str
+    #: The columns of the logs table this field's SQL reads (see ``CompiledQuery.columns``).
+    columns: frozenset[str] = frozenset()
 
     def equals(self, text: str, params: Params, position: int) -> str:
         raise QuerySyntaxError(f"{self.label} cannot be matched by value", position)
@@ -119,6 +121,7 @@ class StringColumn(Field):
     def __init__(self, column: str, *, lowercase: bool = False) -> None:
         self.column = column
         self.label = column
+        self.columns = frozenset({column})
         # trace and span ids are stored as lowercase hex; users paste them in either case.
         self.lowercase = lowercase
 
@@ -151,6 +154,7 @@ class MessageField(Field):
     """
 
     label = "message"
+    columns = frozenset({"message"})
 
     def _contains(self, like: str, params: Params) -> str:
         if like.isascii():
@@ -179,6 +183,7 @@ class SeverityField(Field):
     """``level``: any spelling of a level (``warning``, ``Warn``, ``W``) finds that level."""
 
     label = "level"
+    columns = frozenset({"severity_number", "severity_text"})
 
     @staticmethod
     def _level(text: str) -> str | None:
@@ -228,6 +233,7 @@ class NumberColumn(Field):
     def __init__(self, column: str) -> None:
         self.column = column
         self.label = column
+        self.columns = frozenset({column})
 
     def equals(self, text: str, params: Params, position: int) -> str:
         return self.compare([("=", text)], params, position)
@@ -246,6 +252,7 @@ class TimeColumn(Field):
     def __init__(self, column: str) -> None:
         self.column = column
         self.label = column
+        self.columns = frozenset({column})
 
     def equals(self, text: str, params: Params, position: int) -> str:
         raise QuerySyntaxError(
@@ -267,6 +274,8 @@ class AttributeField(Field):
     A missing key reads as the map's default ('' or 0), so conditions that a default would
     satisfy also require ``mapContains``: ``duration:<10`` must not find lines without one.
     """
+
+    columns = frozenset({"attributes_string", "attributes_number"})
 
     def __init__(self, key: str) -> None:
         self.key = key

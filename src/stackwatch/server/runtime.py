@@ -92,7 +92,7 @@ class Runtime:
         metrics.ensure_schema()
         meta = MetaStore(settings.meta_url)
         meta.migrate()
-        auth = AuthService(meta)
+        auth = AuthService(meta, api_token_cache_ttl=settings.api_token_cache_s)
 
         def policies() -> dict[str, dict[str, TierPolicy]]:
             return {

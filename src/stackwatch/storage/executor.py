@@ -118,6 +118,26 @@ class ChdbExecutor:
             return []
         return [orjson.loads(line) for line in data.splitlines() if line]
 
+    def rows_with_total(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Run a query ending in ``LIMIT``; its rows, and how many rows the LIMIT chose from.
+
+        A search page and its total from one scan instead of two (rows, then ``count()``):
+        ClickHouse reports the rows that reached the LIMIT in the JSON format's
+        ``rows_before_limit_at_least``, exact with ``exact_rows_before_limit``. The total is
+        None when the engine did not report it.
+        """
+        result = self._query(
+            f"{sql}\nSETTINGS {_OUTPUT_SETTINGS}, exact_rows_before_limit=1", "JSON", params
+        )
+        data = result.bytes()
+        if not data:
+            return [], None
+        doc = orjson.loads(data)
+        total = doc.get("rows_before_limit_at_least")
+        return doc["data"], None if total is None else int(total)
+
     def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         data = self._query(sql, "ArrowStream", params).bytes()
         if not data:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,16 @@ from stackwatch.model.logs import LogRecord
 from stackwatch.model.logs_arrow import records_to_arrow
 from stackwatch.storage.executor import Executor
 from stackwatch.storage.retention import COLD_SCHEMA, cold_files
-from stackwatch.storage.schema import LOGS, TABLES, render_ddl
+from stackwatch.storage.schema import (
+    LOGS,
+    LOGS_MINUTES,
+    LOGS_MINUTES_FILTERS,
+    LOGS_MINUTES_TTL_DAYS,
+    TABLES,
+    minutes_backfill_sql,
+    minutes_view_ddl,
+    render_ddl,
+)
 
 __all__ = ["LogHit", "LogStore", "SearchPage", "records_to_arrow"]
 
@@ -58,7 +68,7 @@ LogHit = dict[str, Any]
 _HIT_COLUMNS = """
     toUnixTimestamp64Nano(timestamp) AS ts,
     toUnixTimestamp64Nano(observed_timestamp) AS observed_ts,
-    project, service, severity_text, severity_number, message, trace_id, span_id, source,
+    service, severity_text, severity_number, message, trace_id, span_id, source,
     logger, function, host, log_type, attributes_string, attributes_number, resource
 """
 
@@ -76,7 +86,9 @@ def _number(value: float | int) -> int | float:
     return value
 
 
-def _hit(row: dict[str, Any]) -> LogHit:
+def _hit(row: dict[str, Any], project: str) -> LogHit:
+    """A stored line as the API shows it. Every read is within one project, which is
+    therefore not read back from the table."""
     attributes: dict[str, Any] = dict(row["attributes_string"])
     for key, value in row["attributes_number"].items():
         attributes[key] = _number(value)
@@ -84,7 +96,7 @@ def _hit(row: dict[str, Any]) -> LogHit:
         "timestamp": ns_to_rfc3339(row["ts"]),
         "timestamp_ns": row["ts"],
         "observed_timestamp": ns_to_rfc3339(row["observed_ts"]),
-        "project": row["project"],
+        "project": project,
         "service": row["service"],
         "level": row["severity_text"],
         "severity_number": row["severity_number"],
@@ -127,6 +139,8 @@ class LogStore:
         self.db = executor.database
         self.cold_dir = cold_dir
         self.hot_horizon = hot_horizon
+        #: Whether logs_minutes is kept (set by ensure_schema): histograms may read it.
+        self.minutes = False
 
     def _from(self, project: str, start_ns: int, end_ns: int) -> str:
         """The table to read: hot (and warm when the range reaches it), plus cold files in range."""
@@ -147,9 +161,29 @@ class LogStore:
         )
 
     def ensure_schema(self) -> None:
+        """Create the tables; on a store made before the minute counts, fill them in first.
+
+        Runs at start-up, before the batcher inserts anything, so the backfill and the view
+        that takes over from it see the same lines. The view is created last: a start that
+        died half-way through the backfill finds no view and does the backfill again, from an
+        emptied table. On a cluster the minute counts are not kept (histograms read the lines).
+        """
         for table in TABLES:
             for stmt in render_ddl(table, self.db, self.ex.cluster):
                 self.ex.command(stmt)
+        if self.ex.cluster:
+            return
+        has_view = self.ex.rows(
+            "SELECT count() AS n FROM system.tables WHERE database = {db:String} AND name = 'logs_minutes_mv'",
+            {"db": self.db},
+        )[0]["n"]
+        for stmt in render_ddl(LOGS_MINUTES, self.db):
+            self.ex.command(stmt)
+        if not int(has_view):
+            self.ex.command(f"TRUNCATE TABLE `{self.db}`.`logs_minutes`")
+            self.ex.command(minutes_backfill_sql(self.db))
+            self.ex.command(minutes_view_ddl(self.db))
+        self.minutes = True
 
     def insert(self, records: Sequence[LogRecord], *, dedup_token: str | None = None) -> int:
         if not records:
@@ -192,23 +226,30 @@ class LogStore:
                 "(fromUnixTimestamp64Nano({_cts:Int64}), fromUnixTimestamp64Nano({_cob:Int64}))"
             )
             all_params.update(_cts=ts, _cob=observed)
-        rows = self.ex.rows(
+        sql = (
             f"SELECT {_HIT_COLUMNS} FROM {self._from(project, start_ns, end_ns)} "
             f"WHERE {scope} AND ({where}){page_filter} "
             # (timestamp, observed_timestamp) is unique per line (see records_to_arrow), so pages
             # neither repeat nor skip lines; both are small columns, so the engine can sort on
             # them alone and read the wide columns for the page's rows only.
-            "ORDER BY timestamp DESC, observed_timestamp DESC LIMIT {_limit:UInt32}",
-            all_params,
+            "ORDER BY timestamp DESC, observed_timestamp DESC LIMIT {_limit:UInt32}"
         )
-        total = -1
-        if with_total:
+        total: int | None = -1 if not with_total else None
+        with_count = getattr(self.ex, "rows_with_total", None)
+        if with_total and not cursor and with_count is not None:
+            # The first page: the rows that reached the LIMIT are exactly the lines matching
+            # in the whole range, so one scan gives the page and the total (half the work of
+            # a second count query, which re-reads the same granules).
+            rows, total = with_count(sql, all_params)
+        else:
+            rows = self.ex.rows(sql, all_params)
+        if total is None:
             total = self.count(project, where, params, start_ns, end_ns)
         next_cursor = None
         if len(rows) == limit:
             last = rows[-1]
             next_cursor = encode_cursor(last["ts"], last["observed_ts"])
-        return SearchPage(total=total, hits=[_hit(r) for r in rows], next_cursor=next_cursor)
+        return SearchPage(total=total, hits=[_hit(r, project) for r in rows], next_cursor=next_cursor)
 
     def count(self, project: str, where: str, params: dict[str, Any], start_ns: int, end_ns: int) -> int:
         scope, scope_params = self._scope(project, start_ns, end_ns)
@@ -228,23 +269,91 @@ class LogStore:
         interval_s: int,
         *,
         by_level: bool = False,
+        columns: frozenset[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Counts per time bucket (aligned to the epoch), empty buckets included."""
+        """Counts per time bucket (aligned to the epoch), empty buckets included.
+
+        ``columns`` are the columns ``where`` reads (``CompiledQuery.columns``); when they
+        are all kept in the per-minute counts and the buckets are whole minutes, the whole
+        minutes of the range are summed from ``logs_minutes`` and only the partial minutes at
+        its ends are counted from the lines.
+        """
         scope, scope_params = self._scope(project, start_ns, end_ns)
         level = ", severity_text AS level" if by_level else ""
         group = ", level" if by_level else ""
-        rows = self.ex.rows(
-            f"SELECT toUnixTimestamp(toStartOfInterval(timestamp, toIntervalSecond({{_iv:UInt32}}))) AS t{level}, "
-            f"count() AS n FROM {self._from(project, start_ns, end_ns)} WHERE {scope} AND ({where}) "
-            f"GROUP BY t{group} ORDER BY t",
-            {**params, **scope_params, "_iv": interval_s},
-        )
+        all_params = {**params, **scope_params, "_iv": interval_s}
+        bucket = "toUnixTimestamp(toStartOfInterval({col}, toIntervalSecond({{_iv:UInt32}})))"
+        minutes = self._minute_range(project, start_ns, end_ns, interval_s, columns)
+        if minutes is None:
+            sql = (
+                f"SELECT {bucket.format(col='timestamp')} AS t{level}, count() AS n "
+                f"FROM {self._from(project, start_ns, end_ns)} WHERE {scope} AND ({where}) "
+                f"GROUP BY t{group} ORDER BY t"
+            )
+        else:
+            first_min, end_min = minutes
+            all_params.update(_m0=first_min, _m1=end_min)
+            sql = (
+                f"SELECT {bucket.format(col='minute')} AS t{level}, sum(lines) AS n "
+                f"FROM `{self.db}`.logs_minutes WHERE project = {{_project:String}} "
+                "AND minute >= toDateTime({_m0:Int64}, 'UTC') AND minute < toDateTime({_m1:Int64}, 'UTC') "
+                f"AND ({where}) GROUP BY t{group}"
+            )
+            edges = []
+            if start_ns < first_min * 1_000_000_000:
+                edges.append("(timestamp < toDateTime64({_m0:Int64}, 9, 'UTC'))")
+            if end_min * 1_000_000_000 < end_ns:
+                edges.append("(timestamp >= toDateTime64({_m1:Int64}, 9, 'UTC'))")
+            if edges:
+                # The partial minutes at the ends of the range, counted from the lines.
+                sql = (
+                    f"SELECT t{group}, sum(n) AS n FROM ({sql} UNION ALL "
+                    f"SELECT {bucket.format(col='timestamp')} AS t{level}, count() AS n "
+                    f"FROM `{self.db}`.logs_hot WHERE {scope} AND ({' OR '.join(edges)}) AND ({where}) "
+                    f"GROUP BY t{group}) GROUP BY t{group}"
+                )
+            sql += " ORDER BY t"
+        # Arrow, not JSON rows: a day of minutes is 1,440 rows, parsed in one call instead of
+        # one per line (a millisecond of a histogram's few).
+        table = self.ex.query_arrow(sql, all_params)
         first = (start_ns // 1_000_000_000) // interval_s * interval_s
         last = ((end_ns - 1) // 1_000_000_000) // interval_s * interval_s
+        if table.num_rows == 0:
+            times, numbers, levels = [], [], []
+        else:
+            times, numbers = table.column("t").to_pylist(), table.column("n").to_pylist()
+            levels = table.column("level").to_pylist() if by_level else []
         if by_level:
-            return [{"t": r["t"], "level": r["level"], "count": int(r["n"])} for r in rows]
-        counts = {r["t"]: int(r["n"]) for r in rows}
-        return [{"t": t, "count": counts.get(t, 0)} for t in range(first, last + 1, interval_s)]
+            return [
+                {"t": t, "level": lv, "count": int(n)} for t, lv, n in zip(times, levels, numbers, strict=True)
+            ]
+        counts = dict(zip(times, numbers, strict=True))
+        return [{"t": t, "count": int(counts.get(t, 0))} for t in range(first, last + 1, interval_s)]
+
+    def _minute_range(
+        self, project: str, start_ns: int, end_ns: int, interval_s: int, columns: frozenset[str] | None
+    ) -> tuple[int, int] | None:
+        """The whole minutes (first, end; epoch seconds) a histogram can sum from logs_minutes.
+
+        None when it cannot: the query reads other columns, buckets split minutes, the range
+        reaches lines outside the hot tier (logs_minutes counts what was inserted into
+        logs_hot, and the retention manager moves days out of it) or past the counts' TTL,
+        or it holds no whole minute.
+        """
+        if not self.minutes or columns is None or not columns <= LOGS_MINUTES_FILTERS or interval_s % 60:
+            return None
+        if self.hot_horizon is None or start_ns < self.hot_horizon():
+            return None
+        ttl_floor_ns = time.time_ns() - (LOGS_MINUTES_TTL_DAYS - 1) * 86_400 * 1_000_000_000
+        if start_ns < ttl_floor_ns:
+            return None
+        if self.cold_dir and cold_files(self.cold_dir, project, start_ns, end_ns):
+            return None
+        first_min = -(-start_ns // 60_000_000_000) * 60
+        end_min = end_ns // 60_000_000_000 * 60
+        if first_min >= end_min:
+            return None
+        return first_min, end_min
 
     def newer_than(
         self,
@@ -268,4 +377,4 @@ class LogStore:
             f"AND ({where}) ORDER BY observed_timestamp, timestamp LIMIT {{_limit:UInt32}}",
             {**params, "_project": project, "_after": observed_after_ns, "_upto": observed_upto_ns, "_limit": limit},
         )
-        return [_hit(r) for r in rows]
+        return [_hit(r, project) for r in rows]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["SPANS", "TABLES", "TRACE_INDEX", "TRACE_TABLES", "Column", "Table", "render_ddl"]
+__all__ = ["LOGS_MINUTES", "SPANS", "TABLES", "TRACE_INDEX", "TRACE_TABLES", "Column", "Table", "render_ddl"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,59 @@ LOGS = Table(
 )
 
 TABLES: tuple[Table, ...] = (LOGS_HOT, LOGS_WARM, LOGS)
+
+# Lines per minute of the hot tier, by everything a histogram filters or splits on without
+# reading a line: project, service, level, log type. A materialized view adds each block's
+# counts as the block is inserted into logs_hot, so a 24 h per-minute histogram of
+# ``level:ERROR`` sums a few thousand small rows instead of scanning the matching lines (about
+# 4 ms instead of 10-15 ms on the embedded engine for 1M lines; an aggregate projection on
+# logs_hot was measured too, and saved only 1-2 ms of the scan, its per-part analysis costing
+# most of what it read less). Sorted by time first: every histogram has a range.
+# The deduplication window matters: a WAL replay re-inserts a block with the same token, and
+# the view's insert carries a token derived from it, so a replayed block is not counted twice
+# (without the window on this table it was: checked in tests/storage/test_logstore.py).
+# Rows older than the TTL are dropped; histograms reaching that far back read the lines.
+LOGS_MINUTES_TTL_DAYS = 100
+LOGS_MINUTES = Table(
+    name="logs_minutes",
+    columns=(
+        Column("project", "LowCardinality(String)"),
+        Column("minute", "DateTime('UTC')", "Delta(4), ZSTD(1)"),
+        Column("service", "LowCardinality(String)"),
+        Column("severity_number", "UInt8"),
+        Column("severity_text", "LowCardinality(String)"),
+        Column("log_type", "LowCardinality(String)"),
+        Column("lines", "UInt64", "T64, ZSTD(1)"),
+    ),
+    engine="SummingMergeTree",
+    order_by="(project, minute, service, severity_number, severity_text, log_type)",
+    partition_by="toYYYYMM(minute)",
+    ttl=f"minute + toIntervalDay({LOGS_MINUTES_TTL_DAYS})",
+    settings={"non_replicated_deduplication_window": 10000, "fsync_after_insert": 1, "fsync_part_directory": 1},
+    comment="Lines per minute of logs_hot by project, service, level and log type: histograms without a scan.",
+)
+#: The columns of logs_hot a query may use and still be answered from :data:`LOGS_MINUTES`.
+LOGS_MINUTES_FILTERS: frozenset[str] = frozenset(
+    {"project", "service", "severity_number", "severity_text", "log_type"}
+)
+_MINUTES_SELECT = (
+    "SELECT project, toStartOfMinute(timestamp) AS minute, service, severity_number, severity_text, "
+    "log_type, count() AS lines FROM {source} GROUP BY project, minute, service, severity_number, "
+    "severity_text, log_type"
+)
+
+
+def minutes_backfill_sql(database: str) -> str:
+    """Fills :data:`LOGS_MINUTES` from the lines already in ``logs_hot`` (a store made before it)."""
+    return f"INSERT INTO `{database}`.`logs_minutes` " + _MINUTES_SELECT.format(source=f"`{database}`.`logs_hot`")
+
+
+def minutes_view_ddl(database: str) -> str:
+    """The materialized view that keeps :data:`LOGS_MINUTES` up to date as lines are inserted."""
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`logs_minutes_mv` TO `{database}`.`logs_minutes` AS "
+        + _MINUTES_SELECT.format(source=f"`{database}`.`logs_hot`")
+    )
 
 
 # --------------------------------------------------------------------------- traces

@@ -81,7 +81,7 @@ def histogram(
     rt = runtime(request)
     buckets = rt.logs.histogram(
         project_slug(request, who), compiled.where, compiled.params, start_ns, end_ns, interval_s,
-        by_level=by == "level",
+        by_level=by == "level", columns=compiled.columns,
     )
     return JSONResponse({"interval": interval_s, "buckets": buckets})
 
