@@ -12,10 +12,10 @@ Two Stackwatch variants per framework:
   on (the SDK's stdout handler, with ``sys.stdout`` pointed at ``os.devnull`` while timing),
   request metrics on, tracing on (the SDK's TracerProvider and the OpenTelemetry Flask/FastAPI
   instrumentation it enables). No server is configured, so the SDK's own span processor exports
-  nothing; the SDK has no setting for a custom exporter, so after ``init()`` a
-  ``BatchSpanProcessor`` around a no-op ``SpanExporter`` (export returns SUCCESS) is added to the
-  SDK's provider: spans are built, queued and handed to an exporter as with a server, minus the
-  network. Error capture stays at its default (on, but sentry-sdk is not initialised without a
+  nothing; after ``init()`` a no-op ``SpanExporter`` (export returns SUCCESS, counting the spans)
+  is added with ``stackwatch.sdk.tracing.add_span_exporter``, which batches it exactly as the
+  server's exporter is batched (the SDK's ``SpanBatcher``): spans are built, queued and handed
+  to an exporter as with a server, minus the network. Error capture stays at its default (on, but sentry-sdk is not initialised without a
   DSN, i.e. without a server). ``STACKWATCH_*``, ``OTEL_*``, ``LOG_LEVEL`` and ``LOG_DIR`` are
   removed from the environment first so the settings are the ones written here.
 
@@ -280,10 +280,8 @@ def init_full_stack(apps: list[Any]) -> tuple[list[Any], Any, Any]:
     for key in list(os.environ):
         if key.startswith(("STACKWATCH_", "OTEL_")) or key in ("LOG_LEVEL", "LOG_DIR"):
             del os.environ[key]
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
     import stackwatch.sdk
-    from stackwatch.sdk import _client
+    from stackwatch.sdk import _client, tracing
 
     served = [stackwatch.sdk.init(app, **SDK_SETTINGS) for app in apps]
     client = _client.current()
@@ -291,7 +289,8 @@ def init_full_stack(apps: list[Any]) -> tuple[list[Any], Any, Any]:
             or client.metrics is None:
         raise SystemExit(f"stackwatch.sdk.init() did not set up the full stack: {client}")
     exporter = noop_exporter()
-    client.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    if not tracing.add_span_exporter(exporter):
+        raise SystemExit("tracing is not set up: no exporter could be added")
     return served, exporter, client
 
 
@@ -387,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     fastapi_apps["stackwatch full stack"] = fastapi_full
     print(f"full stack: logging {type(client.logging.handlers[0].formatter).__name__} to stdout (devnull while "
           f"timing), metrics {type(client.metrics).__name__}, tracing {type(client.tracer_provider).__name__} "
-          f"+ BatchSpanProcessor(no-op exporter), errors {'on' if client.errors else 'off (no DSN)'}")
+          f"+ add_span_exporter(no-op exporter), errors {'on' if client.errors else 'off (no DSN)'}")
 
     with stdout_to_devnull():
         statuses = {f"flask {name}": wsgi_status(app) for name, app in flask_apps.items()}

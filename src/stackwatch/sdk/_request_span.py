@@ -67,9 +67,10 @@ _SPAN_FIELDS = frozenset({
 
 #: Shared stand-in for a span's events and links until it gets its first one (never appended to).
 _NO_ITEMS = BoundedList(0)
+#: The fields a request span sets for itself; the others are its class's (see for_tracer).
+_PER_SPAN_FIELDS = ("_name", "_context", "_parent", "_start_time", "_attributes", "_lock")
 _ERROR = Status(StatusCode.ERROR)
 _OK = StatusCode.OK
-_SERVER = SpanKind.SERVER
 _ROUTE = "http.route"
 _STATUS_CODE = "http.response.status_code"
 
@@ -175,9 +176,9 @@ class RequestSpanStarter:
     :meth:`for_tracer`. ``start_span`` has the tracer's signature for the arguments the
     middleware uses; :meth:`start_server_span` skips the parent lookup the caller already did."""
 
-    def __init__(self, tracer: Tracer, shared: dict[str, Any]) -> None:
+    def __init__(self, tracer: Tracer, span_class: type[RequestSpan]) -> None:
         self.tracer = tracer
-        self._shared = shared
+        self._span_class = span_class
         self._max_attributes = tracer._span_limits.max_span_attributes
         self._processor = tracer.span_processor
         self._config = tracer._tracer_config
@@ -206,9 +207,18 @@ class RequestSpanStarter:
             limits=tracer._span_limits, instrumentation_scope=tracer._instrumentation_scope,
             record_end_metrics=None,
         )
-        if set(vars(model)) != _SPAN_FIELDS:
+        fields = dict(vars(model))
+        if set(fields) != _SPAN_FIELDS:
             return None
-        starter = cls(tracer, dict(vars(model)))
+        # What every request span of this tracer shares becomes a class attribute of a
+        # subclass made for the tracer: a span then stores only its own six fields. The SDK
+        # only ever reads these (or assigns them, which creates the span's own attribute).
+        for per_span in _PER_SPAN_FIELDS:
+            del fields[per_span]
+        fields["_events"] = fields["_links"] = _NO_ITEMS
+        fields["__slots__"] = ()
+        span_class = type("RequestSpan", (RequestSpan,), fields)
+        starter = cls(tracer, span_class)
         # SpanContext is built as the tuple its constructor makes; check the layout once.
         probe = starter._span_context(0x1234, 0x5678, starter._root_flags, None)
         if probe != SpanContext(0x1234, 0x5678, False, starter._root_flags, None) or not probe.is_valid:
@@ -249,31 +259,13 @@ class RequestSpanStarter:
             attributes = {}
         elif self._max_attributes is not None and len(attributes) > self._max_attributes:
             attributes = dict(list(attributes.items())[-self._max_attributes:])
-        shared = self._shared
-        # One store per field, in a fixed order (the set is checked in for_tracer): the span's
-        # fields stay in the object's inline storage, no per-span __dict__ is materialised.
-        span = _new_object(RequestSpan)
+        span = _new_object(self._span_class)
         span._name = name
         span._context = self._span_context(trace_id, _bits(64) or 1, flags, trace_state)
-        span._kind = _SERVER
-        span._instrumentation_info = shared["_instrumentation_info"]
-        span._instrumentation_scope = shared["_instrumentation_scope"]
         span._parent = parent
         span._start_time = _time_ns()
-        span._end_time = None
         span._attributes = attributes
-        span._events = _NO_ITEMS
-        span._links = _NO_ITEMS
-        span._resource = shared["_resource"]
-        span._status = shared["_status"]
-        span._sampler = shared["_sampler"]
-        span._trace_config = None
-        span._record_exception = True
-        span._set_status_on_exception = True
-        span._span_processor = self._processor
-        span._limits = shared["_limits"]
         span._lock = _new_lock()
-        span._record_end_metrics = None
         self._processor.on_start(span, parent_context=context)
         return span
 

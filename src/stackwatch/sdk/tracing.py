@@ -1,9 +1,13 @@
 """OpenTelemetry tracing: a TracerProvider, the OTLP/HTTP exporter to the server, instrumentations.
 
 :func:`setup_tracing` is what ``stackwatch.sdk.init()`` calls. It builds on the ecosystem's own
-pieces (the OpenTelemetry SDK, ``BatchSpanProcessor``, ``OTLPSpanExporter`` over HTTP and the
+pieces (the OpenTelemetry SDK's ``TracerProvider``, ``OTLPSpanExporter`` over HTTP and the
 ``opentelemetry-instrumentation-*`` packages that happen to be installed), so spans look the
-same as any OpenTelemetry app's and users can keep their own OpenTelemetry code.
+same as any OpenTelemetry app's and users can keep their own OpenTelemetry code. Two pieces
+are the SDK's own, for the per-request cost (measured in ``bench/sdk_web_overhead.py``): the
+batching span processor (:mod:`stackwatch.sdk._span_batch`, the work of ``BatchSpanProcessor``
+with less of it on the request's thread) and the web middleware's server spans
+(:mod:`stackwatch.sdk._request_span`, ordinary SDK spans started without the general path).
 
 * **Without a server** a provider is still installed: spans get trace and span ids, so log
   lines carry ``trace_id``/``span_id`` and outgoing calls carry ``traceparent``; nothing is
@@ -37,13 +41,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stackwatch.sdk._config import SDKConfig
 
 __all__ = [
     "ExportStats",
+    "add_span_exporter",
     "enable_instrumentations",
     "export_stats",
     "force_flush",
@@ -324,6 +329,10 @@ class _State:
     owns_provider: bool
     config: SDKConfig
     web_tracer: Any = None
+    #: Processors of :func:`add_span_exporter`, flushed with ours.
+    extra: list[_ForkSafeSpanProcessor] = field(default_factory=list)
+    #: Whether ``processor`` is one of the provider's span processors (see _register_processor).
+    registered: bool = False
 
 
 _state: _State | None = None
@@ -342,7 +351,9 @@ def _processor_factory(config: SDKConfig) -> Callable[[], Any]:
     console = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console"
 
     def build() -> Any:
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        from stackwatch.sdk._span_batch import SpanBatcher
 
         if endpoint:
             # OpenTelemetry's own timeout variables win; else 5 s, which bounds how long an
@@ -350,9 +361,9 @@ def _processor_factory(config: SDKConfig) -> Callable[[], Any]:
             env_timeout = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get(
                 "OTEL_EXPORTER_OTLP_TIMEOUT")
             timeout = None if env_timeout else 5.0
-            return BatchSpanProcessor(_ServerSpanExporter(endpoint, config.token, timeout))  # type: ignore[arg-type]
+            return SpanBatcher(_ServerSpanExporter(endpoint, config.token, timeout))
         if console:
-            return BatchSpanProcessor(ConsoleSpanExporter())
+            return SpanBatcher(ConsoleSpanExporter())
         return _NoopSpanProcessor()
 
     return build
@@ -372,6 +383,18 @@ def build_resource(config: SDKConfig) -> Any:
     for key, value in config.tags.items():
         attributes.setdefault(str(key), str(value))
     return Resource.create(attributes)
+
+
+def _register_processor(state: _State) -> None:
+    """Add the exporting processor to the provider once it has something to export.
+
+    Without a server (and without the console exporter) it would be a no-op called three
+    times per span by the provider (start, ending, end), so it joins the provider only when a
+    later ``setup_tracing`` points it at an exporter; from then on it stays.
+    """
+    if not state.registered and not isinstance(state.processor.inner, _NoopSpanProcessor):
+        state.provider.add_span_processor(state.processor)
+        state.registered = True
 
 
 def setup_tracing(config: SDKConfig) -> Any | None:
@@ -397,6 +420,7 @@ def setup_tracing(config: SDKConfig) -> Any | None:
                 if _state.config != config:
                     _state.processor.replace(factory)
                     _state.config = config
+                    _register_processor(_state)
                 enable_instrumentations()
                 return _state.provider
             current = trace.get_tracer_provider()
@@ -405,10 +429,10 @@ def setup_tracing(config: SDKConfig) -> Any | None:
             else:
                 provider, owns = TracerProvider(resource=build_resource(config)), True
             processor = _ForkSafeSpanProcessor(factory)
-            provider.add_span_processor(processor)  # type: ignore[arg-type]
             if owns:
                 trace.set_tracer_provider(provider)
             _state = _State(provider, processor, owns, config)
+            _register_processor(_state)
         enable_instrumentations()
         return provider
     except Exception:
@@ -532,6 +556,22 @@ def web_tracer() -> Any:
     return tracer
 
 
+def add_span_exporter(exporter: Any) -> bool:
+    """Export spans to ``exporter`` too: any OpenTelemetry ``SpanExporter`` (a second backend,
+    a file, a test double), batched the way the server's exporter is. Needs tracing set up
+    (``init()`` with tracing on); returns False otherwise. :func:`force_flush` and
+    ``stackwatch.sdk.shutdown()`` flush it with the server's."""
+    state = _state
+    if state is None:
+        return False
+    from stackwatch.sdk._span_batch import SpanBatcher
+
+    processor = _ForkSafeSpanProcessor(lambda: SpanBatcher(exporter))
+    state.provider.add_span_processor(processor)  # type: ignore[arg-type]
+    state.extra.append(processor)
+    return True
+
+
 def shutdown_tracing(timeout_millis: int = 5000) -> None:
     """Export what is queued, then stop exporting (``stackwatch.sdk.shutdown()``).
 
@@ -542,6 +582,8 @@ def shutdown_tracing(timeout_millis: int = 5000) -> None:
     if state is None:
         return
     try:
+        for extra in state.extra:
+            extra.force_flush(timeout_millis)
         state.processor.force_flush(timeout_millis)
         state.processor.replace(_NoopSpanProcessor)
         state.config = SDKConfig(service="\x00stopped")  # differs from any real config: rebuild next time
@@ -555,6 +597,7 @@ def force_flush(timeout_millis: int = 5000) -> bool:
     if state is None:
         return True
     try:
-        return state.processor.force_flush(timeout_millis)
+        flushed = [extra.force_flush(timeout_millis) for extra in state.extra]
+        return state.processor.force_flush(timeout_millis) and all(flushed)
     except Exception:
         return False

@@ -265,9 +265,15 @@ class WebInstrumentation:
         if tracer is None:
             return
         try:
-            otel = _otel()
-            current = otel.get_current_span()
-            if current.is_recording() and getattr(current, "kind", None) is otel.SERVER:
+            otel = _otel_api or _otel()
+            var = otel.context_var
+            if var is not None:
+                current_context = var.get()
+                current = current_context.get(otel.span_key)
+            else:
+                current_context = None
+                current = otel.get_current_span()
+            if current is not None and current.is_recording() and getattr(current, "kind", None) is otel.SERVER:
                 return  # OpenTelemetry's own instrumentation (its agent) already opened one
             parent = None
             if traceparent:
@@ -280,12 +286,17 @@ class WebInstrumentation:
                 attributes["user_agent.original"] = user_agent
             start_server_span = getattr(tracer, "start_server_span", None)
             if start_server_span is not None:  # stackwatch.sdk._request_span.RequestSpanStarter
-                parent_span = current if parent is None else otel.get_current_span(parent)
-                span = start_server_span(method, parent_span.get_span_context(), parent, attributes)
+                parent_span = otel.get_current_span(parent) if parent is not None else current
+                parent_span_context = parent_span.get_span_context() if parent_span is not None else None
+                span = start_server_span(method, parent_span_context, parent, attributes)
             else:
                 span = tracer.start_span(method, context=parent, kind=otel.SERVER, attributes=attributes)
             state.span = span
-            state.span_token = otel.attach(otel.set_span_in_context(span, parent))
+            if var is not None:
+                base = parent if parent is not None else current_context
+                state.span_token = var.set(otel.Context({**base, otel.span_key: span}))
+            else:
+                state.span_token = otel.attach(otel.set_span_in_context(span, parent))
         except Exception:
             sdk_failure("request span start")
 
@@ -311,7 +322,11 @@ class WebInstrumentation:
             sdk_failure("request span end")
         if token is not None:
             try:
-                _otel().detach(token)
+                otel = _otel_api or _otel()
+                if otel.context_var is not None:
+                    otel.context_var.reset(token)
+                else:
+                    otel.detach(token)
             except Exception:
                 pass  # ended in another context (a streaming body closed elsewhere): nothing to undo
 
@@ -368,8 +383,16 @@ class WebInstrumentation:
 
 
 class _OTel:
-    """The OpenTelemetry API functions the request span needs, looked up once: importing them
-    inside every request cost more than some of the calls themselves."""
+    """The OpenTelemetry API pieces the request span needs, looked up once: importing them
+    inside every request cost more than some of the calls themselves.
+
+    With OpenTelemetry's default runtime context (a ``ContextVar`` holding the current
+    ``Context``), :attr:`context_var` is that variable and :attr:`span_key` the context key of
+    the current span: reading, setting and resetting them directly is exactly what
+    ``get_current_span``/``set_span_in_context``/``attach``/``detach`` do, minus four Python
+    calls each. With another runtime context configured (``OTEL_PYTHON_CONTEXT``) they are
+    None and the public functions are used.
+    """
 
     def __init__(self) -> None:
         from opentelemetry import context, propagate, trace
@@ -382,6 +405,22 @@ class _OTel:
         self.extract = propagate.extract
         self.attach = context.attach
         self.detach = context.detach
+        self.context_var: Any = None
+        self.span_key: Any = None
+        self.Context: Any = None
+        try:
+            from contextvars import ContextVar
+
+            from opentelemetry.context.context import Context
+            from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+            from opentelemetry.trace.propagation import _SPAN_KEY
+
+            runtime = context._RUNTIME_CONTEXT
+            var = getattr(runtime, "_current_context", None)
+            if type(runtime) is ContextVarsRuntimeContext and isinstance(var, ContextVar) and _SPAN_KEY:
+                self.context_var, self.span_key, self.Context = var, _SPAN_KEY, Context
+        except (ImportError, AttributeError):
+            pass
 
 
 _otel_api: _OTel | None = None
