@@ -260,3 +260,32 @@ def test_samples_compress_like_a_time_series_database(store: MetricStore, tmp_pa
 
 def _ref(name: str) -> SeriesRef:
     return series_ref([("__name__", name), ("job", "bench")])
+
+
+def _series_rows(store: MetricStore) -> list[tuple[int, int]]:
+    rows = store.ex.rows(f"SELECT first_seen, last_seen FROM `{store.db}`.metric_series ORDER BY first_seen, last_seen")
+    return [(int(r["first_seen"]), int(r["last_seen"])) for r in rows]
+
+
+def test_series_rows_are_written_once_per_hour_of_samples(store: MetricStore) -> None:
+    hour = 3_600_000
+    labels = {"__name__": "up", "job": "api"}
+    for k in range(6):  # a steady stream, one sample per block, all in the first hour
+        store.insert("p", batch_of((labels, T0 + k * 15_000, 1.0)), dedup_token=f"t{k}")
+    assert _series_rows(store) == [(T0, T0 + hour - 1)]  # one upsert, widened to the whole hour
+    store.insert("p", batch_of((labels, T0 + hour + 5, 1.0)), dedup_token="next-hour")
+    assert _series_rows(store)[-1] == (T0, T0 + 2 * hour - 1)
+    # Selectors see the series for the hours it has samples in.
+    assert [fp for fp, _ in store.find_series("p", [Matcher("job", "=", "api")], T0 + 2 * hour, T0 + 3 * hour)] == []
+    assert len(store.find_series("p", [Matcher("job", "=", "api")], T0 + hour, T0 + hour)) == 1
+
+
+def test_wal_events_of_the_per_series_form_are_still_stored(store: MetricStore) -> None:
+    """Logs written before the columnar event replay unchanged."""
+    ref = series_ref([("__name__", "m"), ("a", "b")])
+    bits = np.array([1.5, 2.5]).view(np.uint64).tolist()
+    old = [["s", ref.fingerprint, ref.name, ref.flat, [T0, T0 + 1000], bits], ["m", "m", "gauge", "help", ""]]
+    assert store.store_events([("p", old)], "old-form") == 2
+    _fps, ts, vals = store.fetch_samples("p", [ref.fingerprint], T0, T0 + 1000)
+    assert ts.tolist() == [T0, T0 + 1000] and vals.tolist() == [1.5, 2.5]
+    assert store.metadata("p")["m"][0]["type"] == "gauge"

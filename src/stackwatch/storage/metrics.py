@@ -138,6 +138,8 @@ METRIC_TABLES: tuple[Table, ...] = (METRIC_SERIES, METRIC_SAMPLES, METRIC_METADA
 #: Metric types as Prometheus's metadata API names them.
 METRIC_TYPES = ("counter", "gauge", "histogram", "gaugehistogram", "summary", "info", "stateset", "unknown")
 
+_HOUR_MS = 3_600_000
+
 _NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
@@ -272,23 +274,32 @@ class MetricBatch:
     def events(self) -> list[Any]:
         """The batch as WAL events (JSON-serializable, compact, exact).
 
-        One event per series: ``["s", fingerprint, name, [k1, v1, ...], [t...], [bits...]]``,
-        values as the integer bit patterns of their float64, so they survive JSON exactly
-        (the staleness marker is a NaN payload, and JSON has no NaN at all). The conversion
-        is one numpy call for the whole batch, not one per sample.
-        Metadata: ``["m", name, type, help, unit]``.
+        All samples in one columnar event,
+        ``["S", [fingerprint...], [name...], [[k1, v1, ...]...], [count...], [t...], [bits...]]``:
+        one entry per series in the first four lists, the samples grouped by series in the last
+        two, values as the integer bit patterns of their float64 so they survive JSON exactly
+        (the staleness marker is a NaN payload, and JSON has no NaN at all). One event rather
+        than one per series: remote write sends one sample per series, and a list per series
+        to build, encode, decode and walk cost more than the sample itself.
+        Metadata: ``["m", name, type, help, unit]``. (Older logs hold one
+        ``["s", fingerprint, name, flat, [t...], [bits...]]`` per series; both are read.)
         """
         out: list[Any] = []
         if len(self.timestamps):
             refs, counts, ts, vals = self.grouped()
-            ts_list = ts.tolist()
-            bits = vals.view(np.uint64).tolist()
-            pos = 0
-            for ref, n in zip(refs, counts.tolist(), strict=True):
-                if n:
-                    end = pos + n
-                    out.append(["s", ref.fingerprint, ref.name, ref.flat, ts_list[pos:end], bits[pos:end]])
-                    pos = end
+            present = np.flatnonzero(counts)
+            if present.size != len(refs):
+                refs = [refs[i] for i in present.tolist()]
+                counts = counts[present]
+            out.append([
+                "S",
+                [r.fingerprint for r in refs],
+                [r.name for r in refs],
+                [r.flat for r in refs],
+                counts.tolist(),
+                ts.tolist(),
+                vals.view(np.uint64).tolist(),
+            ])
         for name, (type_, help_, unit) in self.metadata.items():
             out.append(["m", name, type_, help_, unit])
         return out
@@ -389,6 +400,8 @@ class MetricStore:
         self.max_series = max_series_per_project
         self._known: dict[str, set[int]] = {}
         self._known_lock = threading.Lock()
+        #: (project, fingerprint) -> (first_seen, last_seen) as stored, see _series_to_write.
+        self._bounds: dict[tuple[str, int], tuple[int, int]] = {}
         #: Let PromQL evaluate dashboard shapes in SQL (query.promql.pushdown): the
         #: ``query_pushdown`` setting. Off by default: on 1,900 series x 24 h it measured 1.2-3x
         #: slower than the numpy engine reading Arrow columns (docs/benchmarks.md), with the same
@@ -463,7 +476,16 @@ class MetricStore:
         meta: dict[tuple[str, str], tuple[str, str, str]] = {}
         for project, events in batches:
             for ev in events:
-                if ev[0] == "s":
+                if ev[0] == "S":
+                    _, fps, ev_names, ev_flats, ev_counts, ts, bits = ev
+                    fp_list.extend(fps)
+                    counts.extend(ev_counts)
+                    projects.extend([project] * len(fps))
+                    names.extend(ev_names)
+                    flats.extend(ev_flats)
+                    ts_all.extend(ts)
+                    bits_all.extend(bits)
+                elif ev[0] == "s":
                     _, fp, name, flat, ts, bits = ev
                     if not ts:
                         continue
@@ -490,6 +512,7 @@ class MetricStore:
                 else:
                     row[2] = min(row[2], lows[i])
                     row[3] = max(row[3], highs[i])
+        series = self._series_to_write(series)
         if series:
             keys = list(series)
             rows = [series[k] for k in keys]
@@ -515,10 +538,11 @@ class MetricStore:
             )
             self.ex.insert_arrow("metric_series", block, dedup_token=token)
             with self._known_lock:
-                for project, fp in keys:
+                for (project, fp), row in zip(keys, rows, strict=True):
                     known = self._known.get(project)
                     if known is not None:
                         known.add(fp)
+                    self._bounds[(project, fp)] = (row[2], row[3])
         stored = 0
         if fp_list:
             fp_all = np.repeat(np.array(fp_list, dtype=np.uint64), counts)
@@ -565,6 +589,29 @@ class MetricStore:
             )
             self.ex.insert_arrow("metric_metadata", block, dedup_token=token)
         return stored
+
+    def _series_to_write(self, series: dict[tuple[str, int], list[Any]]) -> dict[tuple[str, int], list[Any]]:
+        """The series rows a block must upsert: those whose stored time bounds do not cover it.
+
+        A steady stream (remote write, scrapes) brings every series in every block, each a few
+        seconds further on; upserting them all cost more than storing the samples. So the
+        bounds written are widened to whole hours (``first_seen`` down, ``last_seen`` up), and a
+        series is written again only when its samples leave the hour range already stored:
+        about once an hour per series. Selectors then see a series up to an hour past its last
+        sample, the granularity Prometheus's own index has (its blocks span two hours); the
+        samples query finds nothing there and the engine treats that as no data.
+        """
+        out: dict[tuple[str, int], list[Any]] = {}
+        with self._known_lock:
+            for key, row in series.items():
+                lo, hi = row[2], row[3]
+                stored = self._bounds.get(key)
+                if stored is not None:
+                    if stored[0] <= lo and hi <= stored[1]:
+                        continue
+                    lo, hi = min(lo, stored[0]), max(hi, stored[1])
+                out[key] = [row[0], row[1], lo - lo % _HOUR_MS, hi - hi % _HOUR_MS + _HOUR_MS - 1]
+        return out
 
     def store_entries(self, entries: Sequence[Any], token: str) -> int:
         """The batcher's sink for ``metrics`` WAL entries (see :class:`~stackwatch.ingest.batcher.Entry`)."""
