@@ -126,23 +126,23 @@ class RequestSpan(Span):
                     self._links = BoundedList(self._limits.max_links)
         super()._add_link(link)
 
-    def finish_request(self, name: str | None, route: str | None, status_code: int) -> None:
-        """Rename to ``name`` (when known), set ``http.route`` and ``http.response.status_code``,
-        mark a 5xx as an error (unless the app set the status to OK) and end the span."""
+    def finish_request(self, method: str, route: str | None, status_code: int) -> None:
+        """Rename to ``METHOD route`` and set ``http.route`` (when the route is known), set
+        ``http.response.status_code``, mark a 5xx as an error (unless the app set the status
+        to OK) and end the span."""
         if type(self._attributes) is not dict:
             # The app added attributes: BoundedAttributes applies its limits to ours too.
             if route is not None:
                 self.set_attribute(_ROUTE, route)
             self.set_attribute(_STATUS_CODE, status_code)
-            route = None
         with self._lock:
             if self._end_time is not None:
                 logger.warning("Calling end() on an ended span.")
                 return
-            if name is not None:
-                self._name = name
+            if route is not None:
+                self._name = f"{method} {route}"
             values = self._attributes
-            if type(values) is dict:
+            if type(values) is dict:  # else set above
                 if route is not None:
                     values.pop(_ROUTE, None)
                     values[_ROUTE] = route

@@ -41,6 +41,9 @@ def _env_int(name: str, default: int) -> int:
 class SpanBatcher:
     """A span processor: sampled finished spans are queued and exported in batches by a thread."""
 
+    #: Hooks that do nothing here (the provider's processor list skips them).
+    passive_hooks = frozenset({"on_start", "_on_ending"})
+
     def __init__(self, exporter: Any, *, max_queue_size: int | None = None, max_batch_size: int | None = None,
                  schedule_delay_millis: int | None = None) -> None:
         self.exporter = exporter
@@ -67,7 +70,7 @@ class SpanBatcher:
         pass
 
     def on_end(self, span: Any) -> None:
-        if not span.context.trace_flags.sampled or self._shutdown:
+        if not span.get_span_context().trace_flags & 1 or self._shutdown:  # 1: TraceFlags.SAMPLED
             return
         queue = self._queue
         if len(queue) >= self.max_queue_size:

@@ -238,11 +238,15 @@ class _ForkSafeSpanProcessor:
 
     def _bind(self) -> None:
         """Point ``on_start``/``_on_ending``/``on_end`` straight at the current inner processor's
-        methods: they run for every span, and a forwarding call each was measurable."""
+        methods: they run for every span, and a forwarding call each was measurable. The
+        provider's processor list (see :func:`_span_processors`) is told to look again."""
         inner = self._inner
         self.on_start = inner.on_start  # type: ignore[method-assign]
         self.on_end = inner.on_end  # type: ignore[method-assign]
         self._on_ending = getattr(inner, "_on_ending", None) or _ignore_span  # type: ignore[method-assign]
+        self.passive_hooks = getattr(inner, "passive_hooks", frozenset())
+        for processors in list(_processor_lists):
+            processors.refresh()
 
     def replace(self, factory: Callable[[], Any]) -> None:
         """Point at a new exporter (a later ``setup_tracing`` with another server)."""
@@ -290,6 +294,60 @@ def _ignore_span(span: Any) -> None:
     pass
 
 
+#: Every processor list made by _span_processors (weakly: a provider may be dropped).
+_processor_lists: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _span_processors() -> Any:
+    """The processor list for a provider this module creates: OpenTelemetry's
+    ``SynchronousMultiSpanProcessor``, calling only the hooks that do something.
+
+    The provider calls three hooks per span (``on_start``, ``_on_ending``, ``on_end``) on every
+    processor; the Stackwatch processors do nothing in two of them (they say so in
+    ``passive_hooks``). The list keeps one tuple of bound hooks per kind, rebuilt when a
+    processor is added or one of ours points at a new inner processor (fork, new server).
+    """
+    from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor
+
+    class SpanProcessors(SynchronousMultiSpanProcessor):
+        def __init__(self) -> None:
+            super().__init__()
+            self._starts: tuple[Callable[..., None], ...] = ()
+            self._endings: tuple[Callable[[Any], None], ...] = ()
+            self._ends: tuple[Callable[[Any], None], ...] = ()
+            _processor_lists.add(self)
+
+        def add_span_processor(self, span_processor: Any) -> None:
+            super().add_span_processor(span_processor)
+            self.refresh()
+
+        def refresh(self) -> None:
+            starts, endings, ends = [], [], []
+            for processor in self._span_processors:
+                passive = getattr(processor, "passive_hooks", ())
+                if "on_start" not in passive:
+                    starts.append(processor.on_start)
+                if "_on_ending" not in passive and hasattr(processor, "_on_ending"):
+                    endings.append(processor._on_ending)
+                if "on_end" not in passive:
+                    ends.append(processor.on_end)
+            self._starts, self._endings, self._ends = tuple(starts), tuple(endings), tuple(ends)
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            for hook in self._starts:
+                hook(span, parent_context=parent_context)
+
+        def _on_ending(self, span: Any) -> None:
+            for hook in self._endings:
+                hook(span)
+
+        def on_end(self, span: Any) -> None:
+            for hook in self._ends:
+                hook(span)
+
+    return SpanProcessors()
+
+
 def _shutdown_quietly(processor: Any, timeout_millis: int = 1000) -> None:
     try:
         processor.shutdown(timeout_millis=timeout_millis) if _accepts_timeout(processor) else processor.shutdown()
@@ -308,6 +366,8 @@ def _accepts_timeout(processor: Any) -> bool:
 
 class _NoopSpanProcessor:
     """Stands in when nothing is exported (no server, no console): spans still get ids."""
+
+    passive_hooks = frozenset({"on_start", "_on_ending", "on_end"})
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         pass
@@ -427,7 +487,8 @@ def setup_tracing(config: SDKConfig) -> Any | None:
             if isinstance(current, TracerProvider):
                 provider, owns = current, False  # the app's own OpenTelemetry set-up stays
             else:
-                provider, owns = TracerProvider(resource=build_resource(config)), True
+                provider = TracerProvider(resource=build_resource(config), active_span_processor=_span_processors())
+                owns = True
             processor = _ForkSafeSpanProcessor(factory)
             if owns:
                 trace.set_tracer_provider(provider)

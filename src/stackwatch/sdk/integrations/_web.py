@@ -36,10 +36,11 @@ from typing import Any
 from stackwatch.sdk._config import SDKConfig
 from stackwatch.sdk.health import HealthRegistry
 from stackwatch.sdk.logging import LogContext
+from stackwatch.sdk.logging import _context as _logging_context
 from stackwatch.sdk.metrics import UNMATCHED, RequestMetrics
 
-_bind = LogContext.bind
 _reset = LogContext.reset
+_log_context = _logging_context  # the ContextVar behind LogContext
 
 __all__ = ["RequestState", "WebInstrumentation", "collapse_path", "rule_to_template"]
 
@@ -200,21 +201,25 @@ class WebInstrumentation:
             match = _TRACEPARENT.fullmatch(traceparent.strip())
             if match is not None and match.group(1) != "ff" and match.group(2) != _ZERO_TRACE:
                 trace_id = match.group(2)
-        if trace_id is None:
-            token = _bind(request_id=request_id)
-        else:
-            token = _bind(request_id=request_id, trace_id=trace_id)
+        # LogContext.bind(request_id=...), without the keyword-argument dict and the call.
+        bound = _log_context.get()
+        fields = {**bound, "request_id": request_id} if bound else {"request_id": request_id}
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
+        token = _log_context.set(fields)
         self._add_in_flight(1)
         if state is None:
             state = RequestState()
+        else:  # a subclass's own __init__ may not have set these
+            state.span = state.span_token = state.db = None  # span: set by trace() when tracing is on
         state.start = start
         state.request_id = request_id
         state.token = token
         db = sys.modules.get("stackwatch.sdk.integrations.sqlalchemy")
         # Queries per request and N+1 detection count this request's queries, once an engine
         # is instrumented (no cost otherwise: the module is not even imported).
-        state.db = db.begin_request() if db is not None and db.instrumented() else None
-        state.span = state.span_token = None  # set by trace() when tracing is on
+        if db is not None and db.instrumented():
+            state.db = db.begin_request()
         return state
 
     @staticmethod
@@ -307,8 +312,8 @@ class WebInstrumentation:
         try:
             known = bool(route) and route != UNMATCHED
             finish = getattr(span, "finish_request", None)
-            if finish is not None:
-                finish(f"{method} {route}" if known else None, route if known else None, status)
+            if finish is not None:  # stackwatch.sdk._request_span.RequestSpan
+                finish(method, route if known else None, status)
             else:
                 if known:
                     span.update_name(f"{method} {route}")

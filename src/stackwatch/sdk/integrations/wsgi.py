@@ -54,7 +54,7 @@ class StackwatchWSGIMiddleware(MiddlewareBase):
         state = None
         probe = False
         try:
-            web = self.web
+            web = self._web or self.web
             path = environ.get("PATH_INFO") or "/"
             if path in web.own_paths:
                 method = environ.get("REQUEST_METHOD", "GET")
