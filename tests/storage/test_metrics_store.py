@@ -125,6 +125,10 @@ def test_same_token_stores_once_and_the_last_write_wins(store: MetricStore) -> N
     (s,) = ClickHouseQuerier(store, "default").select([Matcher("__name__", "=", "up")], T0, T0 + 5000)
     assert s.timestamps_ms.tolist() == [T0, T0 + 1000, T0 + 2000]
     assert s.values.tolist() == [5.0, 1.0, 8.0]
+    # Series without duplicates are read without FINAL, alongside the one that had them.
+    store.insert("default", batch_of(({"__name__": "up", "job": "web"}, T0 + 500, 3.0)), dedup_token="m-3")
+    both = ClickHouseQuerier(store, "default").select([Matcher("__name__", "=", "up")], T0, T0 + 5000)
+    assert sorted((dict(x.labels)["job"], x.values.tolist()) for x in both) == [("api", [5.0, 1.0, 8.0]), ("web", [3.0])]
 
 
 def test_stale_markers_keep_their_bits(store: MetricStore) -> None:

@@ -674,21 +674,47 @@ class MetricStore:
         empty = (np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64))
         if not fingerprints:
             return empty
+        fp, ts, vals = self._read_samples(project, fingerprints, start_ms, end_ms, max_samples, final=False)
+        if fp.size > 1:
+            dup = (fp[1:] == fp[:-1]) & (ts[1:] == ts[:-1])
+            if dup.any():
+                # A sample written twice: only those series are read again with FINAL, which
+                # picks the last write as the table's merges will.
+                again = np.unique(fp[1:][dup])
+                keep = ~np.isin(fp, again)
+                fp2, ts2, vals2 = self._read_samples(project, again.tolist(), start_ms, end_ms, max_samples, final=True)
+                fp = np.concatenate([fp[keep], fp2])
+                ts = np.concatenate([ts[keep], ts2])
+                vals = np.concatenate([vals[keep], vals2])
+                order = np.lexsort((ts, fp))
+                fp, ts, vals = fp[order], ts[order], vals[order]
+        return fp, ts, vals
+
+    def _read_samples(
+        self, project: str, fingerprints: Sequence[int], start_ms: int, end_ms: int, max_samples: int, *, final: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Samples sorted by (fingerprint, timestamp); ``final`` resolves duplicates in SQL.
+
+        Without FINAL a read of unmerged parts is 3-4x cheaper (4 M samples of 720 series over
+        8 parts: 1,155 ms with FINAL, 286 ms without), and duplicates are rare: the caller
+        finds them and asks again for just their series.
+        """
         limit = f" LIMIT {int(max_samples) + 1}" if max_samples else ""
         sql = (
-            f"SELECT fingerprint, timestamp, value FROM `{self.db}`.metric_samples FINAL "
+            f"SELECT fingerprint, timestamp, value FROM `{self.db}`.metric_samples{' FINAL' if final else ''} "
             "WHERE project = {p:String} AND fingerprint IN {f:Array(UInt64)} "
             "AND timestamp >= {s:Int64} AND timestamp <= {e:Int64} "
-            f"ORDER BY fingerprint, timestamp{limit} "
+            f"ORDER BY fingerprint, timestamp{limit}"
+        )
+        if final:
             # A series' duplicates are always in one day's partition, so FINAL need not merge
             # across partitions: each day is deduplicated on its own, in parallel.
-            "SETTINGS do_not_merge_across_partitions_select_final = 1"
-        )
+            sql += " SETTINGS do_not_merge_across_partitions_select_final = 1"
         table = query_arrow(
             self.ex, sql, {"p": project, "f": list(fingerprints), "s": int(start_ms), "e": int(end_ms)}
         )
         if not table.num_rows:
-            return empty
+            return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64)
         return (
             table.column("fingerprint").to_numpy().astype(np.uint64, copy=False),
             table.column("timestamp").to_numpy().astype(np.int64, copy=False),
