@@ -31,6 +31,9 @@ __all__ = ["ClickHouseQuerier"]
 class ClickHouseQuerier:
     """Reads one project's metrics for the engine.
 
+    Make one per query: it keeps the samples it has read until it is dropped, so that a
+    query naming the same series twice reads them once.
+
     ``max_samples`` bounds what one ``select`` may load (0: unbounded); the engine applies
     its own limit to what evaluation holds, but this one stops a huge selector before its
     samples are ever materialised.
@@ -45,6 +48,7 @@ class ClickHouseQuerier:
         # The server's ``query_pushdown`` setting travels on the store (see MetricStore).
         self.use_pushdown = store.query_pushdown if pushdown is None else pushdown
         self.pushed = 0  # sub-expressions answered in SQL (tests and benchmarks read it)
+        self._read: dict[tuple[int, int], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
 
     def pushdown(self, node: Node, ts: np.ndarray, lookback_ms: int, deadline: float) -> Vec | None:
         """Answer a whole dashboard-shaped sub-expression in ClickHouse, or None (see :mod:`.pushdown`)."""
@@ -64,21 +68,32 @@ class ClickHouseQuerier:
         if not found:
             return []
         labels_of = dict(found)
-        fp, ts, vals = self.store.fetch_samples(
-            self.project, list(labels_of), start_ms, end_ms, max_samples=self.max_samples
-        )
-        if self.max_samples and fp.size > self.max_samples:
-            raise TooManySamples("series selection")
-        if not fp.size:
-            return []
-        # Rows come sorted by fingerprint: each series is one contiguous run.
-        starts = np.flatnonzero(np.r_[True, fp[1:] != fp[:-1]])
-        ends = np.r_[starts[1:], fp.size]
+        # One query often selects the same series twice over the same range (``errors / all``
+        # of one counter): samples read once are kept for this querier's life, one query.
+        cached = self._read.setdefault((start_ms, end_ms), {})
+        missing = [f for f in labels_of if f not in cached]
+        if missing:
+            fp, ts, vals = self.store.fetch_samples(
+                self.project, missing, start_ms, end_ms, max_samples=self.max_samples
+            )
+            if self.max_samples and fp.size > self.max_samples:
+                raise TooManySamples("series selection")
+            # Rows come sorted by fingerprint: each series is one contiguous run.
+            if fp.size:
+                starts = np.flatnonzero(np.r_[True, fp[1:] != fp[:-1]])
+                ends = np.r_[starts[1:], fp.size]
+                for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+                    cached[int(fp[a])] = (ts[a:b], vals[a:b])
+            for f in missing:
+                cached.setdefault(f, (_EMPTY_T, _EMPTY_V))
         out: SeriesSet = []
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-            labels = labels_of.get(int(fp[a]))
-            if labels is None:  # samples of a series matched by fingerprint only: cannot happen
-                continue
-            out.append(Series(labels, ts[a:b], vals[a:b]))
+        for f, labels in labels_of.items():
+            t, v = cached[f]
+            if t.size:
+                out.append(Series(labels, t, v))
         out.sort(key=lambda s: sorted(s.labels.items()))
         return out
+
+
+_EMPTY_T = np.empty(0, dtype=np.int64)
+_EMPTY_V = np.empty(0, dtype=np.float64)
