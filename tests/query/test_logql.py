@@ -232,6 +232,39 @@ def test_script_case(case: Case, store: Store) -> None:
     assert got == sorted(case.ids), f"{case.query!r} -> {compiled.where} {compiled.params}"
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.ids is not None], ids=lambda c: f"{c.file}:{c.line}")
+def test_columns_name_everything_the_sql_reads(case: Case, store: Store) -> None:
+    # Run the SQL over a subquery holding only the columns the query says it reads: a column
+    # missing from ``columns`` is an unknown identifier there, a wrong answer shows as wrong ids.
+    compiled = compile_query(case.query)
+    params = {name: format_bind_value(value) for name, value in compiled.params.items()}
+    cols = "".join(f", {c}" for c in sorted(compiled.columns))
+    sql = (
+        f"SELECT id FROM (SELECT id{cols} FROM logql.{_table_name(case.file)}) "
+        f"WHERE {compiled.where} ORDER BY id"
+    )
+    text = store.session.query(sql, "JSONEachRow", params=params).bytes().decode()
+    assert [json.loads(line)["id"] for line in text.splitlines() if line] == sorted(case.ids)
+
+
+def test_columns_of_the_guide_queries_and_histogram_filters() -> None:
+    assert compile_query("level:ERROR").columns == {"severity_number", "severity_text"}
+    assert compile_query("service:api AND NOT type:security").columns == {"service", "log_type"}
+    assert compile_query("*").columns == frozenset()
+    assert compile_query('service:api AND context.duration:>500 AND level:WARN').columns == {
+        "service", "attributes_string", "attributes_number", "severity_number", "severity_text"
+    }
+    assert compile_query('"Failed login"').columns == {"message"}
+
+
+def test_a_cached_compilation_hands_out_its_own_params() -> None:
+    first = compile_query("service:api AND level:WARN")
+    first.params["q0"] = "tampered"
+    second = compile_query("service:api AND level:WARN")
+    assert second.params["q0"] == "api"
+    assert second == CompiledQuery(first.where, {**first.params, "q0": "api"}, first.columns)
+
+
 # --- the API --------------------------------------------------------------------------------
 
 

@@ -209,9 +209,19 @@ LOGS_MINUTES = Table(
     ),
     engine="SummingMergeTree",
     order_by="(project, minute, service, severity_number, severity_text, log_type)",
-    partition_by="toYYYYMM(minute)",
+    partition_by="toYYYYMMDD(minute)",
     ttl=f"minute + toIntervalDay({LOGS_MINUTES_TTL_DAYS})",
-    settings={"non_replicated_deduplication_window": 10000, "fsync_after_insert": 1, "fsync_part_directory": 1},
+    settings={
+        "non_replicated_deduplication_window": 10000,
+        "fsync_after_insert": 1,
+        "fsync_part_directory": 1,
+        # Every insert into logs_hot adds a small part here, and a query pays for each part
+        # (measured: 5.6 ms over 1 part, 13 ms over 10, 29 ms over 40). The merge selector
+        # leaves small recent parts alone; forcing merges of parts older than a second keeps
+        # a day at one or two parts (a day's counts are ~35k rows: such a merge is cheap).
+        "min_age_to_force_merge_seconds": 1,
+        "ttl_only_drop_parts": 1,
+    },
     comment="Lines per minute of logs_hot by project, service, level and log type: histograms without a scan.",
 )
 #: The columns of logs_hot a query may use and still be answered from :data:`LOGS_MINUTES`.
