@@ -28,6 +28,7 @@ per-project retention are not built yet; the partition by day is what both will 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import threading
@@ -275,12 +276,13 @@ class MetricBatch:
         """The batch as WAL events (JSON-serializable, compact, exact).
 
         All samples in one columnar event,
-        ``["S", [fingerprint...], [name...], [[k1, v1, ...]...], [count...], [t...], [bits...]]``:
+        ``["S", [fingerprint...], [name...], [[k1, v1, ...]...], [count...], ts, values]``:
         one entry per series in the first four lists, the samples grouped by series in the last
-        two, values as the integer bit patterns of their float64 so they survive JSON exactly
-        (the staleness marker is a NaN payload, and JSON has no NaN at all). One event rather
-        than one per series: remote write sends one sample per series, and a list per series
-        to build, encode, decode and walk cost more than the sample itself.
+        two, which are base64 of little-endian int64 timestamps and float64 values. Binary
+        because it is exact (the staleness marker is a NaN payload, and JSON has no NaN at all)
+        and because a JSON integer per sample cost more to write and read back than anything
+        else the batcher did. One event rather than one per series: remote write sends one
+        sample per series, and a list per series cost more than the sample itself.
         Metadata: ``["m", name, type, help, unit]``. (Older logs hold one
         ``["s", fingerprint, name, flat, [t...], [bits...]]`` per series; both are read.)
         """
@@ -297,8 +299,8 @@ class MetricBatch:
                 [r.name for r in refs],
                 [r.flat for r in refs],
                 counts.tolist(),
-                ts.tolist(),
-                vals.view(np.uint64).tolist(),
+                base64.b64encode(ts.astype("<i8", copy=False).tobytes()).decode("ascii"),
+                base64.b64encode(vals.astype("<f8", copy=False).tobytes()).decode("ascii"),
             ])
         for name, (type_, help_, unit) in self.metadata.items():
             out.append(["m", name, type_, help_, unit])
@@ -468,8 +470,8 @@ class MetricStore:
         """
         fp_list: list[int] = []
         counts: list[int] = []
-        ts_all: list[int] = []
-        bits_all: list[int] = []
+        ts_parts: list[np.ndarray] = []
+        v_parts: list[np.ndarray] = []
         projects: list[str] = []
         names: list[str] = []
         flats: list[list[str]] = []
@@ -483,9 +485,9 @@ class MetricStore:
                     projects.extend([project] * len(fps))
                     names.extend(ev_names)
                     flats.extend(ev_flats)
-                    ts_all.extend(ts)
-                    bits_all.extend(bits)
-                elif ev[0] == "s":
+                    ts_parts.append(np.frombuffer(base64.b64decode(ts), dtype="<i8"))
+                    v_parts.append(np.frombuffer(base64.b64decode(bits), dtype="<f8"))
+                elif ev[0] == "s":  # the per-series form of older logs
                     _, fp, name, flat, ts, bits = ev
                     if not ts:
                         continue
@@ -494,14 +496,14 @@ class MetricStore:
                     projects.append(project)
                     names.append(name)
                     flats.append(flat)
-                    ts_all.extend(ts)
-                    bits_all.extend(bits)
+                    ts_parts.append(np.array(ts, dtype=np.int64))
+                    v_parts.append(np.array(bits, dtype=np.uint64).view(np.float64))
                 elif ev[0] == "m":
                     _, name, type_, help_, unit = ev
                     meta[(project, name)] = (type_, help_, unit)
         series: dict[tuple[str, int], list[Any]] = {}
         if fp_list:
-            ts_arr = np.array(ts_all, dtype=np.int64)
+            ts_arr = np.concatenate(ts_parts).astype(np.int64, copy=False)
             offsets = np.r_[0, np.cumsum(counts)[:-1]]
             lows = np.minimum.reduceat(ts_arr, offsets).tolist()
             highs = np.maximum.reduceat(ts_arr, offsets).tolist()
@@ -547,7 +549,7 @@ class MetricStore:
         if fp_list:
             fp_all = np.repeat(np.array(fp_list, dtype=np.uint64), counts)
             ts_all_arr = ts_arr
-            v_all = np.array(bits_all, dtype=np.uint64).view(np.float64)
+            v_all = np.concatenate(v_parts).astype(np.float64, copy=False)
             unique_projects = sorted(set(projects))
             parts = []
             if len(unique_projects) > 1:
