@@ -46,6 +46,15 @@ class Executor(Protocol):
 _OUTPUT_SETTINGS = "output_format_json_quote_64bit_integers=0, output_format_json_quote_denormals=1"
 
 
+#: Startup options of the embedded engine. chDB starts with no cache of decompressed blocks
+#: (``uncompressed_cache_size`` 0), where a ClickHouse server uses one by default: repeated
+#: reads of the same recent data (a dashboard refreshing, a search refined) decompress again
+#: on every query. Measured on a 1M-line store of 11 parts: a guide search 35 -> 22 ms. The
+#: engine only caches blocks of reads under ``merge_tree_max_rows_to_use_cache`` rows, so large
+#: scans do not evict them; the size is a cap, not an allocation.
+_ENGINE_OPTIONS = "uncompressed_cache_size=1073741824&use_uncompressed_cache=1"
+
+
 class _SharedSession:
     """chDB allows one embedded server per process, on one path: share it, count its users."""
 
@@ -66,7 +75,7 @@ class _SharedSession:
                     f"cannot also open {path!r}"
                 )
             if cls.session is None:
-                cls.session = chdb_session.Session(path)
+                cls.session = chdb_session.Session(f"{path}?{_ENGINE_OPTIONS}")
                 cls.path = path
                 # Results cross no network here: compressing Arrow output only to decompress it
                 # in the same process took more than half of a 4 M-sample metrics read (509 ->
