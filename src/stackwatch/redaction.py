@@ -44,8 +44,11 @@ exists, and ``*_id`` keys are never treated as credentials.
 Speed: most log lines hold no secret, so :meth:`Redactor.redact_text` first runs one
 precompiled prefilter regex whose alternatives all start with a literal character (so the
 regex engine only stops at those characters) and whose named groups say which rules could
-match; only those rules then run. Strings found clean are remembered in a bounded set, because
-attribute values (module names, paths, user agents) repeat from one event to the next.
+match; only those rules then run (the digit anchors in a regex of their own, which scans
+digits far faster than the shared one; the '@' rules only over the words that hold an '@').
+Strings found clean, by the prefilter or because no rule changed them, are remembered in a
+bounded set, because attribute values (module names, paths, user agents) and the lines of a
+traceback repeat from one event to the next.
 The prefilter is a strict superset of the rules: a property test checks that running every
 rule on every string gives the same output.
 """
@@ -53,7 +56,7 @@ rule on every string gives the same output.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -143,6 +146,10 @@ _ALREADY_MASKED: Final = frozenset(
 _ID_WORDS: Final = frozenset({"id", "ids", "uuid", "guid"})
 _AUTH_SCHEMES: Final = frozenset({"bearer", "basic", "digest", "token", "negotiate", "ntlm"})
 
+#: Joins the strings of :meth:`Redactor.redact_texts`: line breaks around NULs, which no rule
+#: matches across except a PEM key block. (Two NULs: callers may join their own texts with
+#: one, as the SDK's log formatter does, and the split must not cut inside those.)
+_TEXT_JOIN: Final = "\n\x00\x00\n"
 _CLEAN_CACHE_MAX: Final = 65_536  # strings remembered as clean; the set is dropped when full
 _CLEAN_CACHE_MAX_LEN: Final = 256  # longer strings are rarely repeated, so not worth keeping
 _KEY_CACHE_MAX: Final = 16_384
@@ -314,7 +321,51 @@ class Redactor:
         if groups is None:
             self._remember_clean(text)
             return text
-        return self._apply(text, groups)
+        return self._apply_and_remember(text, groups)
+
+    def redact_texts(self, texts: Sequence[str]) -> list[str] | None:
+        """:meth:`redact_text` for several strings at once; None when none of them changes.
+
+        The same result as ``[redact_text(t) for t in texts]``, with one prefilter pass for
+        all the strings not already known clean (joined with a separator no rule matches
+        across) instead of one per string; the rules run only when that pass finds a
+        candidate, once over the joined text (each string on its own if a mask ate a
+        separator, which only a PEM key block can). Each string is remembered as clean on
+        its own, as :meth:`redact_text` would.
+        """
+        if not self.enabled:
+            return None
+        clean = self._clean
+        pending = [i for i, text in enumerate(texts) if text and text not in clean]
+        if not pending:
+            return None
+        if len(pending) == 1:
+            index = pending[0]
+            text = texts[index]
+            redacted = self._redact_new_text(text)
+            if redacted == text:
+                return None
+            out = list(texts)
+            out[index] = redacted
+            return out
+        joined = _TEXT_JOIN.join([texts[i] for i in pending])
+        groups = self._candidate_rules(joined)
+        if groups is None:
+            for i in pending:
+                self._remember_clean(texts[i])
+            return None
+        redacted = self._apply(joined, groups)
+        if redacted == joined:
+            for i in pending:
+                self._remember_clean(texts[i])
+            return None
+        parts = redacted.split(_TEXT_JOIN)
+        if len(parts) != len(pending):
+            parts = [self._redact_new_text(texts[i]) for i in pending]
+        out = list(texts)
+        for i, part in zip(pending, parts, strict=True):
+            out[i] = part
+        return out
 
     def redact_mapping(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
         """Return a copy of ``data`` with credential-named keys' values replaced and strings redacted.
@@ -431,7 +482,7 @@ class Redactor:
         if groups is None:
             self._remember_clean(text)
             return text
-        return self._apply(text, groups)
+        return self._apply_and_remember(text, groups)
 
     def _is_id_key(self, key: str) -> bool:
         """``*_id`` keys are left alone (ids are what logs are correlated by), unless the id
@@ -500,10 +551,14 @@ class Redactor:
         """Rules whose anchors occur in ``text``, or None when no rule can match."""
         prefilter = self._prefilter
         first = prefilter.search(text) if prefilter is not None else None
+        digit_prefilter = self._digit_prefilter
+        digit_hit = digit_prefilter is not None and digit_prefilter.search(text) is not None
         deny_hit = self._deny is not None and self._deny.search(text) is not None
-        if first is None and not deny_hit:
+        if first is None and not digit_hit and not deny_hit:
             return None
         names: set[str] = {"deny"} if deny_hit else set()
+        if digit_hit:
+            names |= self._digit_rules
         if first is not None:
             group_rules = self._group_rules
             names |= group_rules[first.lastgroup or ""]
@@ -511,7 +566,21 @@ class Redactor:
                 names |= group_rules[m.lastgroup or ""]
         return names
 
+    def _apply_and_remember(self, text: str, names: set[str]) -> str:
+        """:meth:`_apply`, remembering ``text`` as clean when no rule changed it: a line that
+        looks like a candidate without holding a secret ("...the following exception:" in
+        every chained traceback, ``key: value`` prose) recurs like any other."""
+        redacted = self._apply(text, names)
+        if redacted == text:
+            self._remember_clean(text)
+            return text
+        return redacted
+
     def _apply(self, text: str, names: set[str]) -> str:
+        if names <= _AT_RULES:
+            # Only the '@' rules (an e-mail address, the usual case): over the words that
+            # hold an '@', not the whole text (see _sub_around_at).
+            return _sub_around_at([rule for rule in self._rules if rule.name in names], text)
         for rule in self._rules:
             if rule.name in names:
                 text = rule.pattern.sub(rule.replace, text)
@@ -526,6 +595,18 @@ class Redactor:
         self, keywords: tuple[str, ...], enabled: set[str]
     ) -> tuple[re.Pattern[str] | None, dict[str, frozenset[str]]]:
         anchors = [a for a in _anchors(keywords) if a.rules & enabled]
+        # The digit anchors (one per digit, all with the same tail) become a regex of their
+        # own, led by a character class: the engine then scans for digits and runs one tail
+        # per digit, where the shared regex would try each of its ~30 alternatives at every
+        # digit of every id and path. Two searches, but about 40% less time per string.
+        digits = [a for a in anchors if a.first in "0123456789"]
+        self._digit_prefilter: re.Pattern[str] | None = None
+        self._digit_rules: frozenset[str] = frozenset()
+        if digits and len({(a.rest, a.rules) for a in digits}) == 1:
+            chars = "".join(sorted(a.first for a in digits))
+            self._digit_prefilter = re.compile(f"[{chars}](?={digits[0].rest})")
+            self._digit_rules = digits[0].rules & enabled
+            anchors = [a for a in anchors if a not in digits]
         if not anchors:
             return None, {}
         by_first: dict[str, list[_Anchor]] = {}
@@ -814,6 +895,45 @@ class Redactor:
 
 _KEY_CHARS = re.compile(r"[\w.-]+")
 
+#: Rules whose every match holds an '@' and no whitespace, and looks at most at the one
+#: character on either side of it (``_replace_email`` at the three before it, for "://").
+_AT_RULES: Final = frozenset({"email", "url_credentials", "sentry_dsn"})
+_NON_SPACE = re.compile(r"\S*")
+#: The :data:`_AT_RULES` rules whose every match holds "://" (a URL with credentials).
+_SCHEME_RULES: Final = frozenset({"url_credentials", "sentry_dsn"})
+
+
+def _sub_around_at(rules: list[_Rule], text: str) -> str:
+    """``rule.pattern.sub(rule.replace, text)`` for each of ``rules`` (all :data:`_AT_RULES`)
+    in turn, run only over the whitespace-delimited words that hold an '@'.
+
+    The same result: a match lies inside one such word, and what its lookarounds see beyond
+    the word is whitespace or the end of the text, which they treat alike; no replacement
+    adds whitespace or an '@', so the words stay the same from one rule to the next. The
+    regexes are the costly part (each tries every position it is given, the e-mail one
+    with up to 64 characters of local part at each), so on a log line with one address
+    among 100 characters this is about three times less work.
+    """
+    at = text.find("@")
+    if at < 0:
+        return text
+    pieces = []
+    done = 0
+    while at >= 0:
+        start = at - _NON_SPACE.match(text[done:at][::-1]).end()
+        end = _NON_SPACE.match(text, at).end()
+        pieces.append(text[done:start])
+        word = text[start:end]
+        has_scheme = "://" in word
+        for rule in rules:
+            if has_scheme or rule.name not in _SCHEME_RULES:
+                word = rule.pattern.sub(rule.replace, word)
+        pieces.append(word)
+        done = end
+        at = text.find("@", end)
+    pieces.append(text[done:])
+    return "".join(pieces)
+
 
 def _key_ending_with(keywords: Iterable[str]) -> str:
     """Group 1 of the key_value rules: a key (a run of ``[\\w.-]``) ending with a keyword.
@@ -880,7 +1000,12 @@ def _anchors(keywords: tuple[str, ...]) -> list[_Anchor]:
     # lookahead: card (4 digits, optional separator, 4 digits), NANP phone (ddd-ddd-dddd) and
     # IBAN (two capitals, two check digits - the candidate is the first - then 4 alnum).
     # The boundary lookbehinds mirror the rules' own and keep UUIDs and hex ids out.
+    # The first lookbehind drops, in one cheap step, the digits that cannot start any of
+    # them: card and phone numbers start after a non-word character (not after a letter,
+    # digit, '_' or '-'), an IBAN's check digits after two capitals. Most digits in log
+    # text sit inside ids, hex strings and paths and stop there.
     digit_tail = (
+        r"(?<![a-z0-9_-][0-9])"
         r"\d(?:\d(?:\d(?<![\w-]\d{4})[ -]?\d{4}|(?<![\w.+-]\d{3})[-.]\d{3}[-.]\d{4})"
         r"|(?<=[A-Z]{2}\d\d) ?[A-Z0-9]{4})"
     )

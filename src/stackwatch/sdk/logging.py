@@ -111,7 +111,7 @@ _RESERVED: Final = frozenset(
 )
 #: Joins a record's strings for one redaction pass: newlines stop every rule's match and NUL
 #: is in no rule's character set, so no mask can span two values.
-_JOIN: Final = "\n\x00\n"
+_JOIN: Final = "\n\x00\n"  # no redaction rule matches across it (see stackwatch.redaction)
 _PLAIN_CONTAINERS: Final = frozenset({dict, list, tuple, set, frozenset})
 _CONTAINERS: Final = (Mapping, list, tuple, set, frozenset)
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
@@ -361,9 +361,7 @@ class EventBuilder:
             context["stack_info"] = record.stack_info
         redactor = self.redactor
         if redactor is not None:
-            message = self._redact(redactor, message, context) if context else redactor.redact_text(message)
-            if request_id.__class__ is str:
-                request_id = redactor.redact_text(request_id)  # type: ignore[arg-type]
+            message, request_id = self._redact(redactor, message, request_id, context)
         event: dict[str, Any] = {
             "timestamp": _iso_utc(record.created, record.msecs),
             "level": record.levelname,
@@ -382,17 +380,19 @@ class EventBuilder:
             event["exception"] = self._exception(exc_info)  # type: ignore[arg-type]
         return event
 
-    def _redact(self, redactor: Redactor, message: str, context: dict[str, Any]) -> str:
-        """Redact ``context`` in place and return the redacted message.
+    def _redact(self, redactor: Redactor, message: str, request_id: Any,
+                context: dict[str, Any]) -> tuple[str, Any]:
+        """Redact ``context`` in place; return the redacted message and request id.
 
         Same rules as ``Redactor.redact_mapping`` (credential-named keys masked whole, ``*_id``
         keys kept, strings through the text rules, containers recursively), arranged for the
-        common case of a clean record: the message and every flat string value go through
-        :meth:`Redactor.redact_text` as *one* text, joined with a separator no rule can match
-        across, and only a record where something changed is split back (or, if a mask ate a
-        separator, redacted value by value). The key decisions are cached per key set: one call
-        site logs the same keys every time. Objects that are not JSON-native become their
-        ``str()`` first, because that is what would be written and it may hold a secret.
+        common case of a clean record: the message and every flat string value are joined with
+        a separator no rule can match across, and that text and the request id go to
+        :meth:`Redactor.redact_texts`, which skips what it already knows is clean and gives the
+        rest one prefilter pass; only a record where something changed is split back (or, if a
+        mask ate a separator, redacted value by value). The key decisions are cached per key set: one call site logs the same
+        keys every time. Objects that are not JSON-native become their ``str()`` first,
+        because that is what would be written and it may hold a secret.
         """
         keys = tuple(context)
         plan = self._plans.get(keys)
@@ -427,24 +427,32 @@ class EventBuilder:
             value = context[key]
             if value.__class__ not in _SCALARS and isinstance(value, _CONTAINERS):
                 nested.append(key)
-        if not text_keys:
-            message = redactor.redact_text(message)
-        else:
-            joined = _JOIN.join(texts)
-            redacted = redactor.redact_text(joined)
-            if redacted is not joined and redacted != joined:
-                parts = redacted.split(_JOIN)
-                if len(parts) != len(texts):
-                    parts = [redactor.redact_text(text) for text in texts]
-                message = parts[0]
-                for key, part in zip(text_keys, parts[1:], strict=True):
-                    context[key] = part
+        # Two units: the record's texts joined (one call site's message and constant values
+        # repeat, so the joined text is often known clean already) and the request id (fresh
+        # per request, the same for all its lines); one prefilter pass covers both.
+        joined = message if not text_keys else _JOIN.join(texts)
+        units = [joined, request_id] if request_id.__class__ is str else [joined]
+        redacted_units = redactor.redact_texts(units)
+        if redacted_units is not None:
+            if len(units) == 2:
+                request_id = redacted_units[1]
+            redacted = redacted_units[0]
+            if redacted != joined:
+                if not text_keys:
+                    message = redacted
+                else:
+                    parts = redacted.split(_JOIN)
+                    if len(parts) != len(texts):
+                        parts = [redactor.redact_text(text) for text in texts]
+                    message = parts[0]
+                    for key, part in zip(text_keys, parts[1:], strict=True):
+                        context[key] = part
         for key in nested:
             value = context[key]
             if isinstance(value, set | frozenset):
                 value = list(value)
             context[key] = redactor.redact_mapping({key: value})[key]
-        return message
+        return message, request_id
 
     def _plan(self, redactor: Redactor, keys: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
         """(credential-named keys, keys whose strings are scanned, ``*_id`` keys) for a key set."""
