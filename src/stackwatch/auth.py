@@ -192,6 +192,9 @@ def validate_retention(overrides: Mapping[str, Any] | None) -> dict[str, dict[st
         raise BadRequest("retention must be an object mapping log types to thresholds")
     normalized: dict[str, dict[str, int]] = {}
     for log_type, entry in overrides.items():
+        if log_type == "metrics":
+            normalized["metrics"] = _metrics_retention(entry)
+            continue
         if log_type not in DEFAULT_RETENTION:
             raise BadRequest(
                 f"retention.{log_type}: unknown log type; expected one of {', '.join(DEFAULT_RETENTION)}"
@@ -217,6 +220,16 @@ def validate_retention(overrides: Mapping[str, Any] | None) -> dict[str, dict[st
         if clean:
             normalized[log_type] = clean
     return normalized
+
+
+def _metrics_retention(entry: Any) -> dict[str, int]:
+    """``{"days": N}``: how long a project's metric samples are kept."""
+    if not isinstance(entry, Mapping) or set(entry) != {"days"}:
+        raise BadRequest('retention.metrics must be an object {"days": N}')
+    days = entry["days"]
+    if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
+        raise BadRequest(f"retention.metrics.days must be a positive integer, got {days!r}")
+    return {"days": days}
 
 
 def _merge_retention(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, int]]:
@@ -765,6 +778,11 @@ class AuthService:
     def get_retention(self, project_id: int) -> dict[str, dict[str, int]]:
         """The project's retention per log type: its overrides merged over DEFAULT_RETENTION."""
         return _merge_retention(self.get_project(project_id).retention)
+
+    def metrics_retention_days(self, project_id: int, default: int) -> int:
+        """Days the project's metric samples are kept: its override, else ``default``."""
+        override = (self.get_project(project_id).retention or {}).get("metrics")
+        return int(override["days"]) if override else default
 
     def set_retention(
         self, project_id: int, overrides: Mapping[str, Any] | None

@@ -144,6 +144,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Evaluate the common dashboard PromQL shapes (sums of rates) in ClickHouse SQL instead of the numpy engine; "
         "same answers, measured slower on the embedded store so far (docs/metrics.md).",
     ),
+    Setting(
+        "metrics_retention_days",
+        int,
+        15,
+        "Days metric samples are kept (Prometheus's default), unless a project sets its own with "
+        "PUT /api/v1/projects/<slug>/retention {\"metrics\": {\"days\": N}}; whole days are dropped.",
+    ),
     Setting("traces_retention_days", int, 7, "Days spans are kept; older days are dropped whole."),
     Setting(
         "traces_spanmetrics_flush_s",
@@ -236,6 +243,7 @@ class Settings:
     query_max_samples: int = 50_000_000
     metrics_max_series: int = 1_000_000
     query_pushdown: bool = False
+    metrics_retention_days: int = 15
     traces_retention_days: int = 7
     traces_spanmetrics_flush_s: float = 15.0
     log_level: str = "INFO"

@@ -298,6 +298,11 @@ def test_retention_is_configurable_per_project(server: ServerProcess) -> None:
         r = c.put("/api/v1/projects/default/retention", json={"web": {"hot_days": 10, "warm_days": 7}})
         assert r.status_code == 400
         assert "web" in r.json()["error"]
+        assert c.get("/api/v1/projects/default/retention").json()["retention"]["metrics"] == {"days": 15}
+        r = c.put("/api/v1/projects/default/retention", json={"metrics": {"days": 90}})
+        assert r.status_code == 200, r.text
+        assert r.json()["retention"]["metrics"] == {"days": 90}
+        assert c.put("/api/v1/projects/default/retention", json={"metrics": {"days": -1}}).status_code == 400
         projects = c.get("/api/v1/projects").json()["projects"]
         default = next(p for p in projects if p["slug"] == "default")
         assert default["dsn"] == f"http://{INGEST_TOKEN}@127.0.0.1:{server.port}/{default['id']}"

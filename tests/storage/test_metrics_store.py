@@ -293,3 +293,32 @@ def test_wal_events_of_the_per_series_form_are_still_stored(store: MetricStore) 
     _fps, ts, vals = store.fetch_samples("p", [ref.fingerprint], T0, T0 + 1000)
     assert ts.tolist() == [T0, T0 + 1000] and vals.tolist() == [1.5, 2.5]
     assert store.metadata("p")["m"][0]["type"] == "gauge"
+
+
+def test_retention_per_project_drops_whole_days(store: MetricStore) -> None:
+    day = 86_400_000
+    up = {"__name__": "up", "job": "api"}
+    old_only = {"__name__": "gone", "job": "batch"}
+    for project in ("short", "long"):
+        store.insert(project, batch_of(*[(up, T0 + d * day + 1000, float(d)) for d in range(5)],
+                                       (old_only, T0 + 1000, 1.0)), dedup_token=f"ret-{project}")
+    now = T0 + 4 * day + 3_600_000  # an hour into day 4
+
+    def days(project: str) -> list[int]:
+        fps = [fp for fp, _ in store.find_series(project, [Matcher("__name__", "=", "up")])]
+        _, ts, _ = store.fetch_samples(project, fps, T0, T0 + 10 * day)
+        return sorted({int((t - T0) // day) for t in ts.tolist()})
+
+    # "short" keeps 2 days (days 2..4 survive: day 2 holds now - 2 days), "long" keeps 10.
+    done = store.apply_retention({"short": 2, "long": 10}, now)
+    assert done["partitions_dropped"] == 0 and done["sample_deletes"] == 1 and done["series_deletes"] == 1
+    assert days("short") == [2, 3, 4] and days("long") == [0, 1, 2, 3, 4]
+    assert store.find_series("short", [Matcher("__name__", "=", "gone")]) == []  # its series went too
+    assert len(store.find_series("long", [Matcher("__name__", "=", "gone")])) == 1
+    # Running again finds nothing left to delete.
+    assert store.apply_retention({"short": 2, "long": 10}, now) == {
+        "partitions_dropped": 0, "sample_deletes": 0, "series_deletes": 0}
+    # Once every project's retention has passed a day, its partition is dropped whole.
+    done = store.apply_retention({"short": 2, "long": 3}, now)
+    assert done["partitions_dropped"] == 1  # day 0: older than both limits ("long" now keeps days 1..4)
+    assert days("long") == [1, 2, 3, 4] and days("short") == [2, 3, 4]

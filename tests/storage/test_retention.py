@@ -104,3 +104,17 @@ def test_late_lines_for_a_cold_day_get_their_own_file(env: tuple[LogStore, Reten
     manager.run_once(T0 + 16 * DAY_NS)
     assert len(list((manager.cold_dir / "default").glob("*_web_*.parquet"))) == 2
     assert searchable(store) == ["first", "late"]
+
+
+def test_other_signals_retention_runs_with_the_same_clock_and_survives_a_failure(
+    env: tuple[LogStore, RetentionManager],
+) -> None:
+    store, manager = env
+    seen: list[int] = []
+
+    def broken(now_ns: int) -> None:
+        raise RuntimeError("disk on fire")
+
+    jobs = RetentionManager(store.ex, manager.cold_dir, manager.policies, also=[broken, seen.append])
+    jobs.run_once(T0 + 5 * DAY_NS)
+    assert seen == [T0 + 5 * DAY_NS]

@@ -100,7 +100,16 @@ class Runtime:
                 for p in auth.list_projects()
             }
 
-        retention = RetentionManager(executor, data / "cold" / "logs", policies)
+        def metrics_retention(now_ns: int) -> None:
+            days = {
+                p.slug: auth.metrics_retention_days(p.id, settings.metrics_retention_days)
+                for p in auth.list_projects()
+            }
+            done = metrics.apply_retention(days, now_ns // 1_000_000)
+            if any(done.values()):
+                log.info("metrics retention: %s", done)
+
+        retention = RetentionManager(executor, data / "cold" / "logs", policies, also=[metrics_retention])
         logs.hot_horizon = retention.hot_horizon_ns
         bootstrap = auth.bootstrap(settings.admin_token or None, settings.ingest_token or None)
         workers = settings.pipeline_workers if settings.pipeline_workers >= 0 else (os.cpu_count() or 1)

@@ -803,6 +803,75 @@ class MetricStore:
             out.setdefault(r["metric"], []).append({"type": r["type"], "help": r["help"], "unit": r["unit"]})
         return out
 
+    # -- retention --------------------------------------------------------------------------------
+
+    def apply_retention(self, days_by_project: Mapping[str, int], now_ms: int) -> dict[str, int]:
+        """Delete what is older than each project's retention; returns what was done.
+
+        Samples live in day partitions shared by all projects. A day older than every
+        project's retention is dropped whole (instant, no rewrite); within the retention of
+        some project, the others' samples of that day go by a delete mutation, issued only when
+        a count shows there is something to delete, so an hourly run costs a few small reads.
+        Samples are kept for whole days: a day goes once all of it is older than the limit,
+        which is how Prometheus's block-wise retention behaves too. Series rows whose last
+        sample is older than the limit go with them, so selectors and the series limit forget
+        them; projects not named keep everything.
+        """
+        done = {"partitions_dropped": 0, "sample_deletes": 0, "series_deletes": 0}
+        if not days_by_project:
+            return done
+        day_ms = 86_400_000
+        cutoff = {p: (now_ms - d * day_ms) // day_ms * day_ms for p, d in days_by_project.items() if d > 0}
+        if not cutoff:
+            return done
+        known = [
+            r["project"] for r in self.ex.rows(f"SELECT DISTINCT project FROM `{self.db}`.metric_series")
+        ]
+        if all(p in cutoff for p in known):
+            oldest_kept = min(cutoff.values())
+            parts = self.ex.rows(
+                "SELECT DISTINCT partition FROM system.parts WHERE database = {db:String} "
+                "AND table = 'metric_samples' AND active",
+                {"db": self.db},
+            )
+            for row in parts:
+                day = int(row["partition"])
+                if (day + 1) * day_ms <= oldest_kept:
+                    self.ex.command(f"ALTER TABLE `{self.db}`.metric_samples DROP PARTITION {day}")
+                    done["partitions_dropped"] += 1
+        for project, limit in cutoff.items():
+            params = {"p": project, "c": limit}
+            old = self.ex.rows(
+                f"SELECT count() AS n FROM `{self.db}`.metric_samples WHERE project = {{p:String}} "
+                "AND timestamp < {c:Int64}",
+                params,
+            )
+            if old and int(old[0]["n"]):
+                self.ex.command(
+                    f"ALTER TABLE `{self.db}`.metric_samples DELETE WHERE project = {{p:String}} "
+                    "AND timestamp < {c:Int64} SETTINGS mutations_sync = 2",
+                    params,
+                )
+                done["sample_deletes"] += 1
+            gone = self.ex.rows(
+                f"SELECT fingerprint FROM `{self.db}`.metric_series WHERE project = {{p:String}} "
+                "GROUP BY fingerprint HAVING max(last_seen) < {c:Int64}",
+                params,
+            )
+            if gone:
+                fps = [int(r["fingerprint"]) for r in gone]
+                self.ex.command(
+                    f"ALTER TABLE `{self.db}`.metric_series DELETE WHERE project = {{p:String}} "
+                    "AND fingerprint IN {f:Array(UInt64)} SETTINGS mutations_sync = 2",
+                    {"p": project, "f": fps},
+                )
+                done["series_deletes"] += 1
+                with self._known_lock:
+                    self._known.pop(project, None)  # re-read from the table when next needed
+                    for fp in fps:
+                        self._bounds.pop((project, fp), None)
+        return done
+
     def storage_stats(self, project: str | None = None) -> dict[str, float]:
         """Rows and bytes on disk of the samples table, and bytes per sample (benchmarks, docs)."""
         rows = self.ex.rows(

@@ -1,5 +1,8 @@
 """Retention tiers for logs: hot -> warm -> cold -> deleted, per project and log type.
 
+The same periodic run also applies the metrics retention (days per project, see
+:meth:`stackwatch.storage.metrics.MetricStore.apply_retention`).
+
 * **hot**: ``logs_hot``, fast codecs and every skip index; where new lines land.
 * **warm**: ``logs_warm``, the same layout recompressed with ZSTD(12) (about a third smaller
   on log text, measured in docs/storage.md); still a MergeTree, so the same queries are as fast.
@@ -25,7 +28,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +93,10 @@ class RetentionManager:
         policies: Callable[[], Policies],
         *,
         clock: Callable[[], int] = time.time_ns,
+        also: Sequence[Callable[[int], object]] = (),
     ) -> None:
+        #: Other signals' retention (metrics), run after the log tiers with the same ``now``.
+        self.also = also
         self.ex = executor
         self.db = executor.database
         self.cold_dir = cold_dir
@@ -162,6 +168,11 @@ class RetentionManager:
                             moved["deleted"] += 1
         if any(moved.values()):
             log.info("retention: %s", moved)
+        for job in self.also:
+            try:
+                job(now_ns)
+            except Exception:  # one signal's failure must not stop the others' retention
+                log.exception("retention job %r failed; will retry", job)
         return moved
 
     def _day_digest(self, table: str, project: str, log_type: str, day: int) -> str:

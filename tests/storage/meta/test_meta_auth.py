@@ -486,6 +486,19 @@ def test_validate_retention_keeps_only_given_keys() -> None:
     assert validate_retention({"web": {"cold_days": 30}, "system": {}}) == {"web": {"cold_days": 30}}
 
 
+def test_metrics_retention_is_days_per_project(auth: AuthService) -> None:
+    project_id = auth.bootstrap(None, None).project.id
+    assert auth.metrics_retention_days(project_id, 15) == 15
+    merged = auth.set_retention(project_id, {"metrics": {"days": 400}, "web": {"cold_days": 30}})
+    assert "metrics" not in merged and merged["web"]["cold_days"] == 30  # log tiers unchanged in shape
+    assert auth.metrics_retention_days(project_id, 15) == 400
+    for bad, message in [({"metrics": {"days": 0}}, "positive integer"), ({"metrics": {"days": True}}, "positive"),
+                         ({"metrics": 30}, r'\{"days": N\}'), ({"metrics": {"hot_days": 3}}, "days")]:
+        with pytest.raises(BadRequest, match=message):
+            auth.set_retention(project_id, bad)
+    assert auth.metrics_retention_days(project_id, 15) == 400
+
+
 def test_default_retention_is_read_only() -> None:
     with pytest.raises(TypeError):
         DEFAULT_RETENTION["web"]["hot_days"] = 1  # type: ignore[index]

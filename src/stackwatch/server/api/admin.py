@@ -64,17 +64,26 @@ def create_project(request: Request, spec: NewProject, who: Any = Depends(admin)
     return {**_project_json(request, project), "ingest_token": token}
 
 
+def _retention_json(rt: Any, project_id: int, merged: dict[str, Any]) -> dict[str, Any]:
+    """Log tiers per log type, and ``metrics.days`` (the project's or the server's default)."""
+    days = rt.auth.metrics_retention_days(project_id, rt.settings.metrics_retention_days)
+    return {"retention": {**merged, "metrics": {"days": days}}}
+
+
 @router.get("/projects/{slug}/retention")
 def get_retention(request: Request, slug: str, who: Any = Depends(viewer)) -> dict[str, Any]:
-    return {"retention": runtime(request).auth.get_retention(_project_id(request, slug))}
+    rt = runtime(request)
+    project_id = _project_id(request, slug)
+    return _retention_json(rt, project_id, rt.auth.get_retention(project_id))
 
 
 @router.put("/projects/{slug}/retention")
 async def set_retention(request: Request, slug: str, who: Any = Depends(admin)) -> dict[str, Any]:
     overrides = await request.json()
     rt = runtime(request)
-    merged = await run_in_threadpool(rt.auth.set_retention, _project_id(request, slug), overrides)
-    return {"retention": merged}
+    project_id = _project_id(request, slug)
+    merged = await run_in_threadpool(rt.auth.set_retention, project_id, overrides)
+    return await run_in_threadpool(_retention_json, rt, project_id, merged)
 
 
 def _search_json(s: Any) -> dict[str, Any]:
