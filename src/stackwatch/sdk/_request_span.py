@@ -130,6 +130,9 @@ class RequestSpan(Span):
         """Rename to ``METHOD route`` and set ``http.route`` (when the route is known), set
         ``http.response.status_code``, mark a 5xx as an error (unless the app set the status
         to OK) and end the span."""
+        if self._end_time is not None:
+            logger.warning("Calling end() on an ended span.")
+            return
         if type(self._attributes) is not dict:
             # The app added attributes: BoundedAttributes applies its limits to ours too.
             if route is not None:
