@@ -438,3 +438,64 @@ print(json.dumps(out))
     failed = spans["POST /api/payments"]
     assert failed["status"] == "ERROR" and "exception" in failed["events"]
     assert failed["attributes"]["http.response.status_code"] == 500
+
+
+def test_add_span_exporter_gets_every_request_span_of_a_flask_app(tmp_path: Path) -> None:
+    """docs/sdk.md's add_span_exporter, end to end: init(app) as users call it, a second exporter,
+    requests with and without a caller's traceparent, flush(); the spans carry what the docs say."""
+    result = run_script(
+        """
+import json
+import flask
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import stackwatch.sdk
+from stackwatch.sdk.tracing import add_span_exporter
+
+app = flask.Flask("leads")
+
+@app.get("/api/leads/<int:lead_id>")
+def lead(lead_id):
+    trace.get_current_span().set_attribute("lead.id", lead_id)
+    with trace.get_tracer("app").start_as_current_span("load lead"):
+        return {"id": lead_id}
+
+@app.post("/api/payments")
+def pay():
+    return {"error": "declined"}, 502
+
+app = stackwatch.sdk.init(app, service="crm", environment="test", version="1")
+memory = InMemorySpanExporter()
+assert add_span_exporter(memory)
+client = app.test_client()
+parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+for i in range(300):
+    assert client.get(f"/api/leads/{i}", headers={"traceparent": parent} if i == 0 else {}).status_code == 200
+assert client.post("/api/payments", headers={"User-Agent": "curl/8.5"}).status_code == 502
+assert stackwatch.sdk.flush(5.0)
+out = [{"name": s.name, "kind": s.kind.name, "trace_id": format(s.context.trace_id, "032x"),
+        "parent": format(s.parent.span_id, "016x") if s.parent else None,
+        "span_id": format(s.context.span_id, "016x"), "attributes": dict(s.attributes or {}),
+        "status": s.status.status_code.name, "service": s.resource.attributes["service.name"]}
+       for s in memory.get_finished_spans()]
+print(json.dumps(out))
+""",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    spans = json.loads(result.stdout.strip().splitlines()[-1])
+    servers = [s for s in spans if s["kind"] == "SERVER"]
+    assert len(servers) == 301 and len(spans) == 601  # every request span and each GET's child: none dropped
+    first = next(s for s in servers if s["attributes"]["lead.id"] == 0)
+    assert first["name"] == "GET /api/leads/{lead_id}" and first["service"] == "crm"
+    assert first["trace_id"] == "0af7651916cd43dd8448eb211c80319c" and first["parent"] == "b7ad6b7169203331"
+    assert first["attributes"] == {
+        "http.request.method": "GET", "url.path": "/api/leads/0", "url.scheme": "http",
+        "user_agent.original": first["attributes"]["user_agent.original"], "lead.id": 0,
+        "http.route": "/api/leads/{lead_id}", "http.response.status_code": 200}
+    child = next(s for s in spans if s["name"] == "load lead" and s["trace_id"] == first["trace_id"])
+    assert child["parent"] == first["span_id"]
+    assert len({s["trace_id"] for s in servers}) == 301  # a new trace for each request without a traceparent
+    failed = next(s for s in servers if s["name"] == "POST /api/payments")
+    assert failed["status"] == "ERROR" and failed["attributes"]["http.response.status_code"] == 502
+    assert failed["attributes"]["user_agent.original"] == "curl/8.5"
