@@ -350,22 +350,24 @@ class Redactor:
             return out
         joined = _TEXT_JOIN.join([texts[i] for i in pending])
         groups = self._candidate_rules(joined)
-        if groups is None:
-            for i in pending:
-                self._remember_clean(texts[i])
-            return None
-        redacted = self._apply(joined, groups)
-        if redacted == joined:
-            for i in pending:
-                self._remember_clean(texts[i])
-            return None
-        parts = redacted.split(_TEXT_JOIN)
-        if len(parts) != len(pending):
-            parts = [self._redact_new_text(texts[i]) for i in pending]
-        out = list(texts)
-        for i, part in zip(pending, parts, strict=True):
-            out[i] = part
-        return out
+        if groups is not None:
+            redacted = self._apply(joined, groups)
+            if redacted != joined:
+                parts = redacted.split(_TEXT_JOIN)
+                if len(parts) != len(pending):
+                    parts = [self._redact_new_text(texts[i]) for i in pending]
+                out = list(texts)
+                for i, part in zip(pending, parts, strict=True):
+                    out[i] = part
+                return out
+        # Clean (or no rule changed anything): remember each string, as redact_text would.
+        if len(clean) >= _CLEAN_CACHE_MAX:
+            clean.clear()
+        for i in pending:
+            text = texts[i]
+            if len(text) <= _CLEAN_CACHE_MAX_LEN:
+                clean.add(text)
+        return None
 
     def redact_mapping(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
         """Return a copy of ``data`` with credential-named keys' values replaced and strings redacted.

@@ -10,16 +10,16 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-import logging.handlers
-import queue
+import threading
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stackwatch.redaction import _AT_RULES, RULE_NAMES, Redactor, _sub_around_at
 from stackwatch.sdk._config import SDKConfig
-from stackwatch.sdk.logging import EventBuilder, JsonFormatter
+from stackwatch.sdk.logging import EventBuilder, LogContext
 
 R = Redactor()
 
@@ -106,20 +106,34 @@ def test_formatter_redacts_the_request_id_with_the_record() -> None:
     assert event["context"] == {"ip_address": "10.1.2.3", "card": "**** **** **** 4242"}
 
 
-def test_every_handler_gets_the_same_event_even_through_a_queue() -> None:
+def test_every_handler_of_a_record_gets_the_same_event() -> None:
     builder = EventBuilder(SDKConfig(service="crm"))
     other = EventBuilder(SDKConfig(service="billing"))
+    seen: list[dict[str, object]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(builder.build(record))
+
+    log = logging.getLogger("stackwatch.test.same-event")
+    log.propagate = False
+    log.handlers = [Collect(), Collect(), Collect()]
+    try:
+        with LogContext(request_id="req-7"):
+            log.warning("charge failed for %s", "li@corp.test", extra={"plan": "pro"})
+    finally:
+        log.handlers = []
+    assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
+    assert seen[0]["request_id"] == "req-7" and seen[0]["message"] == "charge failed for l***@corp.test"
     record = logging.LogRecord("app", logging.INFO, __file__, 1, "hello", None, None)
     first = builder.build(record)
-    assert builder.build(record) is first
     assert other.build(record)["service"] == "billing"  # another builder builds its own
-    assert builder.build(record) is not first  # ...and the cache now holds the other's
-    # A QueueHandler hands the listener a copy of the record: the event travels with it.
-    q: queue.Queue[logging.LogRecord] = queue.Queue()
-    handler = logging.handlers.QueueHandler(q)
-    handler.setFormatter(JsonFormatter(builder))
-    record = logging.LogRecord("app", logging.INFO, __file__, 1, "queued", None, None)
-    handler.handle(record)
-    copied = q.get_nowait()
-    assert copied is not record and builder.build(copied) is builder.build(record)
-    assert "_stackwatch_event" not in builder.build(copied)["context"]
+    assert builder.build(record) is first
+    # A record built in another thread in between does not disturb this thread's.
+    thread = threading.Thread(target=builder.build, args=(logging.LogRecord("t", 20, "f", 1, "x", None, None),))
+    thread.start()
+    thread.join()
+    assert builder.build(record) is first
+    # Nothing is added to the record (a copy, as a QueueHandler makes, is a record of its own).
+    assert not {"_stackwatch_event", "_stackwatch_builder"} & set(record.__dict__)
+    assert builder.build(copy.copy(record)) == first
