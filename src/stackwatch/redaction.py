@@ -300,6 +300,7 @@ class Redactor:
         else:
             self._deny = None
         self._prefilter, self._group_rules = self._build_prefilter(keywords, enabled)
+        self._at_rules = [rule for rule in self._rules if rule.name in _AT_RULES]
         self._gate = (
             None
             if config.deny
@@ -582,7 +583,10 @@ class Redactor:
         if names <= _AT_RULES:
             # Only the '@' rules (an e-mail address, the usual case): over the words that
             # hold an '@', not the whole text (see _sub_around_at).
-            return _sub_around_at([rule for rule in self._rules if rule.name in names], text)
+            at_rules = self._at_rules
+            if len(names) != len(at_rules):
+                at_rules = [rule for rule in at_rules if rule.name in names]
+            return _sub_around_at(at_rules, text)
         for rule in self._rules:
             if rule.name in names:
                 text = rule.pattern.sub(rule.replace, text)
@@ -867,9 +871,12 @@ class Redactor:
 
     def _replace_email(self, m: re.Match[str]) -> str:
         start = m.start()
-        if m.string[max(0, start - 3) : start] == "://" or self._is_allowed(m.group(0)):
-            return m.group(0)  # URL userinfo, not a mailbox
-        return f"{m.group(1)[0]}***@{m.group(2)}"
+        if (start >= 3 and m.string[start - 3 : start] == "://") or (
+            self._allow is not None and self._allow.fullmatch(m.group(0)) is not None
+        ):
+            return m.group(0)  # URL userinfo, not a mailbox (or an allowed address)
+        local, domain = m.group(1, 2)
+        return f"{local[0]}***@{domain}"
 
     def _replace_card(self, m: re.Match[str]) -> str:
         text = m.group(0)
