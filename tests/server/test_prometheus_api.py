@@ -91,6 +91,19 @@ def test_range_query_get_and_post_agree(api: httpx.Client) -> None:
     assert r3.json() == r.json()
 
 
+def test_large_steps_read_rollups_unless_raw_is_asked(api: httpx.Client) -> None:
+    """At a 5 min step a plain selector reads the 5 min rollup: the last sample of each bucket,
+    which at bucket ends is what the samples give; ``max_source_resolution=raw`` reads samples."""
+    start = -(-T0_S // 300) * 300  # the first bucket end in the data, as Grafana aligns a 5 min step
+    params = {"query": 'http_requests_total{code="500"}', "start": start, "end": start + 1200, "step": "5m"}
+    rolled = api.get("/api/v1/query_range", params=params)
+    raw = api.get("/api/v1/query_range", params={**params, "max_source_resolution": "raw"})
+    assert rolled.status_code == raw.status_code == 200
+    assert rolled.json()["data"]["result"] == raw.json()["data"]["result"]
+    values = [float(v) for _, v in raw.json()["data"]["result"][0]["values"]]
+    assert len(values) == 5 and values == sorted(values) and values[-1] > values[0]
+
+
 def test_scalar_and_string_results(api: httpx.Client) -> None:
     r = api.post("/api/v1/query", data={"query": "1 + 1", "time": "100.5"})
     assert r.json()["data"] == {"resultType": "scalar", "result": [100.5, "2"]}
@@ -132,6 +145,8 @@ def test_series_labels_values_metadata_buildinfo(api: httpx.Client) -> None:
          "end timestamp must not be before start time"),
         ("/api/v1/query_range", {"query": "up[5m]", "start": 0, "end": 10, "step": "1"}, 400, "bad_data",
          "range vector"),
+        ("/api/v1/query_range", {"query": "up", "start": 0, "end": 600, "step": "60",
+                                 "max_source_resolution": "fine"}, 400, "bad_data", "max_source_resolution"),
         ("/api/v1/series", {}, 400, "bad_data", "no match[] parameter provided"),
         ("/api/v1/series", {"match[]": '{a=""}'}, 400, "bad_data", "non-empty matcher"),
         ("/api/v1/label/1bad/values", {}, 400, "bad_data", "invalid label name"),

@@ -25,7 +25,8 @@ def blocks(lang: str) -> list[str]:
 
 def localize(code: str, server: ServerProcess) -> str:
     return (code.replace("http://127.0.0.1:8040", server.url).replace("<ingest token>", INGEST_TOKEN)
-            .replace("$INGEST_TOKEN", INGEST_TOKEN).replace("$STACKWATCH_TOKEN", ADMIN_TOKEN))
+            .replace("$INGEST_TOKEN", INGEST_TOKEN).replace("$STACKWATCH_TOKEN", ADMIN_TOKEN)
+            .replace("$ADMIN_TOKEN", ADMIN_TOKEN))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_opentelemetry_example(server: ServerProcess) -> None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_curl_backfill_and_query_examples(server: ServerProcess) -> None:
-    backfill, query = blocks("sh")
+    backfill, query, _retention = blocks("sh")
     r = subprocess.run(["bash", "-c", localize(backfill, server)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr  # 204: no body
     deadline = time.monotonic() + 20
@@ -79,3 +80,13 @@ def test_curl_backfill_and_query_examples(server: ServerProcess) -> None:
             break
         time.sleep(0.2)
     assert body["data"]["result"] == [{"metric": {"queue": "mail"}, "values": [[1767225600, "10"], [1767225660, "25"]]}]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_metrics_retention_example(server: ServerProcess) -> None:
+    *_, retention = blocks("sh")
+    r = subprocess.run(["bash", "-c", localize(retention, server)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["retention"]["metrics"] == {"days": 400}
+    with server.client() as c:
+        assert c.get("/api/v1/projects/default/retention").json()["retention"]["metrics"] == {"days": 400}

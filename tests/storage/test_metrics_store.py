@@ -313,6 +313,9 @@ def test_retention_per_project_drops_whole_days(store: MetricStore) -> None:
     done = store.apply_retention({"short": 2, "long": 10}, now)
     assert done["partitions_dropped"] == 0 and done["sample_deletes"] == 1 and done["series_deletes"] == 1
     assert days("short") == [2, 3, 4] and days("long") == [0, 1, 2, 3, 4]
+    for table in ("metric_rollup_5m", "metric_rollup_1h"):  # the rollups follow the samples
+        left = store.ex.rows(f"SELECT project, min(timestamp) AS t FROM `{store.db}`.{table} GROUP BY project")
+        assert {r["project"]: (int(r["t"]) - T0) // day for r in left} == {"short": 2, "long": 0}
     assert store.find_series("short", [Matcher("__name__", "=", "gone")]) == []  # its series went too
     assert len(store.find_series("long", [Matcher("__name__", "=", "gone")])) == 1
     # Running again finds nothing left to delete.

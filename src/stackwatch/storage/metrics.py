@@ -22,8 +22,11 @@ block (:func:`_last_write_wins`) and across blocks (``ReplacingMergeTree`` read 
 Out-of-order samples are accepted too, which is what backfill needs (Prometheus itself accepts
 them only within ``out_of_order_time_window``; VictoriaMetrics accepts them all).
 
-Rollups (5 min and 1 h aggregates by materialized view, read automatically for large steps) and
-per-project retention are not built yet; the partition by day is what both will rely on.
+Rollups: ``metric_rollup_5m`` and ``metric_rollup_1h`` keep the last sample of every series
+per 5 min / 1 h bucket, filled by materialized views as samples are inserted; a range query
+whose step (and every range in it) is long enough reads them instead of the samples (see
+:meth:`MetricStore.fetch_samples` and the engine's choice in ``query.promql.engine``).
+Retention is per project, whole days (:meth:`MetricStore.apply_retention`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ __all__ = [
     "METRIC_SERIES",
     "METRIC_TABLES",
     "METRIC_TYPES",
+    "ROLLUPS",
+    "ROLLUP_TABLES",
     "LabelMatch",
     "MetricBatch",
     "MetricStore",
@@ -135,6 +140,45 @@ METRIC_METADATA = Table(
 )
 
 METRIC_TABLES: tuple[Table, ...] = (METRIC_SERIES, METRIC_SAMPLES, METRIC_METADATA)
+
+#: Rollup resolutions (ms) and their tables: the last sample of every series in each 5 min and
+#: 1 h bucket, for queries whose step is at least that long (see :meth:`MetricStore.fetch_samples`).
+ROLLUPS: dict[int, str] = {300_000: "metric_rollup_5m", 3_600_000: "metric_rollup_1h"}
+
+
+def _rollup_table(resolution_ms: int, name: str) -> Table:
+    return Table(
+        name=name,
+        columns=(
+            Column("project", "LowCardinality(String)"),
+            Column("fingerprint", "UInt64", "ZSTD(1)"),
+            # Start of the bucket (resolution_ms wide, left-open as PromQL windows are): a
+            # sample at exactly a bucket's end belongs to it, so a query at that end finds it.
+            Column("bucket", "Int64", "Delta(8), ZSTD(1)"),
+            Column("timestamp", "Int64", "Delta(8), ZSTD(1)"),
+            Column("value", "Float64", "Gorilla, ZSTD(1)"),
+        ),
+        # The row with the latest timestamp of a bucket survives merges: the bucket's last
+        # sample, which is what a selector at the bucket's end would see in the raw data. The
+        # same sample rewritten (equal versions) keeps the last insert, as the samples do.
+        engine="ReplacingMergeTree",
+        engine_args="timestamp",
+        order_by="(project, fingerprint, bucket)",
+        partition_by="intDiv(bucket, 86400000)",
+        settings=_DEDUP,
+        comment=f"Last sample of each series per {resolution_ms // 60_000} min, filled from metric_samples by a view.",
+    )
+
+
+ROLLUP_TABLES: dict[int, Table] = {res: _rollup_table(res, name) for res, name in ROLLUPS.items()}
+
+
+def _rollup_select(resolution_ms: int, source: str) -> str:
+    return (
+        "SELECT project, fingerprint, bucket, max(t) AS timestamp, argMax(v, t) AS value FROM ("
+        f"SELECT project, fingerprint, intDiv(timestamp - 1, {resolution_ms}) * {resolution_ms} AS bucket, "
+        f"timestamp AS t, value AS v FROM {source}) GROUP BY project, fingerprint, bucket"
+    )
 
 #: Metric types as Prometheus's metadata API names them.
 METRIC_TYPES = ("counter", "gauge", "histogram", "gaugehistogram", "summary", "info", "stateset", "unknown")
@@ -409,11 +453,42 @@ class MetricStore:
         #: slower than the numpy engine reading Arrow columns (docs/benchmarks.md), with the same
         #: answers.
         self.query_pushdown = query_pushdown
+        #: Rollup resolutions available to queries (set by ensure_schema; none on a cluster).
+        self.rollups: tuple[int, ...] = ()
 
     def ensure_schema(self) -> None:
+        """Create the tables, and the rollups with the views that keep them (embedded store).
+
+        A store made before the rollups existed gets them filled from its samples once, before
+        the view is created (so a start that dies half-way repeats the fill from an emptied
+        table); the batcher inserts nothing until this returns. On a cluster there are no
+        rollups (queries read the samples).
+        """
         for table in METRIC_TABLES:
             for stmt in render_ddl(table, self.db, self.ex.cluster):
                 self.ex.command(stmt)
+        if self.ex.cluster:
+            self.rollups = ()
+            return
+        for res, table in ROLLUP_TABLES.items():
+            view = f"{table.name}_mv"
+            has_view = self.ex.rows(
+                "SELECT count() AS n FROM system.tables WHERE database = {db:String} AND name = {v:String}",
+                {"db": self.db, "v": view},
+            )[0]["n"]
+            for stmt in render_ddl(table, self.db):
+                self.ex.command(stmt)
+            if not int(has_view):
+                self.ex.command(f"TRUNCATE TABLE `{self.db}`.`{table.name}`")
+                self.ex.command(
+                    f"INSERT INTO `{self.db}`.`{table.name}` "
+                    + _rollup_select(res, f"`{self.db}`.metric_samples")
+                )
+                self.ex.command(
+                    f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.db}`.`{view}` TO `{self.db}`.`{table.name}` AS "
+                    + _rollup_select(res, f"`{self.db}`.metric_samples")
+                )
+        self.rollups = tuple(sorted(ROLLUPS))
 
     # -- the series limit -----------------------------------------------------------------------
 
@@ -665,7 +740,13 @@ class MetricStore:
         return out
 
     def fetch_samples(
-        self, project: str, fingerprints: Sequence[int], start_ms: int, end_ms: int, max_samples: int = 0
+        self,
+        project: str,
+        fingerprints: Sequence[int],
+        start_ms: int,
+        end_ms: int,
+        max_samples: int = 0,
+        resolution_ms: int = 0,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fingerprint, timestamp, value) arrays of the series' samples in ``[start_ms, end_ms]``.
 
@@ -676,6 +757,8 @@ class MetricStore:
         empty = (np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64))
         if not fingerprints:
             return empty
+        if resolution_ms:
+            return self._read_rollup(project, fingerprints, start_ms, end_ms, max_samples, resolution_ms)
         fp, ts, vals = self._read_samples(project, fingerprints, start_ms, end_ms, max_samples, final=False)
         if fp.size > 1:
             dup = (fp[1:] == fp[:-1]) & (ts[1:] == ts[:-1])
@@ -691,6 +774,32 @@ class MetricStore:
                 order = np.lexsort((ts, fp))
                 fp, ts, vals = fp[order], ts[order], vals[order]
         return fp, ts, vals
+
+    def _read_rollup(
+        self, project: str, fingerprints: Sequence[int], start_ms: int, end_ms: int, max_samples: int, res: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last sample of each ``res`` bucket in ``[start_ms, end_ms]``, as the raw read returns samples."""
+        if res not in ROLLUPS or res not in self.rollups:
+            raise ValueError(f"no rollup at {res} ms")
+        limit = f" LIMIT {int(max_samples) + 1}" if max_samples else ""
+        sql = (
+            f"SELECT fingerprint, timestamp, value FROM `{self.db}`.`{ROLLUPS[res]}` FINAL "
+            "WHERE project = {p:String} AND fingerprint IN {f:Array(UInt64)} "
+            "AND bucket >= {bs:Int64} AND bucket <= {e:Int64} AND timestamp >= {s:Int64} AND timestamp <= {e:Int64} "
+            f"ORDER BY fingerprint, timestamp{limit} SETTINGS do_not_merge_across_partitions_select_final = 1"
+        )
+        table = query_arrow(
+            self.ex,
+            sql,
+            {"p": project, "f": list(fingerprints), "s": int(start_ms), "e": int(end_ms), "bs": int(start_ms) - res},
+        )
+        if not table.num_rows:
+            return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64)
+        return (
+            table.column("fingerprint").to_numpy().astype(np.uint64, copy=False),
+            table.column("timestamp").to_numpy().astype(np.int64, copy=False),
+            table.column("value").to_numpy().astype(np.float64, copy=False),
+        )
 
     def _read_samples(
         self, project: str, fingerprints: Sequence[int], start_ms: int, end_ms: int, max_samples: int, *, final: bool
@@ -839,6 +948,16 @@ class MetricStore:
                 if (day + 1) * day_ms <= oldest_kept:
                     self.ex.command(f"ALTER TABLE `{self.db}`.metric_samples DROP PARTITION {day}")
                     done["partitions_dropped"] += 1
+            for res in self.rollups:
+                rparts = self.ex.rows(
+                    "SELECT DISTINCT partition FROM system.parts WHERE database = {db:String} "
+                    "AND table = {t:String} AND active",
+                    {"db": self.db, "t": ROLLUPS[res]},
+                )
+                for row in rparts:
+                    day = int(row["partition"])
+                    if (day + 1) * day_ms <= oldest_kept:
+                        self.ex.command(f"ALTER TABLE `{self.db}`.`{ROLLUPS[res]}` DROP PARTITION {day}")
         for project, limit in cutoff.items():
             params = {"p": project, "c": limit}
             old = self.ex.rows(
@@ -852,6 +971,12 @@ class MetricStore:
                     "AND timestamp < {c:Int64} SETTINGS mutations_sync = 2",
                     params,
                 )
+                for res in self.rollups:
+                    self.ex.command(
+                        f"ALTER TABLE `{self.db}`.`{ROLLUPS[res]}` DELETE WHERE project = {{p:String}} "
+                        "AND timestamp < {c:Int64} SETTINGS mutations_sync = 2",
+                        params,
+                    )
                 done["sample_deletes"] += 1
             gone = self.ex.rows(
                 f"SELECT fingerprint FROM `{self.db}`.metric_series WHERE project = {{p:String}} "

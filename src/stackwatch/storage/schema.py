@@ -48,6 +48,8 @@ class Table:
     partition_by: str = ""
     indexes: tuple[Index, ...] = ()
     engine: str = "MergeTree"
+    #: Parameters of the engine, e.g. the version column of a ReplacingMergeTree.
+    engine_args: str = ""
     settings: dict[str, object] = field(default_factory=dict)
     comment: str = ""
     #: A table of kind "merge" is a read-only union over other tables (regexp on their names).
@@ -74,10 +76,11 @@ def render_ddl(table: Table, database: str, cluster: str = "") -> list[str]:
     )
     local_name = f"{table.name}_local" if cluster else table.name
     engine = table.engine
+    args = f", {table.engine_args}" if table.engine_args else ""
     if cluster:
-        engine = f"Replicated{engine}('/clickhouse/tables/{{shard}}/{database}/{local_name}', '{{replica}}')"
+        engine = f"Replicated{engine}('/clickhouse/tables/{{shard}}/{database}/{local_name}', '{{replica}}'{args})"
     else:
-        engine = f"{engine}()"
+        engine = f"{engine}({table.engine_args})"
     settings = ""
     if table.settings:
         settings = "\nSETTINGS " + ", ".join(f"{k} = {v!r}" for k, v in table.settings.items())

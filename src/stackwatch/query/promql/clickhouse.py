@@ -48,7 +48,15 @@ class ClickHouseQuerier:
         # The server's ``query_pushdown`` setting travels on the store (see MetricStore).
         self.use_pushdown = store.query_pushdown if pushdown is None else pushdown
         self.pushed = 0  # sub-expressions answered in SQL (tests and benchmarks read it)
-        self._read: dict[tuple[int, int], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self._read: dict[tuple[int, int, int], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        #: Read rollups at this resolution instead of samples (0: samples); the engine sets it
+        #: for a range query whose step is long enough (see Engine.range).
+        self.resolution_ms = 0
+
+    @property
+    def rollup_resolutions(self) -> tuple[int, ...]:
+        """The rollup resolutions this store keeps (ms), for the engine's choice."""
+        return tuple(self.store.rollups)
 
     def pushdown(self, node: Node, ts: np.ndarray, lookback_ms: int, deadline: float) -> Vec | None:
         """Answer a whole dashboard-shaped sub-expression in ClickHouse, or None (see :mod:`.pushdown`)."""
@@ -70,11 +78,11 @@ class ClickHouseQuerier:
         labels_of = dict(found)
         # One query often selects the same series twice over the same range (``errors / all``
         # of one counter): samples read once are kept for this querier's life, one query.
-        cached = self._read.setdefault((start_ms, end_ms), {})
+        cached = self._read.setdefault((start_ms, end_ms, self.resolution_ms), {})
         missing = [f for f in labels_of if f not in cached]
         if missing:
             fp, ts, vals = self.store.fetch_samples(
-                self.project, missing, start_ms, end_ms, max_samples=self.max_samples
+                self.project, missing, start_ms, end_ms, max_samples=self.max_samples, resolution_ms=self.resolution_ms
             )
             if self.max_samples and fp.size > self.max_samples:
                 raise TooManySamples("series selection")

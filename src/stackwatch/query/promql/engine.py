@@ -7,13 +7,15 @@ rule evaluator both call :meth:`Engine.instant` / :meth:`Engine.range` and map
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ._ast import Node, parse
+from ._ast import Call, MatrixSel, Node, Subquery, parse
 from ._eval import EvalContext, Evaluator, finish_names
 from ._format import format_sample_value, format_timestamp, format_timestamps
 from ._values import Labels, RangeVec, Scalar, String, Vec, without_name
@@ -145,8 +147,14 @@ class Engine:
         ]
         return Result("vector", series=series)
 
-    def range(self, expr: str, start_ms: int, end_ms: int, step_ms: int) -> Result:
-        """Evaluate ``expr`` at ``start_ms, start_ms + step_ms, ... <= end_ms``."""
+    def range(
+        self, expr: str, start_ms: int, end_ms: int, step_ms: int, *, max_resolution_ms: int | None = None
+    ) -> Result:
+        """Evaluate ``expr`` at ``start_ms, start_ms + step_ms, ... <= end_ms``.
+
+        ``max_resolution_ms`` caps the rollup the query may read (0: raw samples only; None:
+        chosen from the step, see :func:`choose_resolution`).
+        """
         start_ms, end_ms, step_ms = int(start_ms), int(end_ms), int(step_ms)
         if step_ms <= 0:
             raise ParseError(
@@ -160,7 +168,22 @@ class Engine:
                 f'invalid expression type "{_DOC_TYPES[node.type]}" for range query, must be Scalar or instant Vector'
             )
         ts = np.arange(start_ms, end_ms + 1, step_ms, dtype=np.int64)
-        value = self._run(node, ts, start_ms, end_ms, step_ms)
+        resolution = choose_resolution(
+            node, step_ms, getattr(self.querier, "rollup_resolutions", ()), max_resolution_ms, start_ms=start_ms
+        )
+        if resolution:
+            # Rollups keep the last sample per bucket: a selector must look back at least one
+            # bucket to find it (VictoriaMetrics widens its lookback to the step the same way).
+            self.querier.resolution_ms = resolution  # type: ignore[attr-defined]
+            saved = self.lookback_delta_ms
+            self.lookback_delta_ms = max(saved, resolution)
+            try:
+                value = self._run(node, ts, start_ms, end_ms, step_ms)
+            finally:
+                self.lookback_delta_ms = saved
+                self.querier.resolution_ms = 0  # type: ignore[attr-defined]
+        else:
+            value = self._run(node, ts, start_ms, end_ms, step_ms)
         if isinstance(value, Scalar):
             return Result("matrix", series=[SeriesResult({}, ts.copy(), value.values.copy())])
         assert isinstance(value, Vec)
@@ -185,6 +208,62 @@ class Engine:
             raise EvaluationError("query is too deeply nested") from None
         except Exception as exc:  # a bug in the engine must not look like a crash to callers
             raise EvaluationError(f"unexpected error: {type(exc).__name__}: {exc}") from exc
+
+
+#: Range functions whose answer over the last sample of each bucket stays close to the answer
+#: over all samples when the range spans several buckets. Others count samples
+#: (count_over_time, changes, resets), need every sample (sum_over_time, quantiles) or the
+#: extremes (min/max_over_time, which a last-sample rollup does not keep): they read samples.
+ROLLUP_SAFE_FUNCTIONS = frozenset(
+    {"rate", "increase", "delta", "deriv", "predict_linear", "avg_over_time", "last_over_time",
+     "present_over_time", "absent_over_time"}
+)
+
+
+def choose_resolution(
+    node: Node,
+    step_ms: int,
+    available: Sequence[int],
+    max_resolution_ms: int | None = None,
+    *,
+    start_ms: int = 0,
+) -> int:
+    """The coarsest rollup a range query may read instead of samples (0: samples).
+
+    Used when the evaluation times fall on bucket ends (start and step multiples of the
+    resolution, which is how Grafana aligns a dashboard's step), every range in the query spans
+    at least two buckets (so ``rate(x[range])`` still has two points), every range function
+    tolerates last-sample rollups (:data:`ROLLUP_SAFE_FUNCTIONS`), and there are no subqueries.
+    At a bucket end the bucket's last sample is exactly what a selector finds in the samples;
+    between bucket ends it would lag by up to a bucket, so such queries read samples.
+    Thanos's ``max_source_resolution`` is the same knob: ``0s`` asks for raw data.
+    """
+    if not available or max_resolution_ms == 0:
+        return 0
+    smallest: int | None = None
+    stack: list[Any] = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Subquery):
+            return 0
+        if isinstance(n, MatrixSel):
+            smallest = n.range_ms if smallest is None else min(smallest, n.range_ms)
+        if isinstance(n, Call) and any(isinstance(a, MatrixSel) for a in n.args) and n.func not in ROLLUP_SAFE_FUNCTIONS:
+            return 0
+        if dataclasses.is_dataclass(n):
+            for f in dataclasses.fields(n):
+                v = getattr(n, f.name)
+                if isinstance(v, Node):
+                    stack.append(v)
+                elif isinstance(v, list):
+                    stack.extend(x for x in v if isinstance(x, Node))
+    for res in sorted(available, reverse=True):
+        if max_resolution_ms is not None and res > max_resolution_ms:
+            continue
+        aligned = start_ms % res == 0 and step_ms % res == 0
+        if aligned and (smallest is None or smallest >= 2 * res):
+            return res
+    return 0
 
 
 def _range_vec_series(rv: RangeVec) -> list[SeriesResult]:

@@ -236,11 +236,26 @@ async def query_range(request: Request, who: Any = Depends(viewer)) -> Response:
         if (end - start) / step > MAX_POINTS:
             raise ApiError("bad_data", "exceeded maximum resolution of 11,000 points per timeseries. "
                            "Try decreasing the query resolution (?step=XX)")
+        max_res = _max_source_resolution(params.get("max_source_resolution"))
         engine = _engine(request, params)
-        result = await run_in_threadpool(_run, engine.range, expr, start, end, step)
+        result = await run_in_threadpool(
+            _run, lambda: engine.range(expr, start, end, step, max_resolution_ms=max_res)
+        )
         return _success(result.to_prometheus_json())
     except ApiError as exc:
         return _error(exc.error_type, exc.message)
+
+
+def _max_source_resolution(text: str | None) -> int | None:
+    """Thanos's ``max_source_resolution``: ``raw``/``0s`` (samples only), ``5m``, ``1h``, or ``auto``."""
+    if not text or text == "auto":
+        return None
+    if text == "raw":
+        return 0
+    try:
+        return parse_duration_param(text, "max_source_resolution")
+    except ApiError:
+        raise ApiError("bad_data", 'invalid parameter "max_source_resolution": expected raw, 5m, 1h or auto') from None
 
 
 @router.api_route("/api/v1/series", methods=["GET", "POST"])
