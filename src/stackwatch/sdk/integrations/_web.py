@@ -371,7 +371,13 @@ class WebInstrumentation:
                 )
         finally:
             if release:
-                self.release(state)
+                # self.release(state), inlined: this runs for every request.
+                token, state.token = state.token, None
+                if token is not None:
+                    try:
+                        _log_context.reset(token)
+                    except (ValueError, RuntimeError):
+                        pass  # see release()
 
     @staticmethod
     def release(state: RequestState) -> None:

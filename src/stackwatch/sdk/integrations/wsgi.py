@@ -61,7 +61,8 @@ class StackwatchWSGIMiddleware(MiddlewareBase):
                 probe = self.serve_probes and method in ("GET", "HEAD")
             else:
                 traceparent = environ.get("HTTP_TRACEPARENT")
-                state = web.begin(environ.get("HTTP_X_REQUEST_ID"), traceparent)
+                state = _Request(self, web, environ, start_response)
+                web.begin(environ.get("HTTP_X_REQUEST_ID"), traceparent, state)
                 if self.traced:
                     web.trace(state, environ.get("REQUEST_METHOD", "GET"), path, environ.get("wsgi.url_scheme", "http"),
                               traceparent, environ.get("HTTP_TRACESTATE"), environ.get("HTTP_USER_AGENT"))
@@ -72,7 +73,7 @@ class StackwatchWSGIMiddleware(MiddlewareBase):
             return self._probe(web, method, path, environ, start_response)
         if state is None:
             return self.app(environ, start_response)
-        return _Request(self, web, state, environ, start_response).run()
+        return state.run()
 
     def _probe(self, web: WebInstrumentation, method: str, path: str, environ: dict[str, Any],
                start_response: StartResponse) -> Iterable[bytes]:
@@ -103,16 +104,17 @@ class StackwatchWSGIMiddleware(MiddlewareBase):
         return unmatched_or_collapsed(environ.get("PATH_INFO") or "/", status)
 
 
-class _Request:
-    """One request through the middleware (its start_response wrapper and the finish)."""
+class _Request(RequestState):
+    """One request through the middleware: its state (see :class:`RequestState`), its
+    start_response wrapper and the finish, in one object."""
 
-    __slots__ = ("environ", "middleware", "rule", "start_response", "state", "status", "web")
+    __slots__ = ("environ", "middleware", "rule", "start_response", "status", "web")
 
-    def __init__(self, middleware: StackwatchWSGIMiddleware, web: WebInstrumentation, state: RequestState,
+    def __init__(self, middleware: StackwatchWSGIMiddleware, web: WebInstrumentation,
                  environ: dict[str, Any], start_response: StartResponse) -> None:
+        self.finished = False
         self.middleware = middleware
         self.web = web
-        self.state = state
         self.environ = environ
         self.start_response = start_response
         self.status = 0
@@ -122,7 +124,7 @@ class _Request:
         try:
             result = self.middleware.app(self.environ, self._start_response)
         except BaseException as exc:
-            self.web.unhandled(self.state, self.environ.get("REQUEST_METHOD", ""), self.environ.get("PATH_INFO", ""), exc)
+            self.web.unhandled(self, self.environ.get("REQUEST_METHOD", ""), self.environ.get("PATH_INFO", ""), exc)
             match_rule = self.middleware.match_rule
             if self.rule is None and match_rule is not None:
                 self.rule = match_rule(self.environ)
@@ -146,7 +148,7 @@ class _Request:
                 if name.lower() == "x-request-id":
                     has_id = True
                     break
-            state = self.state
+            state = self
             if has_id:
                 headers = [*headers, ("X-Response-Time", self.web.response_time(state))]
             else:
@@ -162,7 +164,7 @@ class _Request:
         try:
             environ = self.environ
             route = self.middleware.route_for(environ, status, self.rule)
-            self.web.finish(self.state, environ.get("REQUEST_METHOD", "GET"), route, status)
+            self.web.finish(self, environ.get("REQUEST_METHOD", "GET"), route, status)
         except Exception:
             sdk_failure("WSGI request finish")
 
@@ -180,7 +182,7 @@ class _ClosingIterable:
         except BaseException as exc:
             environ = self.request.environ
             self.request.web.unhandled(
-                self.request.state, environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), exc
+                self.request, environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), exc
             )
             self.request.finish(500)
             raise
