@@ -286,3 +286,16 @@ def test_batcher_timer_unsampled_spans_overflow_and_exporter_failures(caplog: py
 def test_add_span_exporter_needs_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tracing, "_state", None)
     assert tracing.add_span_exporter(CountingExporter()) is False
+
+
+def test_a_batcher_copied_into_a_forked_child_drops_the_parents_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = CountingExporter()
+    batcher = SpanBatcher(exporter, max_queue_size=100, max_batch_size=50, schedule_delay_millis=60_000)
+    provider = TracerProvider()
+    provider.add_span_processor(batcher)  # type: ignore[arg-type]
+    _ended_spans(provider, 3)
+    real_pid = batcher._pid
+    monkeypatch.setattr(batcher, "_pid", real_pid + 1)  # as seen from a child: another process's copy
+    batcher.shutdown(0)
+    assert exporter.names == [] and exporter.shut  # the parent exports those; the child's copy closes
+    monkeypatch.setattr(batcher, "_pid", real_pid)

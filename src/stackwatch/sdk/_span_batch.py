@@ -12,7 +12,7 @@ it (:attr:`SpanBatcher.dropped`) and logs once per overflow.
 Settings follow OpenTelemetry's variables: ``OTEL_BSP_MAX_QUEUE_SIZE`` (2048),
 ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (512), ``OTEL_BSP_SCHEDULE_DELAY`` (5000 ms).
 Fork safety is the caller's (:class:`stackwatch.sdk.tracing._ForkSafeSpanProcessor` builds a
-new batcher in each child).
+new batcher in each child); a batcher copied into a child never exports the parent's spans.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class SpanBatcher:
         self._wakeup = threading.Event()
         self._export_lock = threading.Lock()
         self._shutdown = False
+        self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="stackwatch-span-export", daemon=True)
         self._thread.start()
 
@@ -87,7 +88,14 @@ class SpanBatcher:
             self._wakeup.set()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Export every queued span now (in the calling thread); False if that took too long."""
+        """Export every queued span now (in the calling thread); False if that took too long.
+
+        In a forked child (this object copied from the parent, whose thread it does not have)
+        the queued spans are the parent's, which the parent exports: they are dropped here.
+        """
+        if os.getpid() != self._pid:
+            self._queue.clear()
+            return True
         deadline = time.monotonic() + timeout_millis / 1000
         if not self._export_lock.acquire(timeout=max(timeout_millis / 1000, 0)):
             return False
