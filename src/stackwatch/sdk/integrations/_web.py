@@ -9,8 +9,8 @@ each framework module only reads its request (method, path, a few headers), call
   so nobody can forge log lines through it), else generated; echoed on the response and bound
   into :class:`stackwatch.sdk.logging.LogContext` as ``request_id``;
 - a W3C ``traceparent``'s trace id bound as ``trace_id`` (when an OpenTelemetry span is active
-  the log formatter prefers its ids; spans themselves are the OpenTelemetry instrumentations'
-  job);
+  the log formatter prefers its ids);
+- with tracing set up, the request's server span (:meth:`WebInstrumentation.trace`);
 - ``X-Response-Time`` (milliseconds until the response headers);
 - the RED metrics, by route template; a WARNING "Slow request detected: {route} took {s:.2f}s"
   over ``config.slow_request_seconds``.
