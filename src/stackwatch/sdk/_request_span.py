@@ -157,8 +157,16 @@ class RequestSpan(Span):
             if type(values) is not dict:
                 values._immutable = True
         processor = self._span_processor
-        processor._on_ending(self)
-        processor.on_end(self)
+        endings = getattr(processor, "_endings", None)
+        if endings is None:
+            processor._on_ending(self)
+            processor.on_end(self)
+            return
+        # The SDK's processor list (tracing._span_processors): its hooks, without its calls.
+        for hook in endings:
+            hook(self)
+        for hook in processor._ends:
+            hook(self)
 
     def end(self, end_time: int | None = None) -> None:
         """As the SDK's ``Span.end``, except that the processors get the span itself."""
@@ -269,7 +277,13 @@ class RequestSpanStarter:
         span._start_time = _time_ns()
         span._attributes = attributes
         span._lock = _new_lock()
-        self._processor.on_start(span, parent_context=context)
+        processor = self._processor
+        starts = getattr(processor, "_starts", None)
+        if starts is None:
+            processor.on_start(span, parent_context=context)
+        else:  # the SDK's processor list: usually no processor wants on_start
+            for hook in starts:
+                hook(span, parent_context=context)
         return span
 
     @staticmethod

@@ -71,7 +71,10 @@ class SpanBatcher:
         pass
 
     def on_end(self, span: Any) -> None:
-        if not span.get_span_context().trace_flags & 1 or self._shutdown:  # 1: TraceFlags.SAMPLED
+        context = getattr(span, "_context", None)  # an SDK span's own field; else ask it
+        if context is None:
+            context = span.get_span_context()
+        if not context[3] & 1 or self._shutdown:  # context[3]: its trace flags; 1: SAMPLED
             return
         queue = self._queue
         if len(queue) >= self.max_queue_size:
