@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 import pyarrow as pa
 from clickhouse_connect.driver.binding import format_bind_value
@@ -152,10 +153,21 @@ class ChdbExecutor:
         return doc["data"], None if total is None else int(total)
 
     def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
-        data = self._query(sql, "ArrowStream", params).bytes()
-        if not data:
+        """The result as Arrow columns over chDB's own result buffer, without copying it.
+
+        ``bytes()`` copied the result into a Python bytes object first: 80 ms for the 94 MB of
+        a 4 M-sample metrics read. The buffer belongs to the result object, and a memoryview
+        of it does not keep that alive (reading after it was freed returned other data), so
+        the Arrow buffer is made with the result as its base: the table, and any numpy view
+        of its columns, keep the result alive.
+        """
+        result = self._query(sql, "ArrowStream", params)
+        size = result.size()
+        if not size:
             return pa.table({})
-        return pa.ipc.open_stream(data).read_all()
+        view = result.get_memview().view()
+        address = np.frombuffer(view, dtype=np.uint8).ctypes.data
+        return pa.ipc.open_stream(pa.foreign_buffer(address, size, base=result)).read_all()
 
     def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         settings = ""
