@@ -191,12 +191,17 @@ class Evaluator:
         series = self._select(vs, int(ends.min()) - ms.range_ms + 1, int(ends.max()))
         labels, ts_list, v_list = [], [], []
         for s in series:
-            keep = ~is_stale_nan(s.values)
-            if not keep.any():
-                continue
+            stale = is_stale_nan(s.values)
+            if stale.any():
+                keep = ~stale
+                if not keep.any():
+                    continue
+                t, v = s.timestamps_ms[keep], s.values[keep]
+            else:  # the usual case: no copy here, _range_vec concatenates once
+                t, v = s.timestamps_ms, s.values
             labels.append(make_labels(s.labels))
-            ts_list.append(s.timestamps_ms[keep])
-            v_list.append(s.values[keep])
+            ts_list.append(t)
+            v_list.append(v)
         return self._range_vec(labels, np.zeros(len(labels), dtype=bool), ts_list, v_list, ms.range_ms, ends)
 
     def _range_vec(
