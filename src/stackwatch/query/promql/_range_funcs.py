@@ -58,7 +58,7 @@ def _walk(w: WindowInput, first: int = 0) -> Iterator[tuple[int, np.ndarray, np.
 def _at(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
     if arr.size == 0:
         return np.zeros(idx.shape, dtype=arr.dtype)
-    return arr[np.clip(idx, 0, arr.size - 1)]
+    return np.take(arr, idx, mode="clip")  # clamps like clip-then-index, without the index copy
 
 
 def _count(w: WindowInput) -> np.ndarray:
