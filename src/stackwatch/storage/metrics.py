@@ -419,6 +419,17 @@ def query_arrow(ex: Executor, sql: str, params: Mapping[str, Any] | None = None)
     return ex.query_arrow(sql, params)
 
 
+def _sample_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fingerprint, timestamp, value) arrays of a samples or rollup read (views, not copies)."""
+    if not table.num_rows:
+        return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64)
+    return (
+        table.column("fingerprint").to_numpy().astype(np.uint64, copy=False),
+        table.column("timestamp").to_numpy().astype(np.int64, copy=False),
+        table.column("value").to_numpy().astype(np.float64, copy=False),
+    )
+
+
 def _last_write_wins(fp: np.ndarray, ts: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, ...]:
     """Sort by (fingerprint, timestamp) and keep the last written of equal keys.
 
@@ -788,18 +799,11 @@ class MetricStore:
             "AND bucket >= {bs:Int64} AND bucket <= {e:Int64} AND timestamp >= {s:Int64} AND timestamp <= {e:Int64} "
             f"ORDER BY fingerprint, timestamp{limit} SETTINGS do_not_merge_across_partitions_select_final = 1"
         )
-        table = query_arrow(
+        return _sample_columns(query_arrow(
             self.ex,
             sql,
             {"p": project, "f": list(fingerprints), "s": int(start_ms), "e": int(end_ms), "bs": int(start_ms) - res},
-        )
-        if not table.num_rows:
-            return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64)
-        return (
-            table.column("fingerprint").to_numpy().astype(np.uint64, copy=False),
-            table.column("timestamp").to_numpy().astype(np.int64, copy=False),
-            table.column("value").to_numpy().astype(np.float64, copy=False),
-        )
+        ))
 
     def _read_samples(
         self, project: str, fingerprints: Sequence[int], start_ms: int, end_ms: int, max_samples: int, *, final: bool
@@ -821,16 +825,9 @@ class MetricStore:
             # A series' duplicates are always in one day's partition, so FINAL need not merge
             # across partitions: each day is deduplicated on its own, in parallel.
             sql += " SETTINGS do_not_merge_across_partitions_select_final = 1"
-        table = query_arrow(
+        return _sample_columns(query_arrow(
             self.ex, sql, {"p": project, "f": list(fingerprints), "s": int(start_ms), "e": int(end_ms)}
-        )
-        if not table.num_rows:
-            return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64)
-        return (
-            table.column("fingerprint").to_numpy().astype(np.uint64, copy=False),
-            table.column("timestamp").to_numpy().astype(np.int64, copy=False),
-            table.column("value").to_numpy().astype(np.float64, copy=False),
-        )
+        ))
 
     def label_names(
         self, project: str, matcher_sets: Sequence[Sequence[Any]], start_ms: int | None, end_ms: int | None
@@ -938,26 +935,18 @@ class MetricStore:
         ]
         if all(p in cutoff for p in known):
             oldest_kept = min(cutoff.values())
-            parts = self.ex.rows(
-                "SELECT DISTINCT partition FROM system.parts WHERE database = {db:String} "
-                "AND table = 'metric_samples' AND active",
-                {"db": self.db},
-            )
-            for row in parts:
-                day = int(row["partition"])
-                if (day + 1) * day_ms <= oldest_kept:
-                    self.ex.command(f"ALTER TABLE `{self.db}`.metric_samples DROP PARTITION {day}")
-                    done["partitions_dropped"] += 1
-            for res in self.rollups:
-                rparts = self.ex.rows(
+            for table in ("metric_samples", *(ROLLUPS[res] for res in self.rollups)):
+                parts = self.ex.rows(
                     "SELECT DISTINCT partition FROM system.parts WHERE database = {db:String} "
                     "AND table = {t:String} AND active",
-                    {"db": self.db, "t": ROLLUPS[res]},
+                    {"db": self.db, "t": table},
                 )
-                for row in rparts:
+                for row in parts:
                     day = int(row["partition"])
                     if (day + 1) * day_ms <= oldest_kept:
-                        self.ex.command(f"ALTER TABLE `{self.db}`.`{ROLLUPS[res]}` DROP PARTITION {day}")
+                        self.ex.command(f"ALTER TABLE `{self.db}`.`{table}` DROP PARTITION {day}")
+                        if table == "metric_samples":
+                            done["partitions_dropped"] += 1
         for project, limit in cutoff.items():
             params = {"p": project, "c": limit}
             old = self.ex.rows(
@@ -966,14 +955,9 @@ class MetricStore:
                 params,
             )
             if old and int(old[0]["n"]):
-                self.ex.command(
-                    f"ALTER TABLE `{self.db}`.metric_samples DELETE WHERE project = {{p:String}} "
-                    "AND timestamp < {c:Int64} SETTINGS mutations_sync = 2",
-                    params,
-                )
-                for res in self.rollups:
+                for table in ("metric_samples", *(ROLLUPS[res] for res in self.rollups)):
                     self.ex.command(
-                        f"ALTER TABLE `{self.db}`.`{ROLLUPS[res]}` DELETE WHERE project = {{p:String}} "
+                        f"ALTER TABLE `{self.db}`.`{table}` DELETE WHERE project = {{p:String}} "
                         "AND timestamp < {c:Int64} SETTINGS mutations_sync = 2",
                         params,
                     )
