@@ -50,23 +50,6 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _tune_gc() -> None:
-    """Keep the cyclic garbage collector from pausing ingest.
-
-    Ingest decodes into many short-lived lists and tuples, none of them cyclic; with the default
-    thresholds (a collection every 700 net allocations) the collector kept walking the
-    long-lived heap (series caches, the app, imported modules), and on remote write it took
-    a quarter of the server's time and paused requests for 100-600 ms. Everything alive at
-    start-up is moved out of the collector's sight (``gc.freeze``) and the young generation is
-    collected 100 times less often; reference counting still frees the acyclic garbage at once.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(70_000, 20, 20)
-
-
 @app.command()
 def server(
     data_dir: Annotated[str | None, typer.Option(help="Data directory (default ./data).")] = None,
@@ -103,7 +86,6 @@ def server(
     for line in bootstrap_lines(rt.bootstrap, settings):
         console.print("  " + line, highlight=False)
     app_ = create_app(settings, runtime=rt)
-    _tune_gc()
     try:
         uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", access_log=False)
     finally:
