@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from stackwatch.errors import BadRequest
 from stackwatch.storage.executor import Executor
-from stackwatch.storage.schema import Column, Table, render_ddl
+from stackwatch.storage.schema import REPLAY_SAFE, Column, Table, render_ddl
 
 __all__ = [
     "METRIC_METADATA",
@@ -62,13 +62,6 @@ __all__ = [
     "query_arrow",
 ]
 
-_DEDUP = {
-    # Insert deduplication by token makes WAL replay idempotent (see ingest.batcher); the part
-    # is fsync'd because the WAL forgets the block once the insert returns.
-    "non_replicated_deduplication_window": 10000,
-    "fsync_after_insert": 1,
-    "fsync_part_directory": 1,
-}
 
 METRIC_SERIES = Table(
     name="metric_series",
@@ -88,7 +81,7 @@ METRIC_SERIES = Table(
     engine="AggregatingMergeTree",
     # Selectors almost always name the metric: (project, metric) is a prefix of the key.
     order_by="(project, metric, fingerprint)",
-    settings=_DEDUP,
+    settings=REPLAY_SAFE,
     comment="One row per metric series (collapsed by merges); answers PromQL selectors and the series/label APIs.",
 )
 
@@ -120,7 +113,7 @@ METRIC_SAMPLES = Table(
     order_by="(project, fingerprint, timestamp)",
     # Days: retention and rollups work on whole parts, and a time range skips other days.
     partition_by="intDiv(timestamp, 86400000)",
-    settings=_DEDUP,
+    settings=REPLAY_SAFE,
     comment="Metric samples (ms timestamps, float values), sorted by series then time.",
 )
 
@@ -135,7 +128,7 @@ METRIC_METADATA = Table(
     ),
     engine="ReplacingMergeTree",
     order_by="(project, metric, type)",
-    settings=_DEDUP,
+    settings=REPLAY_SAFE,
     comment="TYPE/HELP/UNIT per metric family, the last written kept; serves /api/v1/metadata.",
 )
 
@@ -165,7 +158,7 @@ def _rollup_table(resolution_ms: int, name: str) -> Table:
         engine_args="timestamp",
         order_by="(project, fingerprint, bucket)",
         partition_by="intDiv(bucket, 86400000)",
-        settings=_DEDUP,
+        settings=REPLAY_SAFE,
         comment=f"Last sample of each series per {resolution_ms // 60_000} min, filled from metric_samples by a view.",
     )
 
