@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher, profiles
+from fake_clocks import Clocks
 
 from stackwatch.auth import AuthService, Principal
 from stackwatch.errors import Unauthorized
@@ -14,24 +15,6 @@ from stackwatch.storage.meta import MetaStore
 from stackwatch.storage.meta.models import User
 
 TTL = 5.0
-
-
-class Clocks:
-    """Wall and monotonic time that only move when a test moves them."""
-
-    def __init__(self) -> None:
-        self.wall = datetime(2025, 1, 1, tzinfo=UTC)
-        self.mono = 1000.0
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += timedelta(seconds=seconds)
-        self.mono += seconds
 
 
 class CountingStore:
@@ -47,11 +30,6 @@ class CountingStore:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.store, name)
-
-
-@pytest.fixture
-def clocks() -> Clocks:
-    return Clocks()
 
 
 @pytest.fixture

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher, profiles
+from fake_clocks import Clocks
 
 from stackwatch.auth import (
     ADMIN_EMAIL,
@@ -22,29 +23,6 @@ from stackwatch.storage.meta.models import ApiToken, IngestToken, LoginSession, 
 
 ADMIN_TOKEN = "automation-admin-token-0123456789"
 INGEST_TOKEN = "automation-ingest-token-0123456789"
-
-
-class Clocks:
-    """Wall and monotonic time that only move when a test moves them."""
-
-    def __init__(self) -> None:
-        self.wall = datetime(2025, 1, 1, tzinfo=UTC)
-        self.mono = 1000.0
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += timedelta(seconds=seconds)
-        self.mono += seconds
-
-
-@pytest.fixture
-def clocks() -> Clocks:
-    return Clocks()
 
 
 def _service(store: MetaStore, clocks: Clocks, **kwargs: object) -> AuthService:
