@@ -109,12 +109,12 @@ class Engine:
         self.delayed_name_removal = delayed_name_removal
         self.subquery_step_ms = subquery_step_ms
 
-    def _context(self, start_ms: int, end_ms: int, step_ms: int = 0) -> EvalContext:
+    def _context(self, start_ms: int, end_ms: int, step_ms: int = 0, lookback_ms: int | None = None) -> EvalContext:
         return EvalContext(
             querier=self.querier,
             start_ms=start_ms,
             end_ms=end_ms,
-            lookback_ms=self.lookback_delta_ms,
+            lookback_ms=self.lookback_delta_ms if lookback_ms is None else lookback_ms,
             max_samples=self.max_samples,
             deadline=time.monotonic() + self.timeout_s,
             delayed_name_removal=self.delayed_name_removal,
@@ -173,14 +173,11 @@ class Engine:
         )
         if resolution:
             # Rollups keep the last sample per bucket: a selector must look back at least one
-            # bucket to find it (VictoriaMetrics widens its lookback to the step the same way).
+            # bucket to find it (VictoriaMetrics's -search.setLookbackToStep does the same).
             self.querier.resolution_ms = resolution  # type: ignore[attr-defined]
-            saved = self.lookback_delta_ms
-            self.lookback_delta_ms = max(saved, resolution)
             try:
-                value = self._run(node, ts, start_ms, end_ms, step_ms)
+                value = self._run(node, ts, start_ms, end_ms, step_ms, max(self.lookback_delta_ms, resolution))
             finally:
-                self.lookback_delta_ms = saved
                 self.querier.resolution_ms = 0  # type: ignore[attr-defined]
         else:
             value = self._run(node, ts, start_ms, end_ms, step_ms)
@@ -196,9 +193,9 @@ class Engine:
         return Result("matrix", series=out)
 
     def _run(
-        self, node: Node, ts: np.ndarray, start_ms: int, end_ms: int, step_ms: int = 0
+        self, node: Node, ts: np.ndarray, start_ms: int, end_ms: int, step_ms: int = 0, lookback_ms: int | None = None
     ) -> Vec | Scalar | String | RangeVec:
-        ev = Evaluator(self._context(start_ms, end_ms, step_ms))
+        ev = Evaluator(self._context(start_ms, end_ms, step_ms, lookback_ms))
         try:
             with np.errstate(all="ignore"):
                 return ev.eval(node, ts)
