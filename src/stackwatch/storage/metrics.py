@@ -135,7 +135,8 @@ METRIC_METADATA = Table(
 METRIC_TABLES: tuple[Table, ...] = (METRIC_SERIES, METRIC_SAMPLES, METRIC_METADATA)
 
 #: Rollup resolutions (ms) and their tables: the last sample of every series in each 5 min and
-#: 1 h bucket, for queries whose step is at least that long (see :meth:`MetricStore.fetch_samples`).
+#: 1 h bucket, for range queries whose times fall on bucket ends (see ``choose_resolution`` in
+#: ``query.promql.engine``).
 ROLLUPS: dict[int, str] = {300_000: "metric_rollup_5m", 3_600_000: "metric_rollup_1h"}
 
 
@@ -472,7 +473,6 @@ class MetricStore:
             for stmt in render_ddl(table, self.db, self.ex.cluster):
                 self.ex.command(stmt)
         if self.ex.cluster:
-            self.rollups = ()
             return
         for res, table in ROLLUP_TABLES.items():
             view = f"{table.name}_mv"
@@ -483,14 +483,11 @@ class MetricStore:
             for stmt in render_ddl(table, self.db):
                 self.ex.command(stmt)
             if not int(has_view):
+                select = _rollup_select(res, f"`{self.db}`.metric_samples")
                 self.ex.command(f"TRUNCATE TABLE `{self.db}`.`{table.name}`")
+                self.ex.command(f"INSERT INTO `{self.db}`.`{table.name}` {select}")
                 self.ex.command(
-                    f"INSERT INTO `{self.db}`.`{table.name}` "
-                    + _rollup_select(res, f"`{self.db}`.metric_samples")
-                )
-                self.ex.command(
-                    f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.db}`.`{view}` TO `{self.db}`.`{table.name}` AS "
-                    + _rollup_select(res, f"`{self.db}`.metric_samples")
+                    f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.db}`.`{view}` TO `{self.db}`.`{table.name}` AS {select}"
                 )
         self.rollups = tuple(sorted(ROLLUPS))
 
