@@ -189,6 +189,14 @@ class Evaluator:
         vs = ms.vs
         ends = self._at_times(vs.at, vs.offset_ms, ts)
         series = self._select(vs, int(ends.min()) - ms.range_ms + 1, int(ends.max()))
+        flat = _flat_blocks(series)
+        if flat is not None:
+            # The series lie in storage's flat arrays already: window them there.
+            t, v, starts = flat
+            sizes = np.fromiter((s.timestamps_ms.size for s in series), dtype=np.intp, count=len(series))
+            self._account(int(sizes.sum()))
+            labels = [make_labels(s.labels) for s in series]
+            return RangeVec(labels, np.zeros(len(labels), dtype=bool), t, v, starts, starts + sizes, ms.range_ms, ends)
         labels, ts_list, v_list = [], [], []
         for s in series:
             stale = is_stale_nan(s.values)
@@ -213,12 +221,12 @@ class Evaluator:
         range_ms: int,
         ends: np.ndarray,
     ) -> RangeVec:
-        sizes = [len(t) for t in ts_list]
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+        sizes = np.fromiter((len(t) for t in ts_list), dtype=np.intp, count=len(ts_list))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp) if ts_list else sizes
         flat_t = np.concatenate(ts_list).astype(np.int64) if ts_list else np.empty(0, dtype=np.int64)
         flat_v = np.concatenate(v_list).astype(np.float64) if v_list else np.empty(0)
         self._account(int(flat_t.size))
-        return RangeVec(labels, drop, flat_t, flat_v, offsets, range_ms, ends)
+        return RangeVec(labels, drop, flat_t, flat_v, starts, starts + sizes, range_ms, ends)
 
     def subquery(self, sq: Subquery, ts: np.ndarray) -> RangeVec:
         ends = self._at_times(sq.at, sq.offset_ms, ts)
@@ -298,15 +306,13 @@ class Evaluator:
         args = [self.eval_scalar(a, ts) for i, a in enumerate(node.args) if i != mi]
         n = len(rv)
         lo, hi = rv.windows()
-        ends = np.broadcast_to(rv.ends, (n, steps))
         w = WindowInput(
             t=rv.flat_t,
             v=rv.flat_v,
             lo=lo.ravel(),
             hi=hi.ravel(),
-            range_start=(ends - rv.range_ms).ravel(),
-            range_end=ends.ravel(),
-            step_ts=np.broadcast_to(ts, (n, steps)).ravel(),
+            ends=rv.ends,
+            times=ts,
             range_ms=rv.range_ms,
             args=[np.broadcast_to(a, (n, steps)).ravel() for a in args],
         )
@@ -332,6 +338,36 @@ class Evaluator:
         arg = node.args[0]
         labels = absent_labels(arg.vs) if isinstance(arg, MatrixSel) else ()
         return Vec([labels], np.ones((1, steps)), (~any_present)[None, :], np.zeros(1, dtype=bool)).compact()
+
+
+def _flat_blocks(series: SeriesSet) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(timestamps, values, starts) of the storage blocks the series lie in, if they all do.
+
+    One block (the usual case) is used as it is; several (a selector whose series were partly
+    read for an earlier one) are joined once, block by block. Only blocks without staleness
+    markers qualify: range functions skip markers, which the per-series path does by copying
+    each series without them.
+    """
+    if not series:
+        return None
+    index: dict[int, int] = {}
+    blocks: list[tuple[np.ndarray, np.ndarray]] = []
+    for s in series:
+        b = s.block
+        if b is None:
+            return None
+        if id(b) not in index:
+            t, v = b
+            if t.dtype != np.int64 or v.dtype != np.float64 or is_stale_nan(v).any():
+                return None
+            index[id(b)] = len(blocks)
+            blocks.append(b)
+    starts = np.fromiter((s.start for s in series), dtype=np.intp, count=len(series))
+    if len(blocks) == 1:
+        return blocks[0][0], blocks[0][1], starts
+    base = np.cumsum([0] + [b[0].size for b in blocks[:-1]])
+    starts += base[[index[id(s.block)] for s in series]]
+    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]), starts
 
 
 def absent_labels(vs: VectorSel) -> Labels:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -24,17 +25,48 @@ Kernel = Callable[["WindowInput"], tuple[np.ndarray, np.ndarray]]
 
 @dataclass
 class WindowInput:
-    """Everything a kernel may need; arrays of windows are 1-D of length N*S."""
+    """Everything a kernel may need; arrays of windows are 1-D of length N*S.
+
+    Window ``i`` belongs to step ``i % steps``. The per-window time bounds are derived from
+    the per-step ``ends`` only when a kernel asks for them: materialising three N*S arrays
+    for every range function cost more than some kernels themselves.
+    """
 
     t: np.ndarray  # flat sample timestamps (int64)
     v: np.ndarray  # flat sample values
     lo: np.ndarray  # window start index (inclusive)
     hi: np.ndarray  # window end index (exclusive)
-    range_start: np.ndarray  # window's exclusive lower time bound, per window
-    range_end: np.ndarray  # window's inclusive upper time bound, per window
-    step_ts: np.ndarray  # evaluation time of each window's step, per window
+    ends: np.ndarray  # (S,) each step's inclusive upper time bound
+    times: np.ndarray  # (S,) each step's evaluation time
     range_ms: int
     args: list[np.ndarray]  # extra scalar arguments, each per window
+
+    @property
+    def steps(self) -> int:
+        return int(self.ends.shape[0])
+
+    def per_step(self, a: np.ndarray) -> np.ndarray:
+        """An (N, S) view of a per-window array, for arithmetic that broadcasts per-step values."""
+        return a.reshape(-1, self.steps) if self.steps else a.reshape(0, 0)
+
+    def _expand(self, per_step: np.ndarray) -> np.ndarray:
+        n = self.lo.shape[0] // self.steps if self.steps else 0
+        return np.broadcast_to(per_step, (n, self.steps)).ravel()
+
+    @cached_property
+    def range_start(self) -> np.ndarray:
+        """Each window's exclusive lower time bound."""
+        return self._expand(self.ends - self.range_ms)
+
+    @cached_property
+    def range_end(self) -> np.ndarray:
+        """Each window's inclusive upper time bound."""
+        return self._expand(self.ends)
+
+    @cached_property
+    def step_ts(self) -> np.ndarray:
+        """Each window's evaluation time."""
+        return self._expand(self.times)
 
 
 def kahan_inc(inc: np.ndarray, s: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -253,47 +285,62 @@ def resets(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _extrapolated(w: WindowInput, is_counter: bool, is_rate: bool) -> tuple[np.ndarray, np.ndarray]:
-    n = _count(w)
+    # Prometheus's extrapolatedRate, over every window at once. Shaped (N, S) so that the
+    # per-step bounds broadcast instead of being expanded per window, and computed in place:
+    # at 1 M windows (720 series x 1,441 steps) each avoided temporary is about 2 ms.
+    lo, hi = w.per_step(w.lo), w.per_step(w.hi)
+    n = hi - lo
     ok = n >= 2
-    first_i, last_i = w.lo, w.hi - 1
-    first_t = _at(w.t, first_i).astype(np.float64)
-    last_t = _at(w.t, last_i).astype(np.float64)
-    first_v = _at(w.v, first_i)
-    last_v = _at(w.v, last_i)
-    result = last_v - first_v
+    last_i = hi - 1
+    first_t = _at(w.t, lo)
+    last_t = _at(w.t, last_i)
+    first_v = _at(w.v, lo)
+    result = _at(w.v, last_i)
+    result -= first_v
     if is_counter and w.v.size > 1:
         # Each reset inside the window adds the value just before it. Resets are rare, so only
         # their positions are summed (exactly, in long double), not every sample.
         pos = np.flatnonzero(w.v[1:] < w.v[:-1]) + 1
         if pos.size:
-            lo1 = np.minimum(w.lo + 1, w.hi)
+            lo1 = np.minimum(lo + 1, hi)
             a = np.searchsorted(pos, lo1, side="left")
-            b = np.searchsorted(pos, w.hi, side="left")
+            b = np.searchsorted(pos, hi, side="left")
             if (b > a).any():
                 cs = np.concatenate([[0], np.cumsum(w.v[pos - 1].astype(np.longdouble))])
                 corr = (cs[b] - cs[a]).astype(np.float64)
                 result = np.where(b > a, result + corr, result)
-    range_start = w.range_start.astype(np.float64)
-    range_end = w.range_end.astype(np.float64)
-    to_start = (first_t - range_start) / 1000
-    to_end = (range_end - last_t) / 1000
-    sampled = (last_t - first_t) / 1000
+    # Differences of integer milliseconds are exact, so subtracting before the conversion to
+    # float gives the same seconds as Prometheus's float arithmetic.
+    sampled = (last_t - first_t).astype(np.float64)
+    sampled /= 1000
+    to_start = (first_t - (w.ends - w.range_ms)).astype(np.float64)
+    to_start /= 1000
+    to_end = (w.ends - last_t).astype(np.float64)
+    to_end /= 1000
     with np.errstate(all="ignore"):
-        avg = np.where(n > 1, sampled / np.maximum(n - 1, 1), 0.0)
+        # Windows with fewer than two samples have no rate; what is computed for them is
+        # masked by ``ok``.
+        avg = sampled / np.maximum(n - 1, 1)
         threshold = avg * 1.1
-        to_start = np.where(to_start >= threshold, avg / 2, to_start)
+        half = avg / 2
+        np.copyto(to_start, half, where=to_start >= threshold)
         if is_counter:
-            use_zero = (result > 0) & (first_v >= 0)
-            to_zero = np.where(use_zero, sampled * (first_v / np.where(result == 0, 1, result)), to_start)
-            to_start = np.where(to_zero < to_start, to_zero, to_start)
-        to_end = np.where(to_end >= threshold, avg / 2, to_end)
-        factor = np.where(
-            sampled != 0, (sampled + to_start + to_end) / np.where(sampled == 0, 1, sampled), 1.0
-        )
+            # A counter is not extrapolated below zero: stop where the line would reach it.
+            to_zero = first_v / result
+            to_zero *= sampled
+            use_zero = result > 0
+            use_zero &= first_v >= 0
+            use_zero &= to_zero < to_start
+            np.copyto(to_start, to_zero, where=use_zero)
+        np.copyto(to_end, half, where=to_end >= threshold)
+        factor = sampled + to_start
+        factor += to_end
+        factor /= sampled
+        np.copyto(factor, 1.0, where=sampled == 0)
         if is_rate:
-            factor = factor / (w.range_ms / 1000.0)
-        out = result * factor
-    return out, ok
+            factor /= w.range_ms / 1000.0
+        result *= factor
+    return result.reshape(-1), ok.reshape(-1)
 
 
 def rate(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:

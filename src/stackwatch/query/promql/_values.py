@@ -114,15 +114,18 @@ class RangeVec:
     """A range vector: raw samples per series plus the window each step looks at.
 
     At step ``s`` the window is ``(ends[s] - range_ms, ends[s]]``. Samples of all
-    series are concatenated into ``flat_t`` / ``flat_v`` with ``offsets`` so that
-    range functions can work on every (series, step) window in one numpy pass.
+    series live in ``flat_t`` / ``flat_v``, series ``i`` at ``[starts[i], stops[i])``, so
+    that range functions can work on every (series, step) window in one numpy pass. The
+    flat arrays may hold samples of no listed series (a storage read shared by several
+    selectors); nothing reads outside the listed spans.
     """
 
     labels: list[Labels]
     drop_name: np.ndarray  # (N,) bool
     flat_t: np.ndarray  # int64
     flat_v: np.ndarray  # float64
-    offsets: np.ndarray  # (N + 1,) start of each series in the flat arrays
+    starts: np.ndarray  # (N,) first index of each series in the flat arrays
+    stops: np.ndarray  # (N,) one past its last index
     range_ms: int
     ends: np.ndarray  # (S,) int64
 
@@ -135,9 +138,8 @@ class RangeVec:
         lo = np.empty((n, s), dtype=np.intp)
         hi = np.empty((n, s), dtype=np.intp)
         starts = self.ends - self.range_ms
-        for i in range(n):
-            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        for i, (a, b) in enumerate(zip(self.starts.tolist(), self.stops.tolist(), strict=True)):
             t = self.flat_t[a:b]
-            lo[i] = a + np.searchsorted(t, starts, side="right")
-            hi[i] = a + np.searchsorted(t, self.ends, side="right")
+            np.add(t.searchsorted(starts, side="right"), a, out=lo[i])
+            np.add(t.searchsorted(self.ends, side="right"), a, out=hi[i])
         return lo, hi

@@ -48,7 +48,9 @@ class ClickHouseQuerier:
         # The server's ``query_pushdown`` setting travels on the store (see MetricStore).
         self.use_pushdown = store.query_pushdown if pushdown is None else pushdown
         self.pushed = 0  # sub-expressions answered in SQL (tests and benchmarks read it)
-        self._read: dict[tuple[int, int, int], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        # (start, end, resolution) -> fingerprint -> (block, start, stop): the flat arrays a
+        # read returned and where the series lies in them.
+        self._read: dict[tuple[int, int, int], dict[int, tuple[tuple[np.ndarray, np.ndarray], int, int]]] = {}
         #: Read rollups at this resolution instead of samples (0: samples); the engine sets it
         #: for a range query whose step is long enough (see Engine.range).
         self.resolution_ms = 0
@@ -88,20 +90,20 @@ class ClickHouseQuerier:
                 raise TooManySamples("series selection")
             # Rows come sorted by fingerprint: each series is one contiguous run.
             if fp.size:
+                block = (ts, vals)
                 starts = np.flatnonzero(np.r_[True, fp[1:] != fp[:-1]])
                 ends = np.r_[starts[1:], fp.size]
                 for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                    cached[int(fp[a])] = (ts[a:b], vals[a:b])
+                    cached[int(fp[a])] = (block, a, b)
             for f in missing:
-                cached.setdefault(f, (_EMPTY_T, _EMPTY_V))
+                cached.setdefault(f, (_EMPTY, 0, 0))
         out: SeriesSet = []
         for f, labels in labels_of.items():
-            t, v = cached[f]
-            if t.size:
-                out.append(Series(labels, t, v))
+            block, a, b = cached[f]
+            if b > a:
+                out.append(Series(labels, block[0][a:b], block[1][a:b], block, a))
         out.sort(key=lambda s: sorted(s.labels.items()))
         return out
 
 
-_EMPTY_T = np.empty(0, dtype=np.int64)
-_EMPTY_V = np.empty(0, dtype=np.float64)
+_EMPTY = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))

@@ -94,6 +94,11 @@ class Series(NamedTuple):
     labels: dict[str, str]
     timestamps_ms: np.ndarray  # int64, ascending
     values: np.ndarray  # float64; stale markers included
+    #: A querier that read many series into one pair of flat arrays may say so: ``block`` is
+    #: that (timestamps, values) pair and ``start`` this series' first index in it. Range
+    #: functions then window the block in place instead of concatenating the series again.
+    block: tuple[np.ndarray, np.ndarray] | None = None
+    start: int = 0
 
 
 SeriesSet = list[Series]
