@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from stackwatch.query.promql import STALE_NAN, Engine, Matcher, MemoryStorage, TooManySamples, is_stale_nan
+from stackwatch.query.promql import clickhouse as chq
 from stackwatch.query.promql.clickhouse import ClickHouseQuerier
 from stackwatch.storage.executor import ChdbExecutor
 from stackwatch.storage.metrics import (
@@ -211,7 +212,7 @@ QUERIES = [
 ]
 
 
-def test_clickhouse_querier_answers_like_memory_storage(store: MetricStore) -> None:
+def test_clickhouse_querier_answers_like_memory_storage(store: MetricStore, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(7)
     mem = MemoryStorage()
     batch = MetricBatch()
@@ -236,15 +237,20 @@ def test_clickhouse_querier_answers_like_memory_storage(store: MetricStore) -> N
     flappy[60] = STALE_NAN  # the target went away for one scrape
     add({"__name__": "flappy_total", "route": "/a"}, ts, flappy)
     store.insert("default", batch)
-    ch = Engine(ClickHouseQuerier(store, "default"))
     ref = Engine(mem)
-    for q in QUERIES:
-        a = ch.range(q, T0 + 600_000, T0 + 1_700_000, 60_000).to_prometheus_json()
-        b = ref.range(q, T0 + 600_000, T0 + 1_700_000, 60_000).to_prometheus_json()
-        assert a == b, q
-        a = ch.instant(q, T0 + 1_000_000).to_prometheus_json()
-        b = ref.instant(q, T0 + 1_000_000).to_prometheus_json()
-        assert a == b, q
+    # As shipped (these selections are read in one part), then with every selection of two or
+    # more series streamed in parts: range functions see several storage reads per selector.
+    for parts, min_series in ((chq.STREAM_PARTS, chq.STREAM_MIN_SERIES), (3, 1)):
+        monkeypatch.setattr(chq, "STREAM_PARTS", parts)
+        monkeypatch.setattr(chq, "STREAM_MIN_SERIES", min_series)
+        ch = Engine(ClickHouseQuerier(store, "default"))
+        for q in QUERIES:
+            a = ch.range(q, T0 + 600_000, T0 + 1_700_000, 60_000).to_prometheus_json()
+            b = ref.range(q, T0 + 600_000, T0 + 1_700_000, 60_000).to_prometheus_json()
+            assert a == b, (q, parts)
+            a = ch.instant(q, T0 + 1_000_000).to_prometheus_json()
+            b = ref.instant(q, T0 + 1_000_000).to_prometheus_json()
+            assert a == b, (q, parts)
 
 
 def test_samples_compress_like_a_time_series_database(store: MetricStore, tmp_path: Path) -> None:

@@ -188,7 +188,9 @@ class Evaluator:
     def matrix_selector(self, ms: MatrixSel, ts: np.ndarray) -> RangeVec:
         vs = ms.vs
         ends = self._at_times(vs.at, vs.offset_ms, ts)
-        series = self._select(vs, int(ends.min()) - ms.range_ms + 1, int(ends.max()))
+        return self._matrix_of(self._select(vs, int(ends.min()) - ms.range_ms + 1, int(ends.max())), ms.range_ms, ends)
+
+    def _matrix_of(self, series: SeriesSet, range_ms: int, ends: np.ndarray) -> RangeVec:
         flat = _flat_blocks(series)
         if flat is not None:
             # The series lie in storage's flat arrays already: window them there.
@@ -196,7 +198,7 @@ class Evaluator:
             sizes = np.fromiter((s.timestamps_ms.size for s in series), dtype=np.intp, count=len(series))
             self._account(int(sizes.sum()))
             labels = [make_labels(s.labels) for s in series]
-            return RangeVec(labels, np.zeros(len(labels), dtype=bool), t, v, starts, starts + sizes, ms.range_ms, ends)
+            return RangeVec(labels, np.zeros(len(labels), dtype=bool), t, v, starts, starts + sizes, range_ms, ends)
         labels, ts_list, v_list = [], [], []
         for s in series:
             stale = is_stale_nan(s.values)
@@ -210,7 +212,7 @@ class Evaluator:
             labels.append(make_labels(s.labels))
             ts_list.append(t)
             v_list.append(v)
-        return self._range_vec(labels, np.zeros(len(labels), dtype=bool), ts_list, v_list, ms.range_ms, ends)
+        return self._range_vec(labels, np.zeros(len(labels), dtype=bool), ts_list, v_list, range_ms, ends)
 
     def _range_vec(
         self,
@@ -298,32 +300,26 @@ class Evaluator:
     def range_function(self, node: Call, ts: np.ndarray) -> Vec:
         name = node.func
         mi = MATRIX_ARG.get(name, 0)
-        rv = self.eval(node.args[mi], ts)
-        assert isinstance(rv, RangeVec)
-        steps = ts.shape[0]
-        if name == "absent_over_time":
-            return self._absent_over_time(node, rv, steps)
-        args = [self.eval_scalar(a, ts) for i, a in enumerate(node.args) if i != mi]
-        n = len(rv)
-        lo, hi = rv.windows()
-        w = WindowInput(
-            t=rv.flat_t,
-            v=rv.flat_v,
-            lo=lo.ravel(),
-            hi=hi.ravel(),
-            ends=rv.ends,
-            times=ts,
-            range_ms=rv.range_ms,
-            args=[np.broadcast_to(a, (n, steps)).ravel() for a in args],
-        )
-        with np.errstate(all="ignore"):
-            values, present = KERNELS[name](w)
-        out = Vec(
-            list(rv.labels),
-            np.asarray(values, dtype=np.float64).reshape(n, steps),
-            np.asarray(present, dtype=bool).reshape(n, steps),
-            rv.drop_name.copy(),
-        )
+        arg = node.args[mi]
+        stream = getattr(self.ctx.querier, "select_stream", None)
+        if stream is not None and isinstance(arg, MatrixSel) and not arg.vs.or_matchers and name != "absent_over_time":
+            # Windows of different series never meet, so a selection can be worked on part by
+            # part while storage reads the next part.
+            args = [self.eval_scalar(a, ts) for i, a in enumerate(node.args) if i != mi]
+            vs = arg.vs
+            ends = self._at_times(vs.at, vs.offset_ms, ts)
+            parts = [
+                self._apply_kernel(name, self._matrix_of(series, arg.range_ms, ends), ts, args)
+                for series in stream(list(vs.matchers), int(ends.min()) - arg.range_ms + 1, int(ends.max()))
+            ]
+            out = _stack_sorted(parts, ts.shape[0])
+        else:
+            rv = self.eval(arg, ts)
+            assert isinstance(rv, RangeVec)
+            if name == "absent_over_time":
+                return self._absent_over_time(node, rv, ts.shape[0])
+            args = [self.eval_scalar(a, ts) for i, a in enumerate(node.args) if i != mi]
+            out = self._apply_kernel(name, rv, ts, args)
         out = out.compact()
         self._account(int(out.present.sum()))
         drop = np.full(len(out), name not in KEEPS_NAME) | out.drop_name
@@ -332,12 +328,63 @@ class Evaluator:
             return out
         return self._drop_names(out, drop)
 
+    def _apply_kernel(self, name: str, rv: RangeVec, ts: np.ndarray, args: list[np.ndarray]) -> Vec:
+        self._check()
+        n, steps = len(rv), ts.shape[0]
+        lo, hi = rv.windows()
+        kernel = KERNELS[name]
+        values = np.empty((n, steps), dtype=np.float64)
+        present = np.empty((n, steps), dtype=bool)
+        # Kernels are a few dozen numpy passes over their windows; run on blocks of series whose
+        # temporaries stay in the CPU cache (rate over 720 series x 1,441 steps: 84 ms in one
+        # block of 1 M windows, 32 ms in blocks of 64 series).
+        rows = max(1, KERNEL_BLOCK_WINDOWS // max(steps, 1))
+        for a in range(0, n, rows):
+            b = min(n, a + rows)
+            w = WindowInput(
+                t=rv.flat_t,
+                v=rv.flat_v,
+                lo=lo[a:b].ravel(),
+                hi=hi[a:b].ravel(),
+                ends=rv.ends,
+                times=ts,
+                range_ms=rv.range_ms,
+                args=[np.broadcast_to(x, (b - a, steps)).ravel() for x in args],
+            )
+            with np.errstate(all="ignore"):
+                v, p = kernel(w)
+            values[a:b] = np.asarray(v, dtype=np.float64).reshape(b - a, steps)
+            present[a:b] = np.asarray(p, dtype=bool).reshape(b - a, steps)
+        return Vec(list(rv.labels), values, present, rv.drop_name.copy())
+
     def _absent_over_time(self, node: Call, rv: RangeVec, steps: int) -> Vec:
         lo, hi = rv.windows()
         any_present = ((hi - lo) > 0).any(axis=0) if len(rv) else np.zeros(steps, dtype=bool)
         arg = node.args[0]
         labels = absent_labels(arg.vs) if isinstance(arg, MatrixSel) else ()
         return Vec([labels], np.ones((1, steps)), (~any_present)[None, :], np.zeros(1, dtype=bool)).compact()
+
+
+KERNEL_BLOCK_WINDOWS = 1 << 16
+"""Windows per kernel call: small enough for a kernel's temporaries to stay in cache."""
+
+
+def _stack_sorted(parts: list[Vec], steps: int) -> Vec:
+    """One vector of the parts' rows, in label order (the order ``select`` gives)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Vec.empty(steps)
+    if len(parts) == 1:
+        return parts[0]
+    labels = [lb for p in parts for lb in p.labels]
+    order = sorted(range(len(labels)), key=labels.__getitem__)
+    idx = np.asarray(order, dtype=np.intp)
+    return Vec(
+        [labels[i] for i in order],
+        np.concatenate([p.values for p in parts])[idx],
+        np.concatenate([p.present for p in parts])[idx],
+        np.concatenate([p.drop_name for p in parts])[idx],
+    )
 
 
 def _flat_blocks(series: SeriesSet) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -258,30 +258,36 @@ def mad_over_time(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
     return out, n > 0
 
 
-def _pair_counts(w: WindowInput, flag: np.ndarray) -> np.ndarray:
-    """How many i in (lo, hi) have ``flag[i]`` (a property of the pair i-1, i)."""
-    cs = np.concatenate([[0], np.cumsum(flag.astype(np.int64))])
+def _span(w: WindowInput) -> tuple[int, int]:
+    """The flat-sample index range ``[a, b)`` these windows cover (kernels run on blocks of windows)."""
+    if not w.lo.size:
+        return 0, 0
+    return int(w.lo.min()), int(w.hi.max())
+
+
+def _pair_counts(w: WindowInput, pair_flag: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """How many i in (lo, hi) have ``pair_flag(v[i], v[i-1])``, looking only at the windows' span."""
+    a0, b0 = _span(w)
+    seg = w.v[a0:b0]
+    cs = np.zeros(seg.size + 1, dtype=np.int64)
+    if seg.size > 1:
+        np.cumsum(pair_flag(seg[1:], seg[:-1]), out=cs[2:])
     lo1 = np.minimum(w.lo + 1, w.hi)
-    return cs[w.hi] - cs[lo1]
+    return cs[w.hi - a0] - cs[lo1 - a0]
+
+
+def _changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a != b) & ~(np.isnan(a) & np.isnan(b))
 
 
 def changes(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
     n = _count(w)
-    v = w.v
-    flag = np.zeros(v.shape, dtype=bool)
-    if v.size > 1:
-        a, b = v[1:], v[:-1]
-        flag[1:] = (a != b) & ~(np.isnan(a) & np.isnan(b))
-    return _pair_counts(w, flag).astype(np.float64), n > 0
+    return _pair_counts(w, _changed).astype(np.float64), n > 0
 
 
 def resets(w: WindowInput) -> tuple[np.ndarray, np.ndarray]:
     n = _count(w)
-    v = w.v
-    flag = np.zeros(v.shape, dtype=bool)
-    if v.size > 1:
-        flag[1:] = v[1:] < v[:-1]
-    return _pair_counts(w, flag).astype(np.float64), n > 0
+    return _pair_counts(w, np.less).astype(np.float64), n > 0
 
 
 def _extrapolated(w: WindowInput, is_counter: bool, is_rate: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -297,10 +303,13 @@ def _extrapolated(w: WindowInput, is_counter: bool, is_rate: bool) -> tuple[np.n
     first_v = _at(w.v, lo)
     result = _at(w.v, last_i)
     result -= first_v
-    if is_counter and w.v.size > 1:
+    if is_counter and w.v.size > 1 and lo.size:
         # Each reset inside the window adds the value just before it. Resets are rare, so only
-        # their positions are summed (exactly, in long double), not every sample.
-        pos = np.flatnonzero(w.v[1:] < w.v[:-1]) + 1
+        # their positions are summed (exactly, in long double), not every sample. Only the
+        # samples these windows span are looked at: callers pass windows in blocks.
+        a0, b0 = _span(w)
+        seg = w.v[a0:b0]
+        pos = np.flatnonzero(seg[1:] < seg[:-1]) + (a0 + 1)
         if pos.size:
             lo1 = np.minimum(lo + 1, hi)
             a = np.searchsorted(pos, lo1, side="left")
