@@ -328,14 +328,24 @@ def compare_queries(work: Path, data: Any, runs: int, results: dict, peers: bool
             stop()
 
 
+SETTLE_S = 0.5
+"""Pause before each timed query (see _interleaved)."""
+
+
 def _interleaved(systems: dict, data: Any, runs: int) -> tuple[dict, dict]:
     times: dict[tuple[str, str], list[float]] = {}
     bodies: dict[tuple[str, str], dict] = {}
     clients = {name: httpx.Client(base_url=url, headers=h, timeout=1800) for name, (url, h, _) in systems.items()}
+    names = list(systems)
     try:
-        for _ in range(runs):
+        for rnd in range(runs):
             for qname, q in DASHBOARD.items():
-                for sname, (_, _, extra) in systems.items():
+                # Each round starts with another system, and each request waits for the machine to
+                # settle: a Go collector finishing after Prometheus's answer must not be billed
+                # to whichever system is asked next on two cores.
+                for sname in names[rnd % len(names):] + names[: rnd % len(names)]:
+                    extra = systems[sname][2]
+                    time.sleep(SETTLE_S)
                     t = time.perf_counter()
                     r = clients[sname].post("/api/v1/query_range", data={
                         "query": q, "start": data.t0_ms / 1000, "end": data.t_end_ms / 1000, "step": 60, **extra})

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from stackwatch.query.promql import Engine, MemoryStorage, _eval
 from stackwatch.query.promql._range_funcs import KERNELS
+from stackwatch.query.promql._values import RangeVec
 
 T0 = 1_700_000_000_000
 STEP = 15_000
@@ -81,3 +82,30 @@ def test_counter_kernels_in_random_blocks(seed: int, windows: int, func: str) ->
         assert Engine(mem).range(expr, T0, T0 + 600_000, 7_000).to_prometheus_json() == whole
     finally:
         _eval.KERNEL_BLOCK_WINDOWS = saved
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 400), max_size=40), min_size=1, max_size=5),
+    st.integers(1, 60),
+    st.integers(1, 30),
+    st.integers(1, 8),
+    st.integers(-50, 450),
+)
+def test_window_bounds_match_a_search_per_window(series: list[list[int]], steps: int, step: int, mult: int,
+                                                 first_end: int) -> None:
+    """windows() reuses step k - shift's end as step k's start when the range is a whole number
+    of steps; every bound must still be the one a direct search finds (either side of a sample)."""
+    flats = [np.unique(np.asarray(s, dtype=np.int64)) for s in series]
+    flat_t = np.concatenate(flats)
+    sizes = np.asarray([f.size for f in flats], dtype=np.intp)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+    ends = first_end + np.arange(steps, dtype=np.int64) * step
+    for range_ms in (mult * step, mult * step + 1):  # a multiple of the step, and not
+        rv = RangeVec([()] * len(flats), np.zeros(len(flats), dtype=bool), flat_t, np.zeros(flat_t.size),
+                      starts, starts + sizes, range_ms, ends)
+        lo, hi = rv.windows()
+        for i, f in enumerate(flats):
+            for k, e in enumerate(ends.tolist()):
+                assert lo[i, k] == starts[i] + np.count_nonzero(f <= e - range_ms)
+                assert hi[i, k] == starts[i] + np.count_nonzero(f <= e)

@@ -138,8 +138,27 @@ class RangeVec:
         lo = np.empty((n, s), dtype=np.intp)
         hi = np.empty((n, s), dtype=np.intp)
         starts = self.ends - self.range_ms
+        # When the range is a whole number of steps (rate(x[5m]) at a 1 m step), the window
+        # of step k starts where the window of step k - shift ended: only the first ``shift``
+        # starts need a search, which halves the searching.
+        shift = self._range_in_steps()
+        head = starts[:shift] if shift else starts
         for i, (a, b) in enumerate(zip(self.starts.tolist(), self.stops.tolist(), strict=True)):
             t = self.flat_t[a:b]
-            np.add(t.searchsorted(starts, side="right"), a, out=lo[i])
             np.add(t.searchsorted(self.ends, side="right"), a, out=hi[i])
+            np.add(t.searchsorted(head, side="right"), a, out=lo[i, : head.shape[0]])
+        if shift:
+            lo[:, shift:] = hi[:, :-shift]
         return lo, hi
+
+    def _range_in_steps(self) -> int:
+        """``range / step`` when the ends are evenly spaced and the range is a multiple of the step (else 0)."""
+        ends = self.ends
+        if ends.shape[0] < 2:
+            return 0
+        step = int(ends[1] - ends[0])
+        if step <= 0 or self.range_ms % step or self.range_ms // step >= ends.shape[0]:
+            return 0
+        if not (np.diff(ends) == step).all():
+            return 0
+        return self.range_ms // step
