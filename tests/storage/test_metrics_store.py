@@ -255,7 +255,7 @@ def test_clickhouse_querier_answers_like_memory_storage(store: MetricStore, monk
 
 def test_samples_compress_like_a_time_series_database(store: MetricStore, tmp_path: Path) -> None:
     """Scrape-like data (counters, gauges; 15 s interval with ms jitter) stays near Prometheus's
-    ~1.5 bytes/sample; the full 1,000-series day is measured by bench/metrics_storage.py."""
+    ~1.5 bytes/sample; the full-size figure comes from bench/metrics_bench.py."""
     rng = np.random.default_rng(3)
     b = MetricBatch()
     n = 2880  # 12 h at 15 s
