@@ -201,9 +201,13 @@ def test_minute_counts_follow_inserts_and_a_replayed_block_counts_once(store: Lo
     assert minute_total(store) == 300
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "table"])
 @pytest.mark.parametrize("q", ["level:ERROR", "service:api AND NOT level:DEBUG", "", "level:w*", "type:security"])
-def test_histograms_from_minute_counts_equal_counting_the_lines(store: LogStore, q: str) -> None:
+def test_histograms_from_minute_counts_equal_counting_the_lines(store: LogStore, q: str, in_memory: bool) -> None:
     store.hot_horizon = lambda: 0  # everything is in the hot tier
+    assert store.minute_counts is not None  # the embedded store keeps them in memory too
+    if not in_memory:
+        store.minute_counts = None  # what a ClickHouse server does: sum logs_minutes
     store.insert(recent_lines(900))
     c = compile_query(q)
     ranges = [
@@ -250,3 +254,88 @@ def test_a_store_made_before_the_minute_counts_gets_them_filled_in(store: LogSto
     store.insert(recent_lines(10, offset=200))
     store.ensure_schema()  # a later start: the view exists, nothing is counted twice
     assert minute_total(store) == 210
+
+
+# -- the per-minute counts held in memory ---------------------------------------------------
+
+
+class QueryCounter:
+    """Counts the storage queries a store runs (the in-memory path should run none)."""
+
+    def __init__(self, store: LogStore) -> None:
+        self.n = 0
+        for name in ("rows", "query_arrow", "query_local"):
+            real = getattr(store.ex, name)
+
+            def spy(*args: object, _real: object = real, **kw: object) -> object:
+                self.n += 1
+                return _real(*args, **kw)  # type: ignore[operator]
+
+            setattr(store.ex, name, spy)
+
+
+def both_ways(store: LogStore, q: str, start: int, end: int, interval: int = 60, by_level: bool = False) -> tuple:
+    c = compile_query(q)
+    fast = store.histogram("default", c.where, c.params, start, end, interval, by_level=by_level, columns=c.columns)
+    slow = store.histogram("default", c.where, c.params, start, end, interval, by_level=by_level)
+    return fast, slow
+
+
+def test_in_memory_counts_follow_inserts_made_after_they_were_filled(store: LogStore) -> None:
+    store.hot_horizon = lambda: 0
+    store.insert(recent_lines(300), dedup_token="logs-a")
+    day = (RECENT, RECENT + DAY_NS)
+    fast, slow = both_ways(store, "level:ERROR", *day)
+    assert fast == slow and sum(b["count"] for b in fast) == 75
+    assert store.minute_counts is not None and store.minute_counts.ready
+    store.insert(recent_lines(300), dedup_token="logs-a")  # a replay of a block already counted
+    store.insert(recent_lines(200, offset=300), dedup_token="logs-b")
+    # a service and a log type never seen before: keys the cached matches do not know yet
+    store.insert([record(0, timestamp=RECENT + 60 * 10**9 * 7, service="billing", severity_text="ERROR",
+                         severity_number=17, log_type="database")], dedup_token="logs-c")
+    for q in ("level:ERROR", "service:billing", "type:database OR service:api", ""):
+        for by_level in (False, True):
+            fast, slow = both_ways(store, q, *day, 300, by_level)
+            assert fast == slow, (q, by_level)
+    assert sum(b["count"] for b in both_ways(store, "", *day)[0]) == 501 == minute_total(store)
+
+
+def test_a_whole_minute_histogram_runs_no_storage_query_once_its_query_was_seen(store: LogStore) -> None:
+    store.hot_horizon = lambda: 0
+    store.insert(recent_lines(400))
+    c = compile_query("service:auth AND level:>=WARN")
+    day = (RECENT, RECENT + DAY_NS)
+    first = store.histogram("default", c.where, c.params, *day, 60, columns=c.columns)
+    counter = QueryCounter(store)
+    again = store.histogram("default", c.where, c.params, *day, 300, by_level=True, columns=c.columns)
+    assert counter.n == 0
+    assert sum(b["count"] for b in again) == sum(b["count"] for b in first) > 0
+    partial = store.histogram("default", c.where, c.params, RECENT + 10**9, RECENT + DAY_NS, 60, columns=c.columns)
+    assert counter.n == 1  # only the partial first minute is counted from the lines
+    assert partial == store.histogram("default", c.where, c.params, RECENT + 10**9, RECENT + DAY_NS, 60)
+
+
+def test_ranges_before_the_in_memory_window_are_summed_from_the_table(store: LogStore) -> None:
+    store.hot_horizon = lambda: 0
+    store.insert(recent_lines(600))
+    assert store.minute_counts is not None
+    store.minute_counts.keep_days = 1  # today only: yesterday's lines are not held
+    c = compile_query("level:ERROR")
+    counter = QueryCounter(store)
+    fast = store.histogram("default", c.where, c.params, RECENT, RECENT + DAY_NS, 60, columns=c.columns)
+    assert counter.n >= 2  # filled the (empty) window, then read logs_minutes
+    assert fast == both_ways(store, "level:ERROR", RECENT, RECENT + DAY_NS)[1]
+    assert sum(b["count"] for b in fast) == 150
+
+
+def test_counts_that_would_outgrow_their_memory_limit_switch_off(store: LogStore) -> None:
+    store.hot_horizon = lambda: 0
+    assert store.minute_counts is not None
+    store.minute_counts.max_bytes = 64 * 1440 * 4 * 3 // 2  # one day of the first 64 keys, not two
+    store.insert(recent_lines(30))
+    fast, slow = both_ways(store, "", RECENT, RECENT + DAY_NS)
+    assert fast == slow and store.minute_counts.ready
+    store.insert([record(0, timestamp=RECENT + 3 * DAY_NS // 2 + i * 10**9) for i in range(5)])  # a second day
+    assert store.minute_counts.disabled and not store.minute_counts.ready
+    fast, slow = both_ways(store, "", RECENT, RECENT + 2 * DAY_NS)
+    assert fast == slow and sum(b["count"] for b in fast) == 35

@@ -169,6 +169,15 @@ class ChdbExecutor:
         address = np.frombuffer(view, dtype=np.uint8).ctypes.data
         return pa.ipc.open_stream(pa.foreign_buffer(address, size, base=result)).read_all()
 
+    def query_local(self, sql: str, local: pa.Table, params: Mapping[str, Any] | None = None) -> pa.Table:
+        """Run ``sql`` over an Arrow table of this process, which it reads as ``Python(local)``.
+
+        Lets a small in-memory table be filtered by the same compiled SQL as the stored one
+        (the in-memory minute counts decide which of their keys a log query matches this way).
+        """
+        # chDB's Python() table function finds the table among the calling frames' locals.
+        return self.query_arrow(sql, params)
+
     def insert_arrow(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         settings = ""
         if dedup_token is not None:

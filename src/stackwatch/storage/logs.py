@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from stackwatch.errors import BadRequest
 from stackwatch.model.logs import LogRecord
 from stackwatch.model.logs_arrow import records_to_arrow
 from stackwatch.storage.executor import Executor
+from stackwatch.storage.minute_counts import KEY_COLUMNS, MinuteCounts
 from stackwatch.storage.retention import COLD_SCHEMA, cold_files
 from stackwatch.storage.schema import (
     LOGS,
@@ -141,6 +143,12 @@ class LogStore:
         self.hot_horizon = hot_horizon
         #: Whether logs_minutes is kept (set by ensure_schema): histograms may read it.
         self.minutes = False
+        #: The same counts in memory (set by ensure_schema on the embedded store, whose only
+        #: writer is this process: a ClickHouse server may have other writers).
+        self.minute_counts: MinuteCounts | None = None
+        # Held across an insert and its counting, and while the counts are filled from the
+        # table, so no block is in both.
+        self._insert_lock = threading.Lock()
 
     def _from(self, project: str, start_ns: int, end_ns: int) -> str:
         """The table to read: hot (and warm when the range reaches it), plus cold files in range."""
@@ -184,6 +192,8 @@ class LogStore:
             self.ex.command(minutes_backfill_sql(self.db))
             self.ex.command(minutes_view_ddl(self.db))
         self.minutes = True
+        if hasattr(self.ex, "query_local"):
+            self.minute_counts = MinuteCounts()
 
     def insert(self, records: Sequence[LogRecord], *, dedup_token: str | None = None) -> int:
         if not records:
@@ -192,8 +202,17 @@ class LogStore:
 
     def insert_block(self, block: pa.Table, *, dedup_token: str | None = None) -> int:
         """Insert a block already in the table's columns (see :func:`records_to_arrow`)."""
-        if block.num_rows:
-            self.ex.insert_arrow("logs_hot", distinct_observed(block), dedup_token=dedup_token)
+        if not block.num_rows:
+            return 0
+        block = distinct_observed(block)
+        counts = self.minute_counts
+        if counts is None:
+            self.ex.insert_arrow("logs_hot", block, dedup_token=dedup_token)
+        else:
+            with self._insert_lock:
+                self.ex.insert_arrow("logs_hot", block, dedup_token=dedup_token)
+                with counts.lock:
+                    counts.add(block, dedup_token)
         return int(block.num_rows)
 
     def _scope(self, project: str, start_ns: int, end_ns: int) -> tuple[str, dict[str, Any]]:
@@ -284,11 +303,15 @@ class LogStore:
         all_params = {**params, **scope_params, "_iv": interval_s}
         bucket = "toUnixTimestamp(toStartOfInterval({col}, toIntervalSecond({{_iv:UInt32}})))"
         minutes = self._minute_range(project, start_ns, end_ns, interval_s, columns)
+        if minutes is not None and self.minute_counts is not None:
+            held = self._histogram_in_memory(project, where, params, start_ns, end_ns, interval_s, by_level, minutes)
+            if held is not None:
+                return held
         if minutes is None:
             sql = (
                 f"SELECT {bucket.format(col='timestamp')} AS t{level}, count() AS n "
                 f"FROM {self._from(project, start_ns, end_ns)} WHERE {scope} AND ({where}) "
-                f"GROUP BY t{group} ORDER BY t"
+                f"GROUP BY t{group} ORDER BY t{group}"
             )
         else:
             first_min, end_min = minutes
@@ -313,7 +336,7 @@ class LogStore:
                     f"GROUP BY t{group}) GROUP BY t{group}"
                 )
             if by_level:  # per-level rows are returned as they come: in time order
-                sql += " ORDER BY t"
+                sql += " ORDER BY t, level"
         # Arrow, not JSON rows: a day of minutes is 1,440 rows, parsed in one call instead of
         # one per line (a millisecond of a histogram's few).
         table = self.ex.query_arrow(sql, all_params)
@@ -330,6 +353,118 @@ class LogStore:
             ]
         counts = dict(zip(times, numbers, strict=True))  # Arrow gives Python ints already
         return [{"t": t, "count": counts.get(t, 0)} for t in range(first, last + 1, interval_s)]
+
+    def _histogram_in_memory(
+        self,
+        project: str,
+        where: str,
+        params: dict[str, Any],
+        start_ns: int,
+        end_ns: int,
+        interval_s: int,
+        by_level: bool,
+        minutes: tuple[int, int],
+    ) -> list[dict[str, Any]] | None:
+        """The histogram from the in-memory minute counts; None when they do not hold the range."""
+        counts = self.minute_counts
+        assert counts is not None
+        if not counts.ready:
+            if counts.disabled:
+                return None
+            self._fill_counts(counts)
+        first_min, end_min = minutes[0] // 60, minutes[1] // 60
+        query_key = (where, tuple(sorted(params.items())))
+        with counts.lock:
+            counts.advance(time.time_ns() // 86_400_000_000_000)
+            if not counts.covers(first_min, end_min):
+                return None
+            rows = counts.matching(project, query_key, lambda keys: self._match_keys(keys, project, where, params))
+            if by_level:
+                groups: dict[str, list[int]] = {}
+                for row in rows.tolist():
+                    groups.setdefault(counts.level_of(row), []).append(row)
+                per_level = {
+                    lv: counts.sum_minutes(np.asarray(r, dtype=np.int64), first_min, end_min)
+                    for lv, r in groups.items()
+                }
+            else:
+                total = counts.sum_minutes(rows, first_min, end_min)
+        # Whole minutes to buckets aligned to the epoch (intervals are whole minutes here).
+        bucket_of = (np.arange(first_min, end_min, dtype=np.int64) * 60) // interval_s * interval_s
+        first = (start_ns // 1_000_000_000) // interval_s * interval_s
+        last = ((end_ns - 1) // 1_000_000_000) // interval_s * interval_s
+        edges = self._edge_counts(project, where, params, start_ns, end_ns, interval_s, by_level, minutes)
+        n_buckets = (last - first) // interval_s + 1
+        slot = (bucket_of - first) // interval_s
+        if by_level:
+            cells: dict[tuple[int, str], int] = dict(edges)
+            for lv, series in per_level.items():
+                sums = np.bincount(slot, weights=series, minlength=n_buckets).astype(np.int64)
+                nonzero = np.flatnonzero(sums)
+                for i, n in zip(nonzero.tolist(), sums[nonzero].tolist(), strict=True):
+                    key = (first + i * interval_s, lv)
+                    cells[key] = cells.get(key, 0) + n
+            return [{"t": t, "level": lv, "count": n} for (t, lv), n in sorted(cells.items()) if n]
+        sums = np.bincount(slot, weights=total, minlength=n_buckets)
+        out = [int(n) for n in sums.tolist()]
+        for (t, _), n in edges.items():
+            out[(t - first) // interval_s] += n
+        return [{"t": first + i * interval_s, "count": n} for i, n in enumerate(out)]
+
+    def _fill_counts(self, counts: MinuteCounts) -> None:
+        """Fill the in-memory counts from logs_minutes, inserts held off meanwhile."""
+        today = time.time_ns() // 86_400_000_000_000
+        with self._insert_lock, counts.lock:
+            if counts.ready or counts.disabled:
+                return
+            cols = ", ".join(KEY_COLUMNS)
+            table = self.ex.query_arrow(
+                f"SELECT {cols}, toUnixTimestamp(minute) AS minute, sum(lines) AS lines "
+                f"FROM `{self.db}`.logs_minutes WHERE minute >= toDateTime({{_m:Int64}}, 'UTC') "
+                f"GROUP BY {cols}, minute",
+                {"_m": (today - counts.keep_days + 1) * 86_400},
+            )
+            counts.load(table, today)
+
+    def _match_keys(self, keys: pa.Table, project: str, where: str, params: dict[str, Any]) -> list[int]:
+        """Which of the counts' keys the compiled query matches, decided by the engine itself."""
+        query_local = getattr(self.ex, "query_local")  # noqa: B009 - only the embedded executor has it
+        table = query_local(
+            f"SELECT i FROM Python(local) WHERE project = {{_project:String}} AND ({where})",
+            keys,
+            {**params, "_project": project},
+        )
+        return table.column("i").to_pylist() if table.num_rows else []
+
+    def _edge_counts(
+        self,
+        project: str,
+        where: str,
+        params: dict[str, Any],
+        start_ns: int,
+        end_ns: int,
+        interval_s: int,
+        by_level: bool,
+        minutes: tuple[int, int],
+    ) -> dict[tuple[int, str], int]:
+        """Counts of the partial minutes at the ends of the range, from the lines."""
+        first_min, end_min = minutes
+        edges = []
+        if start_ns < first_min * 1_000_000_000:
+            edges.append("(timestamp < toDateTime64({_m0:Int64}, 9, 'UTC'))")
+        if end_min * 1_000_000_000 < end_ns:
+            edges.append("(timestamp >= toDateTime64({_m1:Int64}, 9, 'UTC'))")
+        if not edges:
+            return {}
+        scope, scope_params = self._scope(project, start_ns, end_ns)
+        level = "severity_text" if by_level else "''"
+        rows = self.ex.rows(
+            "SELECT toUnixTimestamp(toStartOfInterval(timestamp, toIntervalSecond({_iv:UInt32}))) AS t, "
+            f"{level} AS level, count() AS n FROM `{self.db}`.logs_hot WHERE {scope} "
+            f"AND ({' OR '.join(edges)}) AND ({where}) GROUP BY t, level",
+            {**params, **scope_params, "_iv": interval_s, "_m0": first_min, "_m1": end_min},
+        )
+        return {(int(r["t"]), str(r["level"])): int(r["n"]) for r in rows}
 
     def _minute_range(
         self, project: str, start_ns: int, end_ns: int, interval_s: int, columns: frozenset[str] | None
