@@ -339,3 +339,25 @@ def test_counts_that_would_outgrow_their_memory_limit_switch_off(store: LogStore
     assert store.minute_counts.disabled and not store.minute_counts.ready
     fast, slow = both_ways(store, "", RECENT, RECENT + 2 * DAY_NS)
     assert fast == slow and sum(b["count"] for b in fast) == 35
+
+
+def test_the_event_loop_path_answers_only_from_memory(store: LogStore) -> None:
+    store.hot_horizon = lambda: 0
+    store.insert(recent_lines(400))
+    c = compile_query("service:payment AND NOT level:DEBUG")
+    day = (RECENT, RECENT + DAY_NS)
+    counter = QueryCounter(store)
+    assert store.histogram_from_memory("default", c.where, c.params, *day, 60, columns=c.columns) is None  # not filled
+    full = store.histogram("default", c.where, c.params, *day, 60, columns=c.columns)  # fills, matches the keys
+    counter.n = 0
+    assert store.histogram_from_memory("default", c.where, c.params, *day, 60, columns=c.columns) == full
+    by_level = store.histogram_from_memory("default", c.where, c.params, *day, 300, by_level=True, columns=c.columns)
+    assert by_level == store.histogram("default", c.where, c.params, *day, 300, by_level=True)
+    assert store.histogram_from_memory("default", c.where, c.params, RECENT + 1, RECENT + DAY_NS, 60,
+                                       columns=c.columns) is None  # a partial minute needs the lines
+    other = compile_query("service:auth")
+    assert store.histogram_from_memory("default", other.where, other.params, *day, 60, columns=other.columns) is None
+    assert counter.n == 1  # only the by-level check above read the lines
+    assert store.minute_counts is not None
+    with store.minute_counts.lock:  # an insert is counting: do not wait for it
+        assert store.histogram_from_memory("default", c.where, c.params, *day, 60, columns=c.columns) is None

@@ -197,17 +197,24 @@ class MinuteCounts:
         """Whether the whole minutes [first_min, end_min) (epoch minutes) are all held."""
         return self.ready and first_min >= self._floor_day * _MINUTES_PER_DAY and end_min > first_min
 
+    def cached_matching(self, project: str, query_key: tuple[Any, ...]) -> np.ndarray | None:
+        """The key rows :meth:`matching` found last time for this query, or None (caller holds :attr:`lock`)."""
+        cache_key = (project, len(self._keys), *query_key)
+        rows = self._matches.get(cache_key)
+        if rows is not None:
+            self._matches.move_to_end(cache_key)
+        return rows
+
     def matching(self, project: str, query_key: tuple[Any, ...], evaluate: Evaluate) -> np.ndarray:
         """The key rows of ``project`` that the query matches (caller holds :attr:`lock`).
 
         ``query_key`` identifies the compiled query (its SQL and parameter values); the answer
         is kept until a new key appears.
         """
-        cache_key = (project, len(self._keys), *query_key)
-        rows = self._matches.get(cache_key)
+        rows = self.cached_matching(project, query_key)
         if rows is not None:
-            self._matches.move_to_end(cache_key)
             return rows
+        cache_key = (project, len(self._keys), *query_key)
         columns: dict[str, Any] = {"i": pa.array(range(len(self._keys)), pa.uint32())}
         for n, name in enumerate(KEY_COLUMNS):
             values = [k[n] for k in self._keys]
