@@ -361,3 +361,16 @@ def test_the_event_loop_path_answers_only_from_memory(store: LogStore) -> None:
     assert store.minute_counts is not None
     with store.minute_counts.lock:  # an insert is counting: do not wait for it
         assert store.histogram_from_memory("default", c.where, c.params, *day, 60, columns=c.columns) is None
+
+
+def test_nanosecond_times_are_written_as_rfc3339_like_datetime_does() -> None:
+    import datetime as dt
+    import random
+
+    from stackwatch.storage.logs import ns_to_rfc3339
+
+    rng = random.Random(7)
+    for ns in [0, 1, 999_999_999, T0, 951_782_400 * 10**9 + 5] + [rng.randrange(0, 2**62) for _ in range(2000)]:
+        seconds, rem = divmod(ns, 10**9)
+        expected = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{rem:09d}Z"
+        assert ns_to_rfc3339(ns) == expected, ns
