@@ -945,7 +945,8 @@ def report(
         "acknowledges after its WAL is fsync'd. Each ClickHouse search is two queries (hits, then "
         "count) on one keep-alive connection; Stackwatch's search endpoint runs one (the page, with "
         "the total taken from the rows that reached its LIMIT). Stackwatch's histogram sums per-minute "
-        "counts kept at insert (`logs_minutes`, included in its disk figures); ClickHouse's scans the lines."
+        "counts kept at insert (`logs_minutes`, included in its disk figures, and the same counts held "
+        "in the server's memory, which answer it); ClickHouse's scans the lines."
     )
     for side in (ch, sw):
         if side is not None and side.error:
