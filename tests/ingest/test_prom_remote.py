@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -78,6 +79,39 @@ def test_fast_path_matches_the_full_decoder() -> None:
     assert _flat(cold) == _flat(warm) == _flat(reference)
     assert len(warm.refs) == 51
     assert warm.rejected_samples == 1 and "invalid metric name 'bad-name'" in warm.errors[0]
+
+
+def _bits(batch: prom_remote.MetricBatch) -> list[tuple[int, int, int]]:
+    """Samples as (fingerprint, timestamp, value bits): NaN staleness markers compare too."""
+    return [
+        (batch.refs[int(s)].fingerprint, int(t), struct.unpack("<Q", struct.pack("<d", float(v)))[0])
+        for s, t, v in zip(batch.series, batch.timestamps, batch.values, strict=True)
+    ]
+
+
+def test_a_steady_request_is_decoded_in_bulk_and_alike() -> None:
+    stale = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]  # Prometheus's marker
+    series = [
+        _series("up", ("job", "api"), ("instance", f"h{i}"), samples=[(NOW + i * 1000, float(i) - 3.5)])
+        for i in range(300)
+    ]
+    series.append(_series("up", ("job", "api"), ("instance", "h7"), samples=[(NOW + 99, stale)]))  # h7 again
+    series.append(_series("long_labels", ("k", "v" * 300), samples=[(NOW, 1e300)]))  # a 2-byte length
+    data = encode_write_request(series)
+    prom_remote._REFS.clear()
+    assert prom_remote._decode_steady(data) is None  # series not seen yet: the general decoder
+    cold = decode_to_batch(data)
+    bulk = prom_remote._decode_steady(data)
+    assert bulk is not None and isinstance(bulk.timestamps, np.ndarray)
+    reference = write_request_to_batch(decode_write_request(data))
+    assert _bits(bulk) == _bits(cold) == _bits(reference)
+    assert len(bulk.refs) == 301 and bulk.sample_count == 302
+    # Anything else in the request (a second sample, a new series) takes the general decoder.
+    extra = encode_write_request([*series, _series("up", ("job", "new"), samples=[(NOW, 1.0)])])
+    assert prom_remote._decode_steady(extra) is None
+    two = encode_write_request([_series("up", ("job", "api"), ("instance", "h1"), samples=[(NOW, 1.0), (NOW + 1, 2.0)])])
+    assert prom_remote._decode_steady(two) is None
+    assert _bits(decode_to_batch(two)) == _bits(write_request_to_batch(decode_write_request(two)))
 
 
 def test_unknown_fields_are_skipped_and_exemplars_ignored() -> None:
@@ -170,3 +204,24 @@ def test_fuzz_mutated_requests_never_crash(series: list[TimeSeries], data: st.Da
             decode(bytes(raw[:cut]))
         except ProtoError:
             pass
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_series_strategy, min_size=1, max_size=6), st.data())
+def test_fuzz_the_bulk_path_agrees_with_the_full_decoder(series: list[TimeSeries], data: st.DataObject) -> None:
+    one = [TimeSeries(s.labels, [NOW + data.draw(st.integers(0, 10**9))], [data.draw(st.floats())]) for s in series]
+    raw = encode_write_request(one)
+    try:
+        decode_to_batch(raw)  # warms the label cache
+    except ProtoError:
+        return
+    mutated = bytearray(raw)
+    for _ in range(data.draw(st.integers(0, 3))):
+        mutated[data.draw(st.integers(0, len(mutated) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        reference = write_request_to_batch(decode_write_request(bytes(mutated)))
+    except ProtoError:
+        with pytest.raises(ProtoError):
+            decode_to_batch(bytes(mutated))
+        return
+    assert _bits(decode_to_batch(bytes(mutated))) == _bits(reference)

@@ -3,11 +3,13 @@ the ClickHouse querier giving the same PromQL answers as the in-memory storage."
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from stackwatch.query.promql import STALE_NAN, Engine, Matcher, MemoryStorage, TooManySamples, is_stale_nan
@@ -306,6 +308,60 @@ def test_wal_events_of_the_per_series_form_are_still_stored(store: MetricStore) 
     _fps, ts, vals = store.fetch_samples("p", [ref.fingerprint], T0, T0 + 1000)
     assert ts.tolist() == [T0, T0 + 1000] and vals.tolist() == [1.5, 2.5]
     assert store.metadata("p")["m"][0]["type"] == "gauge"
+
+
+def test_wal_events_of_the_columnar_list_form_are_still_stored(store: MetricStore) -> None:
+    """The "S" form (labels as JSON lists) of logs written before the labels became lazy."""
+    a, b = series_ref([("__name__", "m"), ("i", "1")]), series_ref([("__name__", "m"), ("i", "2")])
+    ts = np.array([T0, T0 + 1000, T0 + 5], dtype="<i8")
+    vals = np.array([1.0, 2.0, 7.0], dtype="<f8")
+    old = [["S", [a.fingerprint, b.fingerprint], [a.name, b.name], [a.flat, b.flat], [2, 1],
+            base64.b64encode(ts.tobytes()).decode(), base64.b64encode(vals.tobytes()).decode()]]
+    assert store.store_events([("p", old)], "S-form") == 3
+    fps, got_ts, got_vals = store.fetch_samples("p", [a.fingerprint, b.fingerprint], T0, T0 + 1000)
+    assert sorted(zip(fps.tolist(), got_ts.tolist(), got_vals.tolist(), strict=True)) == sorted(
+        [(a.fingerprint, T0, 1.0), (a.fingerprint, T0 + 1000, 2.0), (b.fingerprint, T0 + 5, 7.0)])
+    assert {fp for fp, _ in store.find_series("p", [Matcher("i", "=~", "1|2")])} == {a.fingerprint, b.fingerprint}
+
+
+def test_a_block_reads_the_labels_of_series_it_does_not_write_not_at_all(store: MetricStore) -> None:
+    """A steady stream's events carry every series' labels; a block whose series rows are all
+    stored already must not need them (they are JSON text read only for rows it writes)."""
+    labels = {"__name__": "up", "job": "api"}
+    store.insert("p", batch_of((labels, T0, 1.0)), dedup_token="first")
+    events = batch_of((labels, T0 + 15_000, 0.0)).events()
+    assert events[0][0] == "F" and isinstance(events[0][5], str)
+    events[0][5] = "not json: never parsed"
+    assert store.store_events([("p", events)], "second") == 1
+    _, ts, vals = store.fetch_samples("p", [series_ref(list(labels.items())).fingerprint], T0, T0 + 15_000)
+    assert ts.tolist() == [T0, T0 + 15_000] and vals.tolist() == [1.0, 0.0]
+    with pytest.raises(orjson.JSONDecodeError):  # a series row to write does read them
+        late = batch_of((labels, T0 + 3 * 3_600_000, 1.0)).events()
+        late[0][5] = "not json"
+        store.store_events([("p", late)], "third")
+
+
+def test_one_block_of_several_requests_and_projects_writes_each_series_row_once(store: MetricStore) -> None:
+    up = {"__name__": "up", "job": "api"}
+    other = {"__name__": "other", "job": "api"}
+    hour = 3_600_000
+    block = [
+        ("a", batch_of((up, T0, 1.0), (other, T0, 5.0)).events()),
+        ("b", batch_of((up, T0 + 2 * hour, 2.0)).events()),
+        ("a", batch_of((up, T0 + hour + 1, 3.0)).events()),
+    ]
+    assert store.store_events(block, "several") == 4
+    rows = store.ex.rows(
+        f"SELECT project, metric, first_seen, last_seen FROM `{store.db}`.metric_series ORDER BY project, metric"
+    )
+    assert [(r["project"], r["metric"], int(r["first_seen"]), int(r["last_seen"])) for r in rows] == [
+        ("a", "other", T0, T0 + hour - 1),
+        ("a", "up", T0, T0 + 2 * hour - 1),  # both of a's requests, merged
+        ("b", "up", T0 + 2 * hour, T0 + 3 * hour - 1),
+    ]
+    fp = series_ref(list(up.items())).fingerprint
+    assert store.fetch_samples("a", [fp], T0, T0 + 3 * hour)[2].tolist() == [1.0, 3.0]
+    assert store.fetch_samples("b", [fp], T0, T0 + 3 * hour)[2].tolist() == [2.0]
 
 
 def test_retention_per_project_drops_whole_days(store: MetricStore) -> None:

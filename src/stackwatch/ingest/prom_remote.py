@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cramjam
+import numpy as np
 
 from stackwatch.errors import BadRequest, PayloadTooLarge
 from stackwatch.storage.metrics import MetricBatch, SeriesRef, series_ref
@@ -401,6 +402,76 @@ def _slow_timeseries_into(batch: MetricBatch, buf: bytes, a: int, b: int) -> Non
     batch.values.extend(series.values)
 
 
+#: The 18-byte tail of a one-sample series (see :func:`decode_to_batch`) at offsets from its end.
+_TAIL_BYTES = ((18, 0x12), (17, 0x10), (16, 0x09), (7, 0x10))
+
+
+def _decode_steady(buf: bytes) -> MetricBatch | None:
+    """A request made only of known series with one sample each, decoded in bulk; else None.
+
+    The all-or-nothing form of :func:`decode_to_batch`'s fast path, for what a steady remote
+    write sender sends: a Python loop only finds where each ``TimeSeries`` ends and looks its
+    label block up; numpy checks every tail and decodes the timestamps and values at once.
+    A request of 1,900 series: 5.1 ms with the per-series fast path, see the commit message for
+    after. Anything unusual (another field, a length over two bytes, a series not seen before,
+    two samples) returns None and the general decoder runs from the start.
+    """
+    end = len(buf)
+    if end == 0:
+        return None
+    refs_get = _REFS.get
+    refs: list[SeriesRef | str] = []
+    ends: list[int] = []
+    add_ref, add_end = refs.append, ends.append
+    pos = 0
+    try:
+        while pos < end:
+            if buf[pos] != 0x0A:  # field 1 (timeseries), length-delimited
+                return None
+            n = buf[pos + 1]
+            if n < 0x80:
+                a = pos + 2
+            else:
+                n2 = buf[pos + 2]
+                if n2 >= 0x80:
+                    return None
+                n = (n & 0x7F) | n2 << 7
+                a = pos + 3
+            pos = a + n
+            if n <= 18 or pos > end:
+                return None
+            ref = refs_get(buf[a : pos - 18])
+            if ref is None:
+                return None
+            add_ref(ref)
+            add_end(pos)
+    except IndexError:  # truncated: the general decoder says so
+        return None
+    if str in set(map(type, refs)):  # a cached rejection: the general decoder reports it
+        return None
+    data = np.frombuffer(buf, dtype=np.uint8)
+    stop = np.array(ends, dtype=np.int64)
+    for back, byte in _TAIL_BYTES:
+        if not (data[stop - back] == byte).all():
+            return None
+    varint = data[stop[:, None] - np.arange(6, 0, -1)].astype(np.int64)  # 6 bytes, low first
+    if not ((varint[:, :5] & 0x80).all() and (varint[:, 5] < 0x80).all()):
+        return None
+    timestamps = (varint & 0x7F) << (7 * np.arange(6, dtype=np.int64))
+    values = data[stop[:, None] - 15 + np.arange(8)].copy().view("<f8").reshape(-1)
+    batch = MetricBatch()
+    fingerprints = [r.fingerprint for r in refs]  # type: ignore[union-attr]
+    positions = dict(zip(fingerprints, range(len(refs)), strict=True))
+    if len(positions) == len(refs):  # every series once, as a sender batches them
+        batch.refs, batch._index = refs, positions  # type: ignore[assignment]
+        series = np.arange(len(refs), dtype=np.int64)
+    else:
+        index = batch.index
+        series = np.fromiter((index(r) for r in refs), dtype=np.int64, count=len(refs))  # type: ignore[arg-type]
+    batch.set_columns(series, timestamps.sum(axis=1), values.astype(np.float64))
+    return batch
+
+
 def decode_to_batch(buf: bytes) -> MetricBatch:
     """Decode an (uncompressed) ``WriteRequest`` straight into a :class:`MetricBatch`.
 
@@ -415,6 +486,9 @@ def decode_to_batch(buf: bytes) -> MetricBatch:
     fields, so they cannot mean anything else), the series is known without decoding a single
     string. Anything else takes the full decoder, which also fills the cache.
     """
+    steady = _decode_steady(buf)
+    if steady is not None:
+        return steady
     batch = MetricBatch()
     refs_get = _REFS.get
     index_get = batch._index.get

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from stackwatch.errors import BadRequest
@@ -314,15 +315,19 @@ class MetricBatch:
         """The batch as WAL events (JSON-serializable, compact, exact).
 
         All samples in one columnar event,
-        ``["S", [fingerprint...], [name...], [[k1, v1, ...]...], [count...], ts, values]``:
-        one entry per series in the first four lists, the samples grouped by series in the last
-        two, which are base64 of little-endian int64 timestamps and float64 values. Binary
-        because it is exact (the staleness marker is a NaN payload, and JSON has no NaN at all)
-        and because a JSON integer per sample cost more to write and read back than anything
-        else the batcher did. One event rather than one per series: remote write sends one
-        sample per series, and a list per series cost more than the sample itself.
-        Metadata: ``["m", name, type, help, unit]``. (Older logs hold one
-        ``["s", fingerprint, name, flat, [t...], [bits...]]`` per series; both are read.)
+        ``["F", fingerprints, counts, ts, values, labels]``: the first four are base64 of
+        little-endian arrays (uint64 fingerprints and int64 sample counts, one per series;
+        int64 timestamps and float64 values, the samples grouped by series), ``labels`` the JSON
+        text of ``[[name...], [[k1, v1, ...]...]]``, one entry per series. Binary because it is
+        exact (the staleness marker is a NaN payload, and JSON has no NaN at all) and because a
+        JSON number per sample cost more to write and read back than anything else the batcher
+        did. The labels are a string inside the event so that reading the event back does not
+        build them: remote write sends every series in every request, and the store needs a
+        series' labels only when it writes the series row (about once an hour per series);
+        parsing them for every request took 40% of the storing thread's time.
+        Metadata: ``["m", name, type, help, unit]``. (Older logs hold
+        ``["S", [fingerprint...], [name...], [[k1, v1, ...]...], [count...], ts, values]`` or
+        one ``["s", fingerprint, name, flat, [t...], [bits...]]`` per series; all are read.)
         """
         out: list[Any] = []
         if len(self.timestamps):
@@ -332,17 +337,24 @@ class MetricBatch:
                 refs = [refs[i] for i in present.tolist()]
                 counts = counts[present]
             out.append([
-                "S",
-                [r.fingerprint for r in refs],
-                [r.name for r in refs],
-                [r.flat for r in refs],
-                counts.tolist(),
-                base64.b64encode(ts.astype("<i8", copy=False).tobytes()).decode("ascii"),
-                base64.b64encode(vals.astype("<f8", copy=False).tobytes()).decode("ascii"),
+                "F",
+                _b64(np.array([r.fingerprint for r in refs], dtype="<u8")),
+                _b64(np.asarray(counts, dtype="<i8")),
+                _b64(ts.astype("<i8", copy=False)),
+                _b64(vals.astype("<f8", copy=False)),
+                orjson.dumps([[r.name for r in refs], [r.flat for r in refs]]).decode(),
             ])
         for name, (type_, help_, unit) in self.metadata.items():
             out.append(["m", name, type_, help_, unit])
         return out
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(array.tobytes()).decode("ascii")
+
+
+def _unb64(text: str, dtype: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype)
 
 
 def canonical_labels(pairs: Iterable[tuple[str, str]]) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -544,56 +556,93 @@ class MetricStore:
         Series rows are inserted before samples so a sample is never visible without its
         series; both carry ``token``, so a replayed block is stored once.
         """
-        fp_list: list[int] = []
-        counts: list[int] = []
+        fp_parts: list[np.ndarray] = []
+        count_parts: list[np.ndarray] = []
         ts_parts: list[np.ndarray] = []
         v_parts: list[np.ndarray] = []
-        projects: list[str] = []
-        names: list[str] = []
-        flats: list[list[str]] = []
+        projects: list[str] = []  # per event
+        sizes: list[int] = []  # series per event
+        #: Per event: its series' names and flat labels, or the JSON text that holds them
+        #: (parsed only when one of its series rows is written).
+        labels: list[Any] = []
         meta: dict[tuple[str, str], tuple[str, str, str]] = {}
         for project, events in batches:
             for ev in events:
-                if ev[0] == "S":
+                kind = ev[0]
+                if kind == "F":
+                    _, fps, ev_counts, ts, bits, ev_labels = ev
+                    fp_parts.append(_unb64(fps, "<u8"))
+                    count_parts.append(_unb64(ev_counts, "<i8"))
+                    ts_parts.append(_unb64(ts, "<i8"))
+                    v_parts.append(_unb64(bits, "<f8"))
+                    labels.append(ev_labels)
+                elif kind == "S":  # the form of older logs, labels as JSON lists
                     _, fps, ev_names, ev_flats, ev_counts, ts, bits = ev
-                    fp_list.extend(fps)
-                    counts.extend(ev_counts)
-                    projects.extend([project] * len(fps))
-                    names.extend(ev_names)
-                    flats.extend(ev_flats)
-                    ts_parts.append(np.frombuffer(base64.b64decode(ts), dtype="<i8"))
-                    v_parts.append(np.frombuffer(base64.b64decode(bits), dtype="<f8"))
-                elif ev[0] == "s":  # the per-series form of older logs
+                    fp_parts.append(np.array(fps, dtype=np.uint64))
+                    count_parts.append(np.array(ev_counts, dtype=np.int64))
+                    ts_parts.append(_unb64(ts, "<i8"))
+                    v_parts.append(_unb64(bits, "<f8"))
+                    labels.append([ev_names, ev_flats])
+                elif kind == "s":  # the per-series form of older logs
                     _, fp, name, flat, ts, bits = ev
                     if not ts:
                         continue
-                    fp_list.append(fp)
-                    counts.append(len(ts))
-                    projects.append(project)
-                    names.append(name)
-                    flats.append(flat)
+                    fp_parts.append(np.array([fp], dtype=np.uint64))
+                    count_parts.append(np.array([len(ts)], dtype=np.int64))
                     ts_parts.append(np.array(ts, dtype=np.int64))
                     v_parts.append(np.array(bits, dtype=np.uint64).view(np.float64))
-                elif ev[0] == "m":
+                    labels.append([[name], [flat]])
+                elif kind == "m":
                     _, name, type_, help_, unit = ev
                     meta[(project, name)] = (type_, help_, unit)
+                    continue
+                else:
+                    continue
+                projects.append(project)
+                sizes.append(int(fp_parts[-1].size))
+        # One row per (project, series) of the block: where its labels are (event, position)
+        # and the time range of its samples.
         series: dict[tuple[str, int], list[Any]] = {}
-        if fp_list:
+        if not sum(sizes):
+            fp_parts = []
+        if fp_parts:
+            counts = np.concatenate(count_parts)
+            fp_all_series = np.concatenate(fp_parts)
             ts_arr = np.concatenate(ts_parts).astype(np.int64, copy=False)
             offsets = np.r_[0, np.cumsum(counts)[:-1]]
-            lows = np.minimum.reduceat(ts_arr, offsets).tolist()
-            highs = np.maximum.reduceat(ts_arr, offsets).tolist()
-            for i, (project, fp) in enumerate(zip(projects, fp_list, strict=True)):
-                row = series.get((project, fp))
-                if row is None:
-                    series[(project, fp)] = [names[i], flats[i], lows[i], highs[i]]
-                else:
-                    row[2] = min(row[2], lows[i])
-                    row[3] = max(row[3], highs[i])
+            lows = np.minimum.reduceat(ts_arr, offsets)
+            highs = np.maximum.reduceat(ts_arr, offsets)
+            # A block holds every series once per request (remote write: 1,900 series x 20
+            # requests); the same series of one project are merged in numpy, so the Python loop
+            # below runs once per distinct series.
+            project_names = sorted(set(projects))
+            code_of = {p: i for i, p in enumerate(project_names)}
+            size_arr = np.array(sizes, dtype=np.int64)
+            event_of = np.repeat(np.arange(len(sizes), dtype=np.int64), size_arr)
+            pos_of = np.arange(event_of.size, dtype=np.int64) - np.repeat(np.cumsum(size_arr) - size_arr, size_arr)
+            pcode = np.repeat(np.array([code_of[p] for p in projects], dtype=np.int64), size_arr)
+            order = np.lexsort((fp_all_series, pcode))
+            fp_sorted, pc_sorted = fp_all_series[order], pcode[order]
+            first = np.r_[True, (fp_sorted[1:] != fp_sorted[:-1]) | (pc_sorted[1:] != pc_sorted[:-1])]
+            starts = np.flatnonzero(first)
+            lo_u = np.minimum.reduceat(lows[order], starts).tolist()
+            hi_u = np.maximum.reduceat(highs[order], starts).tolist()
+            pick = order[starts]
+            for fp, pc, event, pos, lo, hi in zip(
+                fp_sorted[starts].tolist(), pc_sorted[starts].tolist(), event_of[pick].tolist(),
+                pos_of[pick].tolist(), lo_u, hi_u, strict=True,
+            ):
+                series[(project_names[pc], fp)] = [event, pos, lo, hi]
         series = self._series_to_write(series)
         if series:
             keys = list(series)
-            rows = [series[k] for k in keys]
+            rows = []
+            for k in keys:
+                event, pos, lo, hi = series[k]
+                if isinstance(labels[event], str):
+                    labels[event] = orjson.loads(labels[event])
+                names, flats = labels[event]
+                rows.append([names[pos], flats[pos], lo, hi])
             offsets = [0]
             mkeys: list[str] = []
             mvals: list[str] = []
@@ -622,8 +671,8 @@ class MetricStore:
                         known.add(fp)
                     self._bounds[(project, fp)] = (row[2], row[3])
         stored = 0
-        if fp_list:
-            fp_all = np.repeat(np.array(fp_list, dtype=np.uint64), counts)
+        if fp_parts:
+            fp_all = np.repeat(fp_all_series, counts)
             ts_all_arr = ts_arr
             v_all = np.concatenate(v_parts).astype(np.float64, copy=False)
             unique_projects = sorted(set(projects))
@@ -631,7 +680,8 @@ class MetricStore:
             if len(unique_projects) > 1:
                 # Several projects in one block: deduplicate each on its own.
                 code_of = {p: i for i, p in enumerate(unique_projects)}
-                pcode = np.repeat(np.array([code_of[p] for p in projects], dtype=np.int32), counts)
+                per_series = np.repeat(np.array([code_of[p] for p in projects], dtype=np.int32), sizes)
+                pcode = np.repeat(per_series, counts)
                 for code, name in enumerate(unique_projects):
                     sel = pcode == code
                     parts.append((name, *_last_write_wins(fp_all[sel], ts_all_arr[sel], v_all[sel])))
