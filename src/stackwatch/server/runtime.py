@@ -111,6 +111,7 @@ class Runtime:
 
         retention = RetentionManager(executor, data / "cold" / "logs", policies, also=[metrics_retention])
         logs.hot_horizon = retention.hot_horizon_ns
+        retention.hot_horizon_ns()  # read from the store now: histograms ask for it on the event loop
         bootstrap = auth.bootstrap(settings.admin_token or None, settings.ingest_token or None)
         workers = settings.pipeline_workers if settings.pipeline_workers >= 0 else (os.cpu_count() or 1)
         blocks = BlockBuilder(_pipeline_config(settings), workers)
