@@ -101,6 +101,17 @@ def _number(value: float | int) -> int | float:
     return value
 
 
+def _edge_filters(start_ns: int, end_ns: int, minutes: tuple[int, int]) -> list[str]:
+    """Conditions for the lines in the partial minutes at the ends of a range whose whole
+    minutes (first, end; epoch s, parameters ``_m0`` and ``_m1``) come from the minute counts."""
+    edges = []
+    if start_ns < minutes[0] * 1_000_000_000:
+        edges.append("(timestamp < toDateTime64({_m0:Int64}, 9, 'UTC'))")
+    if minutes[1] * 1_000_000_000 < end_ns:
+        edges.append("(timestamp >= toDateTime64({_m1:Int64}, 9, 'UTC'))")
+    return edges
+
+
 def _hit(row: dict[str, Any], project: str) -> LogHit:
     """A stored line as the API shows it. Every read is within one project, which is
     therefore not read back from the table."""
@@ -335,11 +346,7 @@ class LogStore:
                 "AND minute >= toDateTime({_m0:Int64}, 'UTC') AND minute < toDateTime({_m1:Int64}, 'UTC') "
                 f"AND ({where}) GROUP BY t{group}"
             )
-            edges = []
-            if start_ns < first_min * 1_000_000_000:
-                edges.append("(timestamp < toDateTime64({_m0:Int64}, 9, 'UTC'))")
-            if end_min * 1_000_000_000 < end_ns:
-                edges.append("(timestamp >= toDateTime64({_m1:Int64}, 9, 'UTC'))")
+            edges = _edge_filters(start_ns, end_ns, minutes)
             if edges:
                 # The partial minutes at the ends of the range, counted from the lines.
                 sql = (
@@ -392,7 +399,7 @@ class LogStore:
                 return None
             self._fill_counts(counts)
         first_min, end_min = minutes[0] // 60, minutes[1] // 60
-        if memory_only and (start_ns < minutes[0] * 1_000_000_000 or minutes[1] * 1_000_000_000 < end_ns):
+        if memory_only and _edge_filters(start_ns, end_ns, minutes):
             return None
         query_key = (where, tuple(sorted(params.items())))
         if not counts.lock.acquire(blocking=not memory_only):
@@ -508,11 +515,7 @@ class LogStore:
     ) -> dict[tuple[int, str], int]:
         """Counts of the partial minutes at the ends of the range, from the lines."""
         first_min, end_min = minutes
-        edges = []
-        if start_ns < first_min * 1_000_000_000:
-            edges.append("(timestamp < toDateTime64({_m0:Int64}, 9, 'UTC'))")
-        if end_min * 1_000_000_000 < end_ns:
-            edges.append("(timestamp >= toDateTime64({_m1:Int64}, 9, 'UTC'))")
+        edges = _edge_filters(start_ns, end_ns, minutes)
         if not edges:
             return {}
         scope, scope_params = self._scope(project, start_ns, end_ns)

@@ -675,18 +675,15 @@ class MetricStore:
             fp_all = np.repeat(fp_all_series, counts)
             ts_all_arr = ts_arr
             v_all = np.concatenate(v_parts).astype(np.float64, copy=False)
-            unique_projects = sorted(set(projects))
             parts = []
-            if len(unique_projects) > 1:
+            if len(project_names) > 1:
                 # Several projects in one block: deduplicate each on its own.
-                code_of = {p: i for i, p in enumerate(unique_projects)}
-                per_series = np.repeat(np.array([code_of[p] for p in projects], dtype=np.int32), sizes)
-                pcode = np.repeat(per_series, counts)
-                for code, name in enumerate(unique_projects):
-                    sel = pcode == code
+                sample_code = np.repeat(pcode, counts)
+                for code, name in enumerate(project_names):
+                    sel = sample_code == code
                     parts.append((name, *_last_write_wins(fp_all[sel], ts_all_arr[sel], v_all[sel])))
             else:
-                parts.append((unique_projects[0], *_last_write_wins(fp_all, ts_all_arr, v_all)))
+                parts.append((project_names[0], *_last_write_wins(fp_all, ts_all_arr, v_all)))
             tables = []
             for name, fp_p, ts_p, v_p in parts:
                 tables.append(

@@ -2,7 +2,7 @@
 
 ``logs_minutes`` (a materialized view) already keeps the lines per minute by project, service,
 level and log type, so a 24 h histogram of ``level:ERROR`` sums a few thousand rows instead of
-scanning the lines. On the embedded engine even that costs 7-12 ms, almost all of it the
+scanning the lines. On the embedded engine even that costs 6-12 ms, almost all of it the
 engine's fixed cost per query, while a raw ClickHouse server scans the 40k matching lines in
 5-8 ms. The server that owns the embedded store sees every block it inserts, so it keeps the
 same counts in memory too: a dense array of minutes per (key, day), where a key is one
