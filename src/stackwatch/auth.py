@@ -611,7 +611,7 @@ class AuthService:
         Lets the web server answer most requests' authentication on its event loop, without
         the hop to a worker thread that :meth:`verify_api_token` needs for its database read.
         """
-        if self.api_token_cache_ttl <= 0 or not token or len(token) > MAX_TOKEN_LENGTH:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
             return None
         return self._cached_api_token(hash_token(token), self._now())
 

@@ -412,8 +412,9 @@ def _decode_steady(buf: bytes) -> MetricBatch | None:
     The all-or-nothing form of :func:`decode_to_batch`'s fast path, for what a steady remote
     write sender sends: a Python loop only finds where each ``TimeSeries`` ends and looks its
     label block up; numpy checks every tail and decodes the timestamps and values at once.
-    A request of 1,900 series: 1.5 ms, against 5.1 ms series by series. Anything unusual (another field, a length over two bytes, a series not seen before,
-    two samples) returns None and the general decoder runs from the start.
+    A request of 1,900 series: 1.5 ms, against 5.1 ms series by series. Anything unusual
+    (another field, a length over two bytes, a series not seen before, two samples) returns
+    None and the general decoder runs from the start.
     """
     end = len(buf)
     if end == 0:

@@ -321,16 +321,16 @@ class LogStore:
         minutes of the range are summed from ``logs_minutes`` and only the partial minutes at
         its ends are counted from the lines.
         """
-        scope, scope_params = self._scope(project, start_ns, end_ns)
-        level = ", severity_text AS level" if by_level else ""
-        group = ", level" if by_level else ""
-        all_params = {**params, **scope_params, "_iv": interval_s}
-        bucket = "toUnixTimestamp(toStartOfInterval({col}, toIntervalSecond({{_iv:UInt32}})))"
         minutes = self._minute_range(project, start_ns, end_ns, interval_s, columns)
         if minutes is not None and self.minute_counts is not None:
             held = self._histogram_in_memory(project, where, params, start_ns, end_ns, interval_s, by_level, minutes)
             if held is not None:
                 return held
+        scope, scope_params = self._scope(project, start_ns, end_ns)
+        level = ", severity_text AS level" if by_level else ""
+        group = ", level" if by_level else ""
+        all_params = {**params, **scope_params, "_iv": interval_s}
+        bucket = "toUnixTimestamp(toStartOfInterval({col}, toIntervalSecond({{_iv:UInt32}})))"
         if minutes is None:
             sql = (
                 f"SELECT {bucket.format(col='timestamp')} AS t{level}, count() AS n "
