@@ -33,12 +33,19 @@ _POW10 = np.array([10.0**k for k in range(_VAL_MAX)], dtype=np.float64)
 
 
 class FastLines:
-    """The sample lines of a body, as columns: series text per line, timestamps, values."""
+    """The sample lines of a body, as columns.
 
-    __slots__ = ("comments", "keys", "timestamps", "values")
+    ``keys`` are the distinct series texts (``name{labels}``), ``series`` the index into them
+    of each sample, then the samples' timestamps and values, in the body's order within a series.
+    """
 
-    def __init__(self, keys: list[bytes], timestamps: np.ndarray, values: np.ndarray, comments: list[bytes]) -> None:
+    __slots__ = ("comments", "keys", "series", "timestamps", "values")
+
+    def __init__(
+        self, keys: list[bytes], series: np.ndarray, timestamps: np.ndarray, values: np.ndarray, comments: list[bytes]
+    ) -> None:
         self.keys = keys
+        self.series = series
         self.timestamps = timestamps
         self.values = values
         self.comments = comments
@@ -150,4 +157,6 @@ def read_classic(body: bytes, number: Callable[[str], float]) -> FastLines | Non
     except ValueError:
         return None
     keys = [body[a:b] for a, b in zip(starts.tolist(), s2.tolist(), strict=True)]
-    return FastLines(keys, ts, vals, comments)
+    position = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    series = np.fromiter(map(position.__getitem__, keys), dtype=np.int64, count=len(keys))
+    return FastLines(list(position), series, ts, vals, comments)

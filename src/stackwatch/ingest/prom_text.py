@@ -25,13 +25,13 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from stackwatch.errors import BadRequest
-from stackwatch.ingest._prom_fast import read_classic
+from stackwatch.ingest._prom_fast import FastLines, read_classic
 from stackwatch.storage.metrics import MetricBatch, SeriesRef, series_ref
 
 __all__ = [
@@ -52,6 +52,9 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 _LOOSE_SPECIAL = {"+inf": math.inf, "inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 _STRICT_SPECIAL = {"+Inf": math.inf, "Inf": math.inf, "-Inf": -math.inf, "NaN": math.nan}
 _SPACES = re.compile(r"[ \t]+")
+
+#: Reads a classic body's sample lines as columns, or declines with None (see :mod:`._prom_sql`).
+LineReader = Callable[[bytes], FastLines | None]
 
 #: Sample-name suffixes each OpenMetrics type owns.
 _SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -581,13 +584,15 @@ def _base_name(name: str, families: dict[str, Family]) -> str:
 # -- into storage --------------------------------------------------------------------------------
 
 
-def text_to_batch(body: bytes, content_type: str, now_ms: int) -> MetricBatch:
+def text_to_batch(body: bytes, content_type: str, now_ms: int, reader: LineReader | None = None) -> MetricBatch:
     """The samples of an exposition body, for import.
 
     ``application/openmetrics-text`` is parsed strictly and its timestamps are seconds; anything
     else is the classic format with millisecond timestamps. Samples without a timestamp get
     ``now_ms``. A malformed body raises :class:`TextParseError` and nothing is stored; series
-    with invalid names are recorded as the batch's errors.
+    with invalid names are recorded as the batch's errors. ``reader`` is tried first on a
+    classic body (the server passes the embedded engine's, :mod:`._prom_sql`); the numpy reader
+    and then the line parser take what it declines.
     """
     if "openmetrics" in content_type.lower():
         batch = MetricBatch()
@@ -601,7 +606,7 @@ def text_to_batch(body: bytes, content_type: str, now_ms: int) -> MetricBatch:
                     continue
                 batch.add([("__name__", s.name), *s.labels], ts, s.value)
         return batch
-    fast = _classic_fast(body)
+    fast = _classic_fast(body, reader)
     if fast is not None:
         return fast
     try:
@@ -611,13 +616,15 @@ def text_to_batch(body: bytes, content_type: str, now_ms: int) -> MetricBatch:
     return _classic_to_batch(text, now_ms)
 
 
-def _classic_fast(body: bytes) -> MetricBatch | None:
+def _classic_fast(body: bytes, reader: LineReader | None = None) -> MetricBatch | None:
     """The batch of a body in the common backfill shape, read column-wise (see :mod:`._prom_fast`).
 
     None when the body is not in that shape or anything in it is wrong: the line parser then
     reads it again and names the line at fault, so the two roads never disagree on what is valid.
     """
-    lines = read_classic(body, lambda text: _number(text, False))
+    lines = reader(body) if reader is not None else None
+    if lines is None:
+        lines = read_classic(body, lambda text: _number(text, False))
     if lines is None:
         return None
     try:
@@ -636,10 +643,9 @@ def _classic_fast(body: bytes) -> MetricBatch | None:
                 types[name] = "unknown" if rest == "untyped" else rest
             else:
                 helps[name] = rest.replace("\\\\", "\0").replace("\\n", "\n").replace("\0", "\\")
-        position = {key: i for i, key in enumerate(dict.fromkeys(lines.keys))}
-        line_series = np.fromiter(map(position.__getitem__, lines.keys), dtype=np.int64, count=len(lines.keys))
+        line_series = lines.series
         refs: list[SeriesRef | str] = []
-        for key in position:
+        for key in lines.keys:
             name, labels = _parse_series(key.decode("utf-8"))
             try:
                 refs.append(series_ref([("__name__", name), *labels]))
