@@ -410,15 +410,18 @@ def test_a_repeat_across_the_requests_of_one_block_keeps_the_later(store: Metric
 
 def test_events_read_back_from_the_wal_equal_the_live_ones(store: MetricStore) -> None:
     from stackwatch.ingest.batcher import Entry
-    from stackwatch.storage.metrics import wal_default
+    from stackwatch.storage.metrics import WAL_OPTIONS, wal_default
 
-    s = {"__name__": "live", "job": "x"}
+    s = {"__name__": "live", "job": "x", "quote": 'a "b" \\ ü'}
     events = batch_of((s, T0, 1.5), (s, T0 + 1000, STALE_NAN)).events()
-    entry = Entry.create("metrics", "p", events, 1, None, default=wal_default, live_bytes=48)
+    entry = Entry.create("metrics", "p", events, 1, None, default=wal_default, option=WAL_OPTIONS, live_bytes=48)
     assert entry.live is events and entry.nbytes == len(entry.payload) + 48
     replayed = Entry.decode(7, entry.payload)
     assert replayed.live is None
     decoded = replayed.body()["e"]
+    # The labels are embedded as JSON in the record (not a string of JSON), parsed on replay.
+    assert decoded[0][5] == [["live"], [["job", "x", "quote", 'a "b" \\ ü']]]
+    assert orjson.loads(str(events[0][5])) == decoded[0][5]
     for live_field, text, dtype in zip(events[0][1:5], decoded[0][1:5], ("<u8", "<i8", "<i8", "<f8"), strict=True):
         assert np.frombuffer(base64.b64decode(text), dtype=dtype).view(np.uint64).tolist() == np.asarray(
             live_field, dtype=dtype).view(np.uint64).tolist()  # bit for bit: the stale NaN too

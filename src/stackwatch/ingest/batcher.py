@@ -73,12 +73,13 @@ class Entry:
         defaults: dict[str, Any] | None,
         *,
         default: Callable[[Any], Any] | None = None,
+        option: int = 0,
         live_bytes: int = -1,
     ) -> Entry:
-        """``default`` encodes what JSON lacks (``orjson``'s hook); ``live_bytes`` >= 0 keeps
-        ``events`` as :attr:`live`, taking that much memory."""
+        """``default`` and ``option`` are ``orjson``'s (to encode what JSON lacks);
+        ``live_bytes`` >= 0 keeps ``events`` as :attr:`live`, taking that much memory."""
         payload = orjson.dumps({"k": kind, "p": project, "o": observed_ns, "d": defaults or {}, "e": events},
-                               default=default)
+                               default=default, option=option)
         if live_bytes >= 0:
             return cls(kind, project, observed_ns, len(events), payload, live=events, live_bytes=live_bytes)
         return cls(kind, project, observed_ns, len(events), payload)

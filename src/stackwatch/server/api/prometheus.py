@@ -43,7 +43,7 @@ from stackwatch.query.promql.clickhouse import ClickHouseQuerier
 from stackwatch.server.deps import body, ingest_project, runtime, viewer
 from stackwatch.server.responses import JSONResponse
 from stackwatch.storage.executor import ChdbExecutor
-from stackwatch.storage.metrics import MetricBatch, wal_default
+from stackwatch.storage.metrics import WAL_OPTIONS, MetricBatch, wal_default
 
 __all__ = ["router"]
 
@@ -422,7 +422,8 @@ async def store_batch(rt: Any, project: str, batch: MetricBatch) -> int:
     if events:
         # The arrays stay in memory beside their base64 in the WAL record, for the store.
         live = sum(a.nbytes for ev in events for a in ev if isinstance(a, np.ndarray))
-        entry = Entry.create("metrics", project, events, time.time_ns(), None, default=wal_default, live_bytes=live)
+        entry = Entry.create("metrics", project, events, time.time_ns(), None, default=wal_default,
+                             option=WAL_OPTIONS, live_bytes=live)
         await rt.batcher.submit_entry(entry)
     return batch.sample_count
 
