@@ -64,7 +64,7 @@ class SqlLineReader:
         self.ex = executor
 
     def __call__(self, body: bytes) -> FastLines | None:
-        if b"\t" in body or b"\r" in body or not body:
+        if b"\t" in body or b"\r" in body or not body or len(body) >= 2**31:  # 32-bit Arrow offsets
             return None
         offsets = np.array([0, len(body)], dtype=np.int32)
         one = pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(offsets), pa.py_buffer(body)])
