@@ -61,21 +61,6 @@ def _same(fast: object, slow: object) -> None:
     assert fast.rejected_samples == slow.rejected_samples  # type: ignore[attr-defined]
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(_line(), min_size=1, max_size=12), st.booleans())
-def test_fast_reader_agrees_with_the_line_parser(lines: list[str], trailing_newline: bool) -> None:
-    text = "\n".join(lines) + ("\n" if trailing_newline else "")
-    body = text.encode()
-    fast = _classic_fast(body)
-    try:
-        slow = _classic_to_batch(text, 0)
-    except TextParseError:
-        assert fast is None, "the fast reader accepted a body the line parser refuses"
-        return
-    if fast is not None:
-        _same(fast, slow)
-
-
 def test_fast_reader_takes_a_backfill_body_and_rounds_like_float() -> None:
     values = ["0.1", "-2.675", "123456789012345", "0.000123", "-0", "1e-3", "NaN", "+Inf", "7.", ".25",
               "3.141592653589793", "999999999999999.9"]
@@ -139,22 +124,24 @@ def sql_reader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlLineRead
     ex.close()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(lines=st.lists(_line(), min_size=1, max_size=12), trailing_newline=st.booleans())
-def test_sql_reader_agrees_with_the_line_parser(
+def test_fast_readers_agree_with_the_line_parser(
     sql_reader: SqlLineReader, lines: list[str], trailing_newline: bool
 ) -> None:
+    """The numpy reader alone, then the engine's SQL reader first (the server's order)."""
     text = "\n".join(lines) + ("\n" if trailing_newline else "")
     body = text.encode()
-    reader = _Recording(sql_reader)
-    fast = _classic_fast(body, reader)
+    numpy_read = _classic_fast(body)
+    sql_read = _classic_fast(body, sql_reader)
     try:
         slow = _classic_to_batch(text, 0)
     except TextParseError:
-        assert fast is None, "a body the line parser refuses was read"
+        assert numpy_read is None and sql_read is None, "a body the line parser refuses was read"
         return
-    if fast is not None:
-        _same(fast, slow)
+    for fast in (numpy_read, sql_read):
+        if fast is not None:
+            _same(fast, slow)
 
 
 def test_sql_reader_takes_a_backfill_body_bit_for_bit(sql_reader: SqlLineReader) -> None:

@@ -69,25 +69,22 @@ class SqlLineReader:
         offsets = np.array([0, len(body)], dtype=np.int32)
         one = pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(offsets), pa.py_buffer(body)])
         result = self.ex.query_local(_SQL, pa.table({"body": one}))
-        if result.num_rows and not all(result.column("ok").to_pylist()):
+        empty = np.empty(0, dtype=np.int64)
+        if not result.num_rows:
+            return FastLines([], empty, empty, np.empty(0, dtype=np.float64), [])
+        if not all(result.column("ok").to_pylist()):
             return None
-        keys: list[bytes] = []
-        comments: list[bytes] = []
-        take: list[int] = []
-        flags = result.column("comment").to_pylist() if result.num_rows else []
-        for i, (key, comment) in enumerate(zip(result.column("key").to_pylist() if flags else [], flags, strict=True)):
-            if comment:
-                comments.append(key)
-            else:
-                keys.append(key)
-                take.append(i)
-        if not keys:
-            empty = np.empty(0, dtype=np.int64)
-            return FastLines([], empty, empty, np.empty(0, dtype=np.float64), comments)
+        texts = result.column("key").to_pylist()
+        flags = result.column("comment").to_pylist()
+        comments = [text for text, comment in zip(texts, flags, strict=True) if comment]
         if comments:
-            result = result.take(pa.array(take, pa.int64()))
+            samples = [i for i, comment in enumerate(flags) if not comment]
+            result = result.take(pa.array(samples, pa.int64()))
+            texts = [texts[i] for i in samples]
+        if not texts:
+            return FastLines([], empty, empty, np.empty(0, dtype=np.float64), comments)
         ts_col = result.column("ts").combine_chunks()
         v_col = result.column("v").combine_chunks()
         counts = np.diff(np.asarray(ts_col.offsets))
-        series = np.repeat(np.arange(len(keys), dtype=np.int64), counts)
-        return FastLines(keys, series, np.asarray(ts_col.flatten()), np.asarray(v_col.flatten()), comments)
+        series = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
+        return FastLines(texts, series, np.asarray(ts_col.flatten()), np.asarray(v_col.flatten()), comments)
