@@ -120,7 +120,7 @@ class _Recording:
 @pytest.fixture(scope="module")
 def sql_reader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlLineReader]:
     ex = ChdbExecutor(tmp_path_factory.getbasetemp() / "chdb")
-    yield SqlLineReader(ex)
+    yield SqlLineReader(ex, min_bytes=0)  # small bodies too (the server leaves those to numpy)
     ex.close()
 
 
@@ -184,3 +184,10 @@ def test_sql_reader_on_comments_only(sql_reader: SqlLineReader) -> None:
     lines = sql_reader(b"# TYPE up gauge\n\n# HELP up Up.\n")
     assert lines is not None and lines.keys == [] and lines.series.size == 0
     assert lines.comments == [b"# TYPE up gauge", b"# HELP up Up."]
+
+
+def test_sql_reader_leaves_small_bodies_to_numpy(sql_reader: SqlLineReader) -> None:
+    body = b"".join(b'm{i="%d"} %d %d\n' % (i % 7, i, 1000 + i) for i in range(50))
+    assert SqlLineReader(sql_reader.ex, min_bytes=len(body) + 1)(body) is None
+    lines = SqlLineReader(sql_reader.ex, min_bytes=len(body))(body)
+    assert lines is not None and len(lines.keys) == 7 and lines.series.size == 50
