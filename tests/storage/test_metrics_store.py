@@ -410,12 +410,12 @@ def test_a_repeat_across_the_requests_of_one_block_keeps_the_later(store: Metric
 
 def test_events_read_back_from_the_wal_equal_the_live_ones(store: MetricStore) -> None:
     from stackwatch.ingest.batcher import Entry
-    from stackwatch.storage.metrics import WAL_OPTIONS, wal_default
+    from stackwatch.storage.metrics import wal_entry
 
     s = {"__name__": "live", "job": "x", "quote": 'a "b" \\ ü'}
     events = batch_of((s, T0, 1.5), (s, T0 + 1000, STALE_NAN)).events()
-    entry = Entry.create("metrics", "p", events, 1, None, default=wal_default, option=WAL_OPTIONS, live_bytes=48)
-    assert entry.live is events and entry.nbytes == len(entry.payload) + 48
+    entry = wal_entry("p", events)
+    assert entry.live is events and entry.nbytes == len(entry.payload) + 2 * 8 + 2 * 8 + 8 + 8  # ts, values, fp, count
     replayed = Entry.decode(7, entry.payload)
     assert replayed.live is None
     decoded = replayed.body()["e"]

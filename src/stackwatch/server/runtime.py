@@ -18,6 +18,7 @@ import yaml
 from stackwatch.auth import AuthService
 from stackwatch.errors import ConfigError
 from stackwatch.ingest._body import gc_paused
+from stackwatch.ingest._prom_sql import SqlLineReader
 from stackwatch.ingest.batcher import Batcher, Entry, Staged
 from stackwatch.ingest.spanmetrics import SpanMetrics
 from stackwatch.ingest.wal import WAL
@@ -25,7 +26,7 @@ from stackwatch.ingest.workers import BlockBuilder
 from stackwatch.pipeline.pipeline import PipelineConfig
 from stackwatch.redaction import Redactor
 from stackwatch.storage.errors import ErrorStore
-from stackwatch.storage.executor import Executor, open_executor
+from stackwatch.storage.executor import ChdbExecutor, Executor, open_executor
 from stackwatch.storage.logs import LogStore
 from stackwatch.storage.meta.db import MetaStore
 from stackwatch.storage.metrics import MetricStore
@@ -73,6 +74,9 @@ class Runtime:
     spanmetrics: SpanMetrics | None = None
     #: Alert routing, grouping, muting and notifications (stackwatch.alerting.dispatcher.Dispatcher).
     dispatcher: Any = None
+    #: Reads large import bodies in the embedded engine, outside the GIL
+    #: (stackwatch.ingest._prom_sql); None on a ClickHouse server, which is not sent bodies to parse.
+    import_reader: Any = None
     #: Alerting and recording rules (stackwatch.rules.RuleManager).
     rules: Any = None
     #: Incidents, on-call and escalation (stackwatch.incidents: IncidentService, EscalationEngine).
@@ -165,7 +169,8 @@ class Runtime:
         dispatcher = open_dispatcher(settings, meta)
         rt = cls(settings, executor, logs, meta, auth, blocks, wal, batcher, retention, bootstrap=bootstrap,
                  metrics=metrics, traces=traces, spanmetrics=spanmetrics, errors=errors,
-                 dispatcher=dispatcher)
+                 dispatcher=dispatcher,
+                 import_reader=SqlLineReader(executor) if isinstance(executor, ChdbExecutor) else None)
         from stackwatch.rules.wiring import open_rules
 
         rt.rules = open_rules(rt)

@@ -35,6 +35,7 @@ import base64
 import hashlib
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -44,6 +45,7 @@ import orjson
 import pyarrow as pa
 
 from stackwatch.errors import BadRequest
+from stackwatch.ingest.batcher import Entry
 from stackwatch.storage.executor import Executor
 from stackwatch.storage.schema import REPLAY_SAFE, Column, Table, render_ddl
 
@@ -213,9 +215,9 @@ class SeriesRef(NamedTuple):
     flat: list[str]  # labels as [k1, v1, k2, v2, ...], the WAL's form
     fingerprint: int
     #: ``name`` and ``flat`` as JSON, written once: every remote-write request carries every
-    #: series, and serialising their labels again per request was a tenth of its handling.
-    name_json: str = ""
-    flat_json: str = ""
+    #: series, and serialising their labels again took 0.33 ms of a 1,900-series request.
+    name_json: str
+    flat_json: str
 
 
 def series_ref(pairs: Iterable[tuple[str, str]]) -> SeriesRef:
@@ -238,10 +240,8 @@ class LabelsJSON(str):
 
 
 def _labels_json(refs: Sequence[SeriesRef]) -> LabelsJSON:
-    if all(r.name_json for r in refs):
-        return LabelsJSON("[[" + ",".join([r.name_json for r in refs]) + "],["
-                          + ",".join([r.flat_json for r in refs]) + "]]")
-    return LabelsJSON(orjson.dumps([[r.name for r in refs], [r.flat for r in refs]]).decode())
+    return LabelsJSON("[[" + ",".join([r.name_json for r in refs]) + "],["
+                      + ",".join([r.flat_json for r in refs]) + "]]")
 
 
 @dataclass
@@ -373,8 +373,16 @@ class MetricBatch:
         return out
 
 
-#: ``orjson`` options for a metrics WAL record: :class:`LabelsJSON` goes to :func:`wal_default`.
-WAL_OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS
+def wal_entry(project: str, events: list[Any]) -> Entry:
+    """The WAL entry of a batch's :meth:`MetricBatch.events`, its arrays kept for the store.
+
+    The record holds the arrays as base64 and the labels as embedded JSON (:func:`wal_default`);
+    the entry also keeps the events themselves (``live``), counted against the ingest buffer, so
+    the store does not decode its own record again.
+    """
+    live = sum(a.nbytes for ev in events for a in ev if isinstance(a, np.ndarray))
+    return Entry.create("metrics", project, events, time.time_ns(), None, default=wal_default,
+                        option=orjson.OPT_PASSTHROUGH_SUBCLASS, live_bytes=live)
 
 
 def wal_default(obj: Any) -> Any:
@@ -382,7 +390,7 @@ def wal_default(obj: Any) -> Any:
     JSON text embedded as it is.
 
     The arrays of :meth:`MetricBatch.events` are little-endian by construction; the reader
-    (:func:`_unb64`) knows each one's dtype from its place in the event.
+    (:func:`_event_array`) knows each one's dtype from its place in the event.
     """
     if isinstance(obj, np.ndarray):
         return base64.b64encode(obj.tobytes()).decode("ascii")
@@ -391,7 +399,7 @@ def wal_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not serializable in a WAL event")
 
 
-def _unb64(field: str | np.ndarray, dtype: str) -> np.ndarray:
+def _event_array(field: str | np.ndarray, dtype: str) -> np.ndarray:
     """An event's array: decoded from the WAL's base64, or the array itself when the batcher
     kept the events it was given (no round trip through text for a live entry)."""
     if isinstance(field, np.ndarray):
@@ -639,17 +647,17 @@ class MetricStore:
                 kind = ev[0]
                 if kind == "F":
                     _, fps, ev_counts, ts, bits, ev_labels = ev
-                    fp_parts.append(_unb64(fps, "<u8"))
-                    count_parts.append(_unb64(ev_counts, "<i8"))
-                    ts_parts.append(_unb64(ts, "<i8"))
-                    v_parts.append(_unb64(bits, "<f8"))
+                    fp_parts.append(_event_array(fps, "<u8"))
+                    count_parts.append(_event_array(ev_counts, "<i8"))
+                    ts_parts.append(_event_array(ts, "<i8"))
+                    v_parts.append(_event_array(bits, "<f8"))
                     labels.append(ev_labels)
                 elif kind == "S":  # the form of older logs, labels as JSON lists
                     _, fps, ev_names, ev_flats, ev_counts, ts, bits = ev
                     fp_parts.append(np.array(fps, dtype=np.uint64))
                     count_parts.append(np.array(ev_counts, dtype=np.int64))
-                    ts_parts.append(_unb64(ts, "<i8"))
-                    v_parts.append(_unb64(bits, "<f8"))
+                    ts_parts.append(_event_array(ts, "<i8"))
+                    v_parts.append(_event_array(bits, "<f8"))
                     labels.append([ev_names, ev_flats])
                 elif kind == "s":  # the per-series form of older logs
                     _, fp, name, flat, ts, bits = ev

@@ -24,15 +24,12 @@ import re
 import time
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from stackwatch import __version__
 from stackwatch.errors import PayloadTooLarge, StackwatchError, UnsupportedMediaType
-from stackwatch.ingest._prom_sql import SqlLineReader
-from stackwatch.ingest.batcher import Entry
 from stackwatch.ingest.otlp_metrics import decode_otlp_metrics, encode_metrics_response
 from stackwatch.ingest.prom_remote import decode_to_batch, decompress
 from stackwatch.ingest.prom_text import text_to_batch
@@ -42,8 +39,7 @@ from stackwatch.query.promql._ast import parse as parse_promql
 from stackwatch.query.promql.clickhouse import ClickHouseQuerier
 from stackwatch.server.deps import body, ingest_project, runtime, viewer
 from stackwatch.server.responses import JSONResponse
-from stackwatch.storage.executor import ChdbExecutor
-from stackwatch.storage.metrics import WAL_OPTIONS, MetricBatch, wal_default
+from stackwatch.storage.metrics import MetricBatch, wal_entry
 
 __all__ = ["router"]
 
@@ -420,11 +416,7 @@ async def store_batch(rt: Any, project: str, batch: MetricBatch) -> int:
         await run_in_threadpool(rt.metrics.admit, project, batch)
     events = batch.events()
     if events:
-        # The arrays stay in memory beside their base64 in the WAL record, for the store.
-        live = sum(a.nbytes for ev in events for a in ev if isinstance(a, np.ndarray))
-        entry = Entry.create("metrics", project, events, time.time_ns(), None, default=wal_default,
-                             option=WAL_OPTIONS, live_bytes=live)
-        await rt.batcher.submit_entry(entry)
+        await rt.batcher.submit_entry(wal_entry(project, events))
     return batch.sample_count
 
 
@@ -462,11 +454,8 @@ async def remote_write(request: Request, project: Any = Depends(ingest_project))
 async def import_prometheus(request: Request, project: Any = Depends(ingest_project)) -> Response:
     """Text exposition with timestamps (backfill); samples without one get the arrival time."""
     data = await body(request)
-    rt = runtime(request)
-    # On the embedded store the engine reads the common backfill shape, outside the GIL (see
-    # stackwatch.ingest._prom_sql); a ClickHouse server is not sent the bodies to parse.
-    reader = SqlLineReader(rt.executor) if isinstance(rt.executor, ChdbExecutor) else None
     ctype = request.headers.get("content-type", "")
+    reader = runtime(request).import_reader
     batch = await run_in_threadpool(text_to_batch, data, ctype, int(time.time() * 1000), reader)
     accepted = await _store(request, project.slug, batch)
     if batch.errors:
