@@ -107,11 +107,21 @@ def machine() -> dict[str, str]:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU seconds of the process and every live descendant (Stackwatch's pipeline workers
+    are children of its forkserver; ClickHouse runs as one process)."""
     try:
-        t = psutil.Process(pid).cpu_times()
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return float("nan")
-    return float(t.user + t.system)
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # a child that just exited
+            continue
+        total += t.user + t.system
+    return total
 
 
 class HttpError(RuntimeError):
