@@ -17,6 +17,10 @@ bytes on disk per event after a settle time; the median latency of the four sear
 runs after one warm-up. Every search result is checked against the generator's expected
 counts. Results are printed as a Markdown table and written to ``docs/benchmarks.md``.
 
+``--search-during-load`` also runs the payment search every 50 ms while the lines arrive, on
+both sides, and reports its latency: what a search costs in the middle of a flood of logs
+(the ingest figures of such a run include that work).
+
 Run: ``python bench/logs_bench.py`` (1,000,000 events) or ``--events 50000`` for a smoke run.
 """
 
@@ -59,6 +63,8 @@ CLICKHOUSE_BIN = "/usr/sbin/clickhouse-server"
 STACKWATCH_BIN = str(Path(sys.executable).parent / "stackwatch")
 
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+#: The search ``--search-during-load`` runs while the lines arrive.
+PROBE_SEARCH = "payment_failures"
 INGEST_TOKEN = "bench-ingest-token-0123456789abcdef"
 
 HISTOGRAM = "level:ERROR"
@@ -175,6 +181,7 @@ class LoadResult:
     server_cpu_s: float
     server_cpu_start: float  # the server's CPU seconds when the load began
     server_cpu_searchable_s: float = float("nan")  # from then until all N were searchable
+    probe_ms: list[float] = field(default_factory=list)  # searches during the load (--search-during-load)
 
     @property
     def seconds(self) -> float:
@@ -193,8 +200,13 @@ def load(
     clients: int,
     headers: dict[str, str],
     server_pid: int,
+    probe: Callable[[], Any] | None = None,
 ) -> LoadResult:
-    """POST every chunk from ``clients`` threads; on 429 wait ``Retry-After`` and resend."""
+    """POST every chunk from ``clients`` threads; on 429 wait ``Retry-After`` and resend.
+
+    ``probe``: a search run every 50 ms from one more thread while the load lasts, as an
+    on-call engineer searches during a flood of logs; its latencies go to ``probe_ms``.
+    """
     lock = threading.Lock()
     next_index = iter(range(len(chunks)))
     first: list[float] = []
@@ -235,18 +247,41 @@ def load(
             conn.close()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+    probe_ms: list[float] = []
+    loading = threading.Event()
+    loading.set()
+
+    def prober() -> None:
+        assert probe is not None
+        while loading.is_set():
+            t0 = time.perf_counter()
+            try:
+                probe()
+            except Exception as exc:
+                failures.append(f"search during the load: {type(exc).__name__}: {exc}")
+                return
+            probe_ms.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.05)
+
+    probing = threading.Thread(target=prober, daemon=True) if probe is not None else None
     cpu0 = time.process_time()
     server_cpu0 = cpu_seconds(server_pid)
     for t in threads:
         t.start()
+    if probing is not None:
+        probing.start()
     for t in threads:
         t.join()
+    loading.clear()
+    if probing is not None:
+        probing.join()
     client_cpu = time.process_time() - cpu0
     server_cpu = cpu_seconds(server_pid) - server_cpu0
     if failures:
         raise HttpError("ingest failed: " + failures[0])
     return LoadResult(
-        events, min(first), max(acks), throttled[0], latencies, client_cpu, server_cpu, server_cpu0
+        events, min(first), max(acks), throttled[0], latencies, client_cpu, server_cpu, server_cpu0,
+        probe_ms=probe_ms,
     )
 
 
@@ -547,6 +582,11 @@ def check(name: str, side: str, got: int, want: int) -> None:
         raise HttpError(f"{side}: search {name!r} found {got}, expected {want}")
 
 
+def _rank(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of an ordered list (nearest rank)."""
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def _median_ms(times: list[float]) -> tuple[float, float]:
     ordered = sorted(times)
     p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
@@ -584,7 +624,26 @@ def run_clickhouse(
         log(f"ClickHouse: loading {len(lines):,} events in {len(chunks)} chunks, {args.clients} clients")
         insert = "/?" + urllib.parse.urlencode({"query": "INSERT INTO logs FORMAT JSONEachRow"})
         assert ch.proc is not None
-        res.ingest = load(ch.port, insert, chunks, len(lines), args.clients, {}, ch.proc.pid)
+        probe = None
+        if args.search_during_load:
+            during = Http(ch.port)  # a connection of its own: the loaders have theirs
+            scope_sql = (
+                f"ts >= toDateTime('{meta['start'][:19].replace('T', ' ')}') "
+                f"AND ts < toDateTime('{meta['end'][:19].replace('T', ' ')}')"
+            )
+
+            def probe() -> None:  # the same two queries as the timed search below
+                where = CH_WHERE[PROBE_SEARCH]
+                for sql in (
+                    "SELECT ts, ts_ms, level, service, trace_id, source, message, context FROM logs "
+                    f"WHERE {scope_sql} AND ({where}) ORDER BY ts DESC, ts_ms DESC LIMIT 100 FORMAT JSONEachRow",
+                    f"SELECT count() FROM logs WHERE {scope_sql} AND ({where})",
+                ):
+                    status, _, body = during.request("POST", "/", sql.encode())
+                    if status != 200:
+                        raise HttpError(f"ClickHouse HTTP {status}: {body[:300]!r}")
+
+        res.ingest = load(ch.port, insert, chunks, len(lines), args.clients, {}, ch.proc.pid, probe)
         res.searchable_s = wait_searchable(
             lambda: int(ch.query("SELECT count() FROM logs")), len(lines), res.ingest.last_ack
         )
@@ -686,8 +745,22 @@ def run_stackwatch(
         log(f"Stackwatch: loading {len(lines):,} events in {len(chunks)} chunks, {args.clients} clients")
         headers = {"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": "application/x-ndjson"}
         assert sw.proc is not None
-        res.ingest = load(sw.port, "/api/v1/logs", chunks, len(lines), args.clients, headers, sw.proc.pid)
         scope = {"start": meta["start"], "end": meta["end"]}
+        probe = None
+        if args.search_during_load:
+            during = Http(sw.port, {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+            def probe() -> None:
+                url = "/api/v1/logs/search?" + urllib.parse.urlencode(
+                    {"q": gen_logs.SEARCHES[PROBE_SEARCH], **scope, "limit": 100}
+                )
+                status, _, body = during.request("GET", url)
+                if status != 200:
+                    raise HttpError(f"HTTP {status}: {body[:300]!r}")
+
+        res.ingest = load(
+            sw.port, "/api/v1/logs", chunks, len(lines), args.clients, headers, sw.proc.pid, probe
+        )
         res.searchable_s = wait_searchable(
             lambda: int(sw.get("/api/v1/logs/search", {"q": "", **scope, "limit": 1})["total"]),
             len(lines),
@@ -910,6 +983,13 @@ def report(
             + ", ".join(f"{k} {v:.1f}" for k, v in side.search_p90_ms.items())
             + "."
         )
+        if side.ingest.probe_ms:
+            probe = sorted(side.ingest.probe_ms)
+            out.append(
+                f"- {side.name}, the {PROBE_SEARCH} search every 50 ms during the load: "
+                f"{len(probe)} searches, median {statistics.median(probe):.0f} ms, "
+                f"p90 {_rank(probe, 0.9):.0f} ms, p99 {_rank(probe, 0.99):.0f} ms, max {probe[-1]:.0f} ms."
+            )
         if side.one_query_ms:
             out.append(
                 f"- {side.name}, for reference: each search as one query (the page, the total from "
@@ -1000,6 +1080,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--keep", action="store_true", help="keep the servers' temporary directories")
     parser.add_argument("--json", help="also write the raw results to this JSON file")
+    parser.add_argument(
+        "--search-during-load",
+        action="store_true",
+        help=f"run the {PROBE_SEARCH} search every 50 ms during each load and report its latency "
+        "(the load's own figures then include that work)",
+    )
     args = parser.parse_args(argv)
 
     end = args.end or _default_end()
@@ -1067,6 +1153,7 @@ def _as_json(side: SideResult | None) -> dict[str, Any] | None:
             "client_cpu_s": side.ingest.client_cpu_s,
             "server_cpu_s": side.ingest.server_cpu_s,
             "server_cpu_searchable_s": side.ingest.server_cpu_searchable_s,
+            "search_during_load_ms": side.ingest.probe_ms,
         }
     return out
 
