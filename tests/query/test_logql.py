@@ -65,9 +65,9 @@ COLUMNS = """
     function LowCardinality(String),
     host LowCardinality(String),
     log_type LowCardinality(String),
-    attributes_string Map(LowCardinality(String), String),
-    attributes_number Map(LowCardinality(String), Float64),
-    resource Map(LowCardinality(String), String)
+    attributes_string Map(String, String),
+    attributes_number Map(String, Float64),
+    resource Map(String, String)
 """
 
 
