@@ -178,9 +178,11 @@ def test_demo_command_against_a_real_server(server: ServerProcess) -> None:
     assert f"requests in 3s to {service}" in result.stdout
     for scenario in ("failed login", "declined payment", "slow endpoint", "slow query", "exception"):
         assert scenario in result.stdout, result.stdout  # every kind of trouble was sent at least once
-    assert server.wait_for_count(f'service:{service} AND message:"Failed login attempt"', 1, start="-1h") >= 1
-    assert server.wait_for_count(f'service:{service} AND message:"Payment processing failed"', 1, start="-1h") >= 1
-    assert server.wait_for_count(f'service:{service} AND message:"Slow query detected"', 1, start="-1h") >= 1
+    # On a failure, the demo's summary (status codes and latencies per scenario, the app's log
+    # lines by level) says whether the request failed or its log line went missing.
+    for message in ("Failed login attempt", "Payment processing failed", "Slow query detected"):
+        found = server.wait_for_count(f'service:{service} AND message:"{message}"', 1, start="-1h")
+        assert found >= 1, f"no {message!r} line stored\n{result.stdout}"
 
 
 def run_script(code: str) -> dict[str, Any]:
