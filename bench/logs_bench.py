@@ -588,9 +588,7 @@ def _rank(ordered: list[float], q: float) -> float:
 
 
 def _median_ms(times: list[float]) -> tuple[float, float]:
-    ordered = sorted(times)
-    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-    return statistics.median(times) * 1000, p90 * 1000
+    return statistics.median(times) * 1000, _rank(sorted(times), 0.9) * 1000
 
 
 def run_side(
@@ -644,6 +642,8 @@ def run_clickhouse(
                         raise HttpError(f"ClickHouse HTTP {status}: {body[:300]!r}")
 
         res.ingest = load(ch.port, insert, chunks, len(lines), args.clients, {}, ch.proc.pid, probe)
+        if args.search_during_load:
+            during.close()
         res.searchable_s = wait_searchable(
             lambda: int(ch.query("SELECT count() FROM logs")), len(lines), res.ingest.last_ack
         )
@@ -761,6 +761,8 @@ def run_stackwatch(
         res.ingest = load(
             sw.port, "/api/v1/logs", chunks, len(lines), args.clients, headers, sw.proc.pid, probe
         )
+        if args.search_during_load:
+            during.close()
         res.searchable_s = wait_searchable(
             lambda: int(sw.get("/api/v1/logs/search", {"q": "", **scope, "limit": 1})["total"]),
             len(lines),

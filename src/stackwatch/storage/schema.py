@@ -301,8 +301,8 @@ SPANS = Table(
         Column("status_code", "LowCardinality(String)"),
         Column("status_message", "String", "ZSTD(1)"),
         # Attributes typed by value, as for logs: numeric filters (http.status_code>=500)
-        # compare Float64 without parsing strings at query time; String keys, as for logs (a
-        # LowCardinality dictionary per map doubled the insert's cost).
+        # compare Float64 without parsing strings at query time; String keys, as for logs (where
+        # a LowCardinality dictionary per map column doubled the engine's insert cost).
         Column("attributes_string", "Map(String, String)", "ZSTD(1)"),
         Column("attributes_number", "Map(String, Float64)", "ZSTD(1)"),
         Column("attributes_bool", "Map(String, Bool)", "ZSTD(1)"),
