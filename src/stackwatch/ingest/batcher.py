@@ -74,15 +74,15 @@ class Entry:
         *,
         default: Callable[[Any], Any] | None = None,
         option: int = 0,
-        live_bytes: int = -1,
+        live_bytes: int | None = None,
     ) -> Entry:
-        """``default`` and ``option`` are ``orjson``'s (to encode what JSON lacks);
-        ``live_bytes`` >= 0 keeps ``events`` as :attr:`live`, taking that much memory."""
+        """``default`` and ``option`` are ``orjson``'s (to encode what JSON lacks); with
+        ``live_bytes`` the entry keeps ``events`` as :attr:`live`, counted as that much memory."""
         payload = orjson.dumps({"k": kind, "p": project, "o": observed_ns, "d": defaults or {}, "e": events},
                                default=default, option=option)
-        if live_bytes >= 0:
-            return cls(kind, project, observed_ns, len(events), payload, live=events, live_bytes=live_bytes)
-        return cls(kind, project, observed_ns, len(events), payload)
+        if live_bytes is None:
+            return cls(kind, project, observed_ns, len(events), payload)
+        return cls(kind, project, observed_ns, len(events), payload, live=events, live_bytes=live_bytes)
 
     @classmethod
     def decode(cls, lsn: int, payload: bytes) -> Entry:

@@ -643,7 +643,6 @@ def _classic_fast(body: bytes, reader: LineReader | None = None) -> MetricBatch 
                 types[name] = "unknown" if rest == "untyped" else rest
             else:
                 helps[name] = rest.replace("\\\\", "\0").replace("\\n", "\n").replace("\0", "\\")
-        line_series = lines.series
         refs: list[SeriesRef | str] = []
         for key in lines.keys:
             name, labels = _parse_series(key.decode("utf-8"))
@@ -661,10 +660,10 @@ def _classic_fast(body: bytes, reader: LineReader | None = None) -> MetricBatch 
         if isinstance(ref, str):
             continue
         remap[i] = batch.index(ref)
-    series = remap[line_series]
+    series = remap[lines.series]
     bad = series < 0
     if bad.any():
-        counts = np.bincount(line_series[bad], minlength=len(refs))
+        counts = np.bincount(lines.series[bad], minlength=len(refs))
         for i, ref in enumerate(refs):
             if isinstance(ref, str) and counts[i]:
                 batch.reject(ref, int(counts[i]))

@@ -20,6 +20,7 @@ from stackwatch.errors import ConfigError
 from stackwatch.ingest._body import gc_paused
 from stackwatch.ingest._prom_sql import SqlLineReader
 from stackwatch.ingest.batcher import Batcher, Entry, Staged
+from stackwatch.ingest.prom_text import LineReader
 from stackwatch.ingest.spanmetrics import SpanMetrics
 from stackwatch.ingest.wal import WAL
 from stackwatch.ingest.workers import BlockBuilder
@@ -76,7 +77,7 @@ class Runtime:
     dispatcher: Any = None
     #: Reads large import bodies in the embedded engine, outside the GIL
     #: (stackwatch.ingest._prom_sql); None on a ClickHouse server, which is not sent bodies to parse.
-    import_reader: Any = None
+    import_reader: LineReader | None = None
     #: Alerting and recording rules (stackwatch.rules.RuleManager).
     rules: Any = None
     #: Incidents, on-call and escalation (stackwatch.incidents: IncidentService, EscalationEngine).
