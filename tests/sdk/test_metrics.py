@@ -61,6 +61,41 @@ def test_red_series_by_template_and_status_class(metrics: RequestMetrics) -> Non
     assert value(parsed, "http_apdex_tolerating_total", route="/api/payments") == 0  # 0.3 was a 502
 
 
+def test_in_flight_counts_requests_being_served(metrics: RequestMetrics) -> None:
+    def in_flight() -> float:
+        return value(samples(metrics.prometheus_text()[0].decode()), "http_requests_in_flight")
+
+    assert in_flight() == 0
+    metrics.enter()
+    metrics.enter()
+    assert in_flight() == 2
+    assert in_flight() == 2  # a scrape does not move it
+    metrics.exit()
+    assert in_flight() == 1
+    # A second RequestMetrics on the same registry shares the gauge and its count.
+    other = RequestMetrics(SDKConfig(), metrics.registry)
+    other.enter()
+    assert in_flight() == 2
+    other.exit()
+    metrics.exit()
+    assert in_flight() == 0
+
+
+def test_in_flight_with_an_app_gauge_of_the_same_name() -> None:
+    """An app that already defined ``http_requests_in_flight`` (as guide middlewares do) keeps
+    its gauge, and its own increments still count beside the SDK's."""
+    registry = CollectorRegistry()
+    app_gauge = Gauge("http_requests_in_flight", "app's own", registry=registry)
+    metrics = RequestMetrics(SDKConfig(), registry)
+    assert metrics.in_flight is app_gauge
+    app_gauge.inc()
+    metrics.enter()
+    assert value(samples(metrics.prometheus_text()[0].decode()), "http_requests_in_flight") == 2
+    metrics.exit()
+    app_gauge.dec()
+    assert value(samples(metrics.prometheus_text()[0].decode()), "http_requests_in_flight") == 0
+
+
 def test_openmetrics_when_the_scraper_asks(metrics: RequestMetrics) -> None:
     metrics.record("GET", "/", 200, 0.01)
     body, content_type = metrics.prometheus_text("application/openmetrics-text; version=1.0.0")

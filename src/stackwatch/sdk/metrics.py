@@ -27,6 +27,7 @@ surprise whoever reads the numbers; it warns once instead when it sees gunicorn 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -74,6 +75,10 @@ _registry_lock = threading.Lock()
 _created: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
+#: Metrics this module created (not found in the registry): only these may change how they are read.
+_made_here: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def multiprocess_dir() -> str | None:
     """The prometheus-client multiprocess directory, when multiprocess mode is on."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None  # noqa: SIM112 (legacy name prometheus-client still reads)
@@ -99,6 +104,7 @@ def _get_or_create(kind: type, name: str, documentation: str, labelnames: Iterab
             return metric
         metric = kind(name, documentation or name, labelnames=tuple(labelnames), registry=registry, **kwargs)
         created[name] = metric
+        _made_here.add(metric)
         return metric
 
 
@@ -175,6 +181,51 @@ def _observer(child: Any) -> Callable[[float], None]:
     return observe
 
 
+class _InFlight:
+    """The in-flight gauge of one process as two C-level counters (requests started, ended),
+    read by the gauge at scrape time: a request pays one ``next()`` at each end instead of two
+    locked increments of the gauge (measured on the request path: 1.0 us of the SDK's 13 us).
+
+    One per gauge: every middleware in the process shares it (see :func:`_in_flight_for`)."""
+
+    __slots__ = ("ended", "started")
+
+    def __init__(self) -> None:
+        self.started = itertools.count()
+        self.ended = itertools.count()
+
+    def value(self) -> float:
+        # Reading advances both counters by one, which leaves the difference as it was. Ended
+        # is read first, so a request that starts and ends in between cannot make it negative.
+        ended = next(self.ended)
+        return float(next(self.started) - ended)
+
+
+_in_flight_counters: weakref.WeakKeyDictionary[Gauge, _InFlight] = weakref.WeakKeyDictionary()
+
+
+def _in_flight_for(gauge: Gauge) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(enter, exit) callables keeping ``gauge`` at the number of requests being served.
+
+    In multiprocess mode each worker's value must reach its file, so the gauge's own storage
+    is incremented (see :func:`_incrementer`), and so is a gauge the app defined itself (its
+    own increments must still count); otherwise the gauge reads :class:`_InFlight`."""
+    with _registry_lock:
+        counters = _in_flight_counters.get(gauge)
+        if counters is None and gauge in _made_here and not multiprocess_dir():
+            fresh = _InFlight()
+            try:
+                gauge.set_function(fresh.value)
+            except (AttributeError, ValueError, TypeError):
+                logger.debug("in-flight gauge kept as a plain gauge", exc_info=True)
+            else:
+                counters = _in_flight_counters[gauge] = fresh
+    if counters is not None:
+        return counters.started.__next__, counters.ended.__next__
+    add = _incrementer(gauge)
+    return (lambda: add(1)), (lambda: add(-1))
+
+
 class _Series:
     """The labelled children of one (method, route, status) key, resolved once.
 
@@ -232,8 +283,8 @@ class RequestMetrics:
         self.apdex_tolerating = counter("http_apdex_tolerating_total",
                                         "Requests answered within 4T (tolerating).", ("route",), registry=reg)
         self._series: dict[tuple[str, str, int], _Series] = {}
-        #: in-flight +1/-1 for the middlewares (the gauge's storage, see _incrementer).
-        self.add_in_flight = _incrementer(self.in_flight)
+        #: A request starts / ends, for the middlewares (the in-flight gauge, see _in_flight_for).
+        self.enter, self.exit = _in_flight_for(self.in_flight)
         self._routes: set[str] = set()
         self._durations: deque[float] = deque(maxlen=reservoir_size)
         self.started = time.time()

@@ -154,7 +154,8 @@ class WebInstrumentation:
         self.ready_path = config.ready_path
         #: Paths answered by the SDK and left out of the request metrics.
         self.own_paths = frozenset({config.health_path, config.live_path, config.ready_path, config.metrics_path})
-        self._add_in_flight = metrics.add_in_flight
+        self._enter = metrics.enter
+        self._exit = metrics.exit
         self._record = metrics.record
 
     # -- probes and /metrics ------------------------------------------------------------------
@@ -207,7 +208,7 @@ class WebInstrumentation:
         if trace_id is not None:
             fields["trace_id"] = trace_id
         token = _log_context.set(fields)
-        self._add_in_flight(1)
+        self._enter()
         if state is None:
             state = RequestState()
         else:  # a subclass's own __init__ may not have set these
@@ -360,7 +361,7 @@ class WebInstrumentation:
         if state.span is not None:
             self._end_span(state, method, route, status)
         try:
-            self._add_in_flight(-1)
+            self._exit()
             self._record(method, route, status, duration)
             if duration > self.slow_seconds:
                 slow_logger.warning(
