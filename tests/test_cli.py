@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def test_server_prints_url_and_how_to_log_in(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("STACKWATCH_ADMIN_TOKEN", "STACKWATCH_INGEST_TOKEN")}
     proc = subprocess.Popen([sys.executable, "-m", "stackwatch.cli", "server", "--data-dir", str(tmp_path / "d"),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**env, "COLUMNS": "200"})
+                            env={k: v for k, v in env.items() if k != "COLUMNS"})
     try:
         assert proc.stdout is not None
         out = ""
@@ -106,9 +107,10 @@ def test_server_prints_url_and_how_to_log_in(tmp_path: Path) -> None:
             if "not be shown again" in out:
                 break
         assert f"http://127.0.0.1:{port}" in out
-        assert "admin@localhost with password:" in out
-        assert "admin API token (shown once): swa_" in out
-        assert "ingest token of project 'default' (shown once): swi_" in out
+        # Each secret on the line that says what it is, even at rich's 80 columns for a pipe.
+        assert re.search(r"admin@localhost with password: \S{12,}\n", out), out
+        assert re.search(r"admin API token \(shown once\): swa_\S+\n", out), out
+        assert re.search(r"ingest token of project 'default' \(shown once\): swi_\S+\n", out), out
     finally:
         proc.terminate()
         proc.wait(timeout=20)

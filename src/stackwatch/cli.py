@@ -84,7 +84,9 @@ def server(
     console.print(f"[bold green]Stackwatch[/bold green] is listening on [bold]{settings.url}[/bold]")
     console.print(f"  data directory: {settings.data_path}")
     for line in bootstrap_lines(rt.bootstrap, settings):
-        console.print("  " + line, highlight=False)
+        # soft_wrap: never break a secret onto its own line (rich wraps at 80 columns when
+        # stdout is not a terminal, e.g. under systemd or `make run | tee`).
+        console.print("  " + line, highlight=False, soft_wrap=True)
     app_ = create_app(settings, runtime=rt)
     try:
         uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", access_log=False)
