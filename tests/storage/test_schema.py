@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stackwatch.storage.schema import LOGS, LOGS_HOT, render_ddl
+from stackwatch.storage.schema import LOGS, LOGS_HOT, PROMPT_CLEANUP, render_ddl
 
 
 def test_embedded_and_single_server_use_plain_merge_tree() -> None:
@@ -27,3 +27,11 @@ def test_cluster_gets_replicated_local_tables_and_a_distributed_table() -> None:
 def test_the_search_table_is_a_merge_over_the_tiers() -> None:
     (ddl,) = render_ddl(LOGS, "sw")
     assert "ENGINE = Merge('sw', '^logs_(hot|warm)$')" in ddl
+
+
+def test_executor_settings_go_with_every_table_and_the_table_wins() -> None:
+    (server,) = render_ddl(LOGS_HOT, "sw")
+    assert "cleanup_delay_period" not in server  # a ClickHouse server keeps its defaults
+    (embedded,) = render_ddl(LOGS_HOT, "sw", extra_settings={**PROMPT_CLEANUP, "index_granularity": 1})
+    assert "cleanup_delay_period = 1" in embedded and "max_cleanup_delay_period = 5" in embedded
+    assert "index_granularity = 8192" in embedded and "index_granularity = 1" not in embedded

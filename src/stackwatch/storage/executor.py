@@ -17,6 +17,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.binding import format_bind_value
 
 from stackwatch.errors import StackwatchError
+from stackwatch.storage.schema import PROMPT_CLEANUP
 
 __all__ = ["ChdbExecutor", "ClickHouseExecutor", "Executor", "StorageError", "open_executor"]
 
@@ -28,6 +29,8 @@ class StorageError(StackwatchError):
 class Executor(Protocol):
     database: str
     cluster: str
+    #: Settings every table created through this executor gets (see schema.PROMPT_CLEANUP).
+    table_settings: Mapping[str, object]
 
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         """Run a statement that returns nothing."""
@@ -107,6 +110,7 @@ class ChdbExecutor:
         Path(path).mkdir(parents=True, exist_ok=True)
         self.database = database
         self.cluster = ""
+        self.table_settings: Mapping[str, object] = PROMPT_CLEANUP
         self._lock = _SharedSession.query_lock
         self._session = _SharedSession.acquire(str(Path(path).resolve()))
         self._closed = False
@@ -206,6 +210,7 @@ class ClickHouseExecutor:
         if self.database == "default":
             self.database = "stackwatch"
         self.cluster = cluster
+        self.table_settings: Mapping[str, object] = {}
         on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
         self._client.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`{on_cluster}")
         self._lock = threading.Lock()

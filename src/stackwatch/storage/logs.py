@@ -201,7 +201,7 @@ class LogStore:
         emptied table. On a cluster the minute counts are not kept (histograms read the lines).
         """
         for table in TABLES:
-            for stmt in render_ddl(table, self.db, self.ex.cluster):
+            for stmt in render_ddl(table, self.db, self.ex.cluster, self.ex.table_settings):
                 self.ex.command(stmt)
         if self.ex.cluster:
             return
@@ -209,7 +209,7 @@ class LogStore:
             "SELECT count() AS n FROM system.tables WHERE database = {db:String} AND name = 'logs_minutes_mv'",
             {"db": self.db},
         )[0]["n"]
-        for stmt in render_ddl(LOGS_MINUTES, self.db):
+        for stmt in render_ddl(LOGS_MINUTES, self.db, extra_settings=self.ex.table_settings):
             self.ex.command(stmt)
         if not int(has_view):
             self.ex.command(f"TRUNCATE TABLE `{self.db}`.`logs_minutes`")

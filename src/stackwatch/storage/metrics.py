@@ -558,7 +558,7 @@ class MetricStore:
         rollups (queries read the samples).
         """
         for table in METRIC_TABLES:
-            for stmt in render_ddl(table, self.db, self.ex.cluster):
+            for stmt in render_ddl(table, self.db, self.ex.cluster, self.ex.table_settings):
                 self.ex.command(stmt)
         if self.ex.cluster:
             return
@@ -568,7 +568,7 @@ class MetricStore:
                 "SELECT count() AS n FROM system.tables WHERE database = {db:String} AND name = {v:String}",
                 {"db": self.db, "v": view},
             )[0]["n"]
-            for stmt in render_ddl(table, self.db):
+            for stmt in render_ddl(table, self.db, extra_settings=self.ex.table_settings):
                 self.ex.command(stmt)
             if not int(has_view):
                 select = _rollup_select(res, f"`{self.db}`.metric_samples")

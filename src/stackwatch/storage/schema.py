@@ -8,6 +8,7 @@ table names whatever the deployment.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["LOGS_MINUTES", "SPANS", "TABLES", "TRACE_INDEX", "TRACE_TABLES", "Column", "Table", "render_ddl"]
@@ -71,13 +72,14 @@ REPLAY_SAFE: dict[str, object] = {
     "fsync_part_directory": 1,
 }
 
-#: Settings of every non-replicated table: parts merged away are deleted within a second or two
-#: instead of at the cleanup thread's default pace (every 30-40 s, backing off to 300 s while
-#: idle). The embedded engine keeps no grace period for them (``old_parts_lifetime`` is 0), so
-#: until that thread runs, a store that has just merged holds its data twice on disk (measured:
-#: 78 instead of 34 bytes a log line, 20 s after a million-line load). A ClickHouse server keeps
-#: merged parts for ``old_parts_lifetime`` (480 s) whatever this is. Replicated tables keep the
-#: defaults: their cleanup also prunes Keeper, which a 1 s period would load for nothing.
+#: Settings of every table in the embedded engine (``ChdbExecutor.table_settings``): parts merged
+#: away are deleted within a second or two instead of at the cleanup thread's default pace
+#: (every 30-40 s, backing off to 300 s while idle). The embedded engine keeps no grace period
+#: for them (``old_parts_lifetime`` is 0), so until that thread runs, a store that has just
+#: merged holds its data twice on disk (measured: 78 instead of 34 bytes a log line, 20 s after
+#: a million-line load). Not used on a ClickHouse server: it keeps merged parts for its own
+#: ``old_parts_lifetime`` (480 s) anyway, replicated tables' cleanup also prunes Keeper, and
+#: ``max_cleanup_delay_period`` is unknown to servers older than 23.x.
 PROMPT_CLEANUP: dict[str, object] = {
     "cleanup_delay_period": 1,
     "cleanup_delay_period_random_add": 1,
@@ -85,8 +87,10 @@ PROMPT_CLEANUP: dict[str, object] = {
 }
 
 
-def render_ddl(table: Table, database: str, cluster: str = "") -> list[str]:
-    """DDL statements creating ``table`` (idempotently) in ``database``."""
+def render_ddl(table: Table, database: str, cluster: str = "",
+               extra_settings: Mapping[str, object] | None = None) -> list[str]:
+    """DDL statements creating ``table`` (idempotently) in ``database``; ``extra_settings`` are
+    the executor's own (see :data:`PROMPT_CLEANUP`), the table's settings win over them."""
     on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
     cols = ",\n  ".join(c.ddl() for c in table.columns)
     if table.merge_regexp:
@@ -104,7 +108,7 @@ def render_ddl(table: Table, database: str, cluster: str = "") -> list[str]:
         engine = f"Replicated{engine}('/clickhouse/tables/{{shard}}/{database}/{local_name}', '{{replica}}'{args})"
     else:
         engine = f"{engine}({table.engine_args})"
-    table_settings = table.settings if cluster else {**PROMPT_CLEANUP, **table.settings}
+    table_settings = {**(extra_settings or {}), **table.settings}
     settings = ""
     if table_settings:
         settings = "\nSETTINGS " + ", ".join(f"{k} = {v!r}" for k, v in table_settings.items())

@@ -294,7 +294,7 @@ class TraceStore:
     def ensure_schema(self) -> None:
         """Create the tables; if they exist with another retention, change their TTL to it."""
         for table in self.tables():
-            for stmt in render_ddl(table, self.db, self.ex.cluster):
+            for stmt in render_ddl(table, self.db, self.ex.cluster, self.ex.table_settings):
                 self.ex.command(stmt)
             local = f"{table.name}_local" if self.ex.cluster else table.name
             rows = self.ex.rows(
