@@ -61,6 +61,62 @@ def test_red_series_by_template_and_status_class(metrics: RequestMetrics) -> Non
     assert value(parsed, "http_apdex_tolerating_total", route="/api/payments") == 0  # 0.3 was a 502
 
 
+def test_counts_stay_exact_under_threads_and_scrapes(metrics: RequestMetrics) -> None:
+    """The request series count without a lock (see metrics._Tally): many threads recording
+    while others scrape must still add up exactly, and scrapes must never go backwards."""
+    import threading
+
+    threads, per_thread = 8, 5000
+    seen: list[float] = []
+    done = threading.Event()
+
+    def record() -> None:
+        for i in range(per_thread):
+            metrics.record("GET", "/api/leads/{id}", 200, 0.05 if i % 2 else 0.2)
+
+    def scrape() -> None:
+        while not done.is_set():
+            seen.append(value(samples(metrics.prometheus_text()[0].decode()), "http_requests_total",
+                              method="GET", route="/api/leads/{id}", status_class="2xx"))
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    workers = [threading.Thread(target=record) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    done.set()
+    scraper.join()
+    parsed = samples(metrics.prometheus_text()[0].decode())
+    total = threads * per_thread
+    assert value(parsed, "http_requests_total", method="GET", route="/api/leads/{id}", status_class="2xx") == total
+    assert value(parsed, "http_request_duration_seconds_count", method="GET", route="/api/leads/{id}") == total
+    assert value(parsed, "http_request_duration_seconds_bucket", method="GET", route="/api/leads/{id}",
+                 le="0.05") == total / 2
+    assert value(parsed, "http_apdex_satisfied_total", route="/api/leads/{id}") == total / 2
+    assert seen == sorted(seen) and len(seen) > 1
+
+
+def test_the_request_counters_keep_prometheus_client_semantics(metrics: RequestMetrics) -> None:
+    """Code that touches the SDK's series through prometheus-client's API (an app adding to
+    them, a test resetting them) sees ordinary counters."""
+    metrics.record("POST", "/api/payments", 201, 0.01)
+    child = metrics.requests.labels("POST", "/api/payments", "2xx")
+    child.inc(2.5)
+    child.inc()
+    assert child._value.get() == 4.5
+    child.reset()
+    metrics.record("POST", "/api/payments", 201, 0.01)
+    parsed = samples(metrics.prometheus_text()[0].decode())
+    assert value(parsed, "http_requests_total", method="POST", route="/api/payments", status_class="2xx") == 1
+    # A series counted before the SDK first saw it keeps its count.
+    metrics.requests.labels("GET", "/early", "2xx").inc(3)
+    metrics.record("GET", "/early", 200, 0.01)
+    parsed = samples(metrics.prometheus_text()[0].decode())
+    assert value(parsed, "http_requests_total", method="GET", route="/early", status_class="2xx") == 4
+
+
 def test_in_flight_counts_requests_being_served(metrics: RequestMetrics) -> None:
     def in_flight() -> float:
         return value(samples(metrics.prometheus_text()[0].decode()), "http_requests_in_flight")
