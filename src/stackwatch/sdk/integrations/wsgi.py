@@ -37,6 +37,10 @@ ROUTE_KEY = "stackwatch.route"
 _WERKZEUG_REQUEST = "werkzeug.request"
 
 StartResponse = Callable[..., Any]
+
+#: WSGI status lines seen (``"200 OK"``) -> their code: a dict lookup instead of ``int()`` of a
+#: slice for every response. Bounded: apps use a handful of status lines.
+_status_codes: dict[str, int] = {}
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
@@ -137,7 +141,12 @@ class _Request(RequestState):
 
     def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         try:
-            self.status = int(status[:3])
+            code = _status_codes.get(status)
+            if code is None:
+                code = int(status[:3])
+                if len(_status_codes) < 256:
+                    _status_codes[status] = code
+            self.status = code
             # Flask (werkzeug) starts the response while its request context is still active,
             # with its request object in the environ: the matched rule is read here, for free.
             request = self.environ.get(_WERKZEUG_REQUEST)
