@@ -299,3 +299,44 @@ def test_a_batcher_copied_into_a_forked_child_drops_the_parents_spans(monkeypatc
     batcher.shutdown(0)
     assert exporter.names == [] and exporter.shut  # the parent exports those; the child's copy closes
     monkeypatch.setattr(batcher, "_pid", real_pid)
+
+
+def test_spans_of_many_threads_at_once_keep_their_own_data(traced: Traced) -> None:
+    """Request spans of one tracer share a lock (fewer objects for the garbage collector to
+    track while they wait for export): spans started, changed and ended from many threads at
+    once must still each keep exactly their own name, attributes, events and status."""
+    threads, per_thread = 8, 300
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(per_thread):
+                span = traced.starter.start_span("GET", attributes={**ATTRIBUTES, "url.path": f"/t{n}/{i}"})
+                span.set_attribute("app.thread", n)
+                span.add_event("step", {"i": i})
+                if i % 3 == 0:
+                    span.record_exception(ValueError(f"{n}-{i}"))
+                span.finish_request("GET", f"/t{n}/{{i}}", 500 if i % 3 == 0 else 200)
+                span.set_attribute("after.end", True)  # refused: the span has ended
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in workers), "a span operation blocked"
+    assert not failures
+    spans = traced.finished()
+    assert len(spans) == threads * per_thread
+    for span in spans:
+        thread_part, index_part = str(span.attributes["url.path"]).split("/")[1:]
+        n, i = int(thread_part[1:]), int(index_part)
+        assert span.name == f"GET /t{n}/{{i}}"
+        assert span.attributes["app.thread"] == n and "after.end" not in span.attributes
+        assert span.events[0].name == "step" and span.events[0].attributes["i"] == i
+        error = i % 3 == 0
+        assert span.attributes["http.response.status_code"] == (500 if error else 200)
+        assert (span.status.status_code is StatusCode.ERROR) == error
+        assert (len(span.events) == 2 and span.events[1].attributes["exception.message"] == f"{n}-{i}") == error

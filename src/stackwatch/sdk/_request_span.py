@@ -14,7 +14,12 @@ known in advance for a request span:
   template span that the SDK's own constructor made once;
 - events and links lists are allocated on first use only (most request spans have none);
 - at the end the processors get the span itself: once ended, every mutator of an SDK span
-  refuses to change it, so the ``ReadableSpan`` copy protected nothing.
+  refuses to change it, so the ``ReadableSpan`` copy protected nothing;
+- the spans of one tracer share one (reentrant) lock instead of a lock each: the lock guards a
+  few field writes, and a finished span waits in the export queue for its batch, long enough
+  for the garbage collector to move it to its oldest generation, where every object it holds
+  that the collector tracks (a lock is one) adds to the full collections that follow
+  (measured through Flask's test client: 3 tracked objects per span instead of 2).
 
 The span is an instance of a subclass of the SDK's ``Span``, so processors, exporters and user
 code (``trace.get_current_span().set_attribute(...)``, child spans of other instrumentations,
@@ -68,7 +73,7 @@ _SPAN_FIELDS = frozenset({
 #: Shared stand-in for a span's events and links until it gets its first one (never appended to).
 _NO_ITEMS = BoundedList(0)
 #: The fields a request span sets for itself; the others are its class's (see for_tracer).
-_PER_SPAN_FIELDS = ("_name", "_context", "_parent", "_start_time", "_attributes", "_lock")
+_PER_SPAN_FIELDS = ("_name", "_context", "_parent", "_start_time", "_attributes")
 _ERROR = Status(StatusCode.ERROR)
 _OK = StatusCode.OK
 _ROUTE = "http.route"
@@ -76,7 +81,6 @@ _STATUS_CODE = "http.response.status_code"
 
 _new_object = object.__new__
 _new_tuple = tuple.__new__
-_new_lock = threading.Lock
 _time_ns = time.time_ns
 _bits = random.getrandbits
 
@@ -222,11 +226,14 @@ class RequestSpanStarter:
         if set(fields) != _SPAN_FIELDS:
             return None
         # What every request span of this tracer shares becomes a class attribute of a
-        # subclass made for the tracer: a span then stores only its own six fields. The SDK
+        # subclass made for the tracer: a span then stores only its own five fields. The SDK
         # only ever reads these (or assigns them, which creates the span's own attribute).
         for per_span in _PER_SPAN_FIELDS:
             del fields[per_span]
         fields["_events"] = fields["_links"] = _NO_ITEMS
+        # One lock for all of them (see the module docstring); reentrant, so no code path can
+        # deadlock on it by taking it for two spans, or twice for one.
+        fields["_lock"] = threading.RLock()
         fields["__slots__"] = ()
         span_class = type("RequestSpan", (RequestSpan,), fields)
         starter = cls(tracer, span_class)
@@ -276,7 +283,6 @@ class RequestSpanStarter:
         span._parent = parent
         span._start_time = _time_ns()
         span._attributes = attributes
-        span._lock = _new_lock()
         processor = self._processor
         starts = getattr(processor, "_starts", None)
         if starts is None:
