@@ -9,6 +9,7 @@ pickled per event) and return an Arrow IPC stream, which the server reads withou
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import logging
 import multiprocessing
 import threading
@@ -30,6 +31,11 @@ _pipeline: Pipeline | None = None
 def _init_worker(config: dict[str, Any]) -> None:
     global _pipeline
     _pipeline = Pipeline(PipelineConfig.from_dict(config))
+    # The modules, the compiled rules and the pipeline live as long as the worker: frozen, the
+    # full collections the batches trigger stop walking them (measured in-process on 200,000
+    # lines: 0.43 -> 0.01 us a line of collection, the whole build 6.8 -> 6.3 us a line).
+    gc.collect()
+    gc.freeze()
 
 
 def build_block(pipeline: Pipeline, payloads: Sequence[bytes]) -> pa.Table:
