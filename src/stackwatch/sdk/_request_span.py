@@ -19,7 +19,8 @@ known in advance for a request span:
   few field writes, and a finished span waits in the export queue for its batch, long enough
   for the garbage collector to move it to its oldest generation, where every object it holds
   that the collector tracks (a lock is one) adds to the full collections that follow
-  (measured through Flask's test client: 3 tracked objects per span instead of 2).
+  (measured through Flask's test client: 2 tracked objects per span instead of 3, collection
+  3.1 instead of 5.5 us a request).
 
 The span is an instance of a subclass of the SDK's ``Span``, so processors, exporters and user
 code (``trace.get_current_span().set_attribute(...)``, child spans of other instrumentations,

@@ -270,23 +270,22 @@ def _observer(child: Any) -> Callable[[float], None]:
 
 
 class _InFlight:
-    """The in-flight gauge of one process as two C-level counters (requests started, ended),
-    read by the gauge at scrape time: a request pays one ``next()`` at each end instead of two
-    locked increments of the gauge (measured on the request path: 1.0 us of the SDK's 13 us).
+    """The in-flight gauge of one process as two :class:`_Tally` counts (requests started,
+    ended), read by the gauge at scrape time: a request pays one ``next()`` at each end
+    instead of two locked increments of the gauge (1.0 us of the SDK's 13 us a request).
 
     One per gauge: every middleware in the process shares it (see :func:`_in_flight_for`)."""
 
     __slots__ = ("ended", "started")
 
     def __init__(self) -> None:
-        self.started = itertools.count()
-        self.ended = itertools.count()
+        self.started = _Tally()
+        self.ended = _Tally()
 
     def value(self) -> float:
-        # Reading advances both counters by one, which leaves the difference as it was. Ended
-        # is read first, so a request that starts and ends in between cannot make it negative.
-        ended = next(self.ended)
-        return float(next(self.started) - ended)
+        # Ended first: a request that starts and ends in between cannot make it negative.
+        ended = self.ended.get()
+        return self.started.get() - ended
 
 
 _in_flight_counters: weakref.WeakKeyDictionary[Gauge, _InFlight] = weakref.WeakKeyDictionary()
@@ -309,7 +308,7 @@ def _in_flight_for(gauge: Gauge) -> tuple[Callable[[], Any], Callable[[], Any]]:
             else:
                 counters = _in_flight_counters[gauge] = fresh
     if counters is not None:
-        return counters.started.__next__, counters.ended.__next__
+        return counters.started.step, counters.ended.step
     add = _incrementer(gauge)
     return (lambda: add(1)), (lambda: add(-1))
 

@@ -37,11 +37,11 @@ ROUTE_KEY = "stackwatch.route"
 _WERKZEUG_REQUEST = "werkzeug.request"
 
 StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 #: WSGI status lines seen (``"200 OK"``) -> their code: a dict lookup instead of ``int()`` of a
 #: slice for every response. Bounded: apps use a handful of status lines.
 _status_codes: dict[str, int] = {}
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class StackwatchWSGIMiddleware(MiddlewareBase):
