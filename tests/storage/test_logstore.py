@@ -12,6 +12,7 @@ import pytest
 from stackwatch.query.logql import compile_query
 from stackwatch.storage.executor import ChdbExecutor
 from stackwatch.storage.logs import LogStore
+from stackwatch.storage.schema import PROMPT_CLEANUP
 
 T0 = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 
@@ -395,3 +396,24 @@ def test_parts_merged_away_leave_the_disk_within_seconds(store: LogStore) -> Non
         time.sleep(0.25)
     assert parts() == {1: 1}
     assert store.count("default", "1", {}, T0, T0 + 10**12) == 400
+
+
+def test_a_store_made_before_the_cleanup_settings_gets_them(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tables are created once; the embedded engine's own table settings still reach a store
+    made by an earlier version, at its next start."""
+    ex = ChdbExecutor(tmp_path_factory.getbasetemp() / "chdb", database=f"t_{uuid.uuid4().hex[:8]}")
+    try:
+        old = LogStore(ex)
+        ex.table_settings = {}  # as an earlier version created its tables
+        old.ensure_schema()
+        ddl = ex.rows("SELECT create_table_query AS q FROM system.tables WHERE database = {d:String} "
+                      "AND name = 'logs_hot'", {"d": ex.database})[0]["q"]
+        assert "cleanup_delay_period" not in ddl
+        ex.table_settings = PROMPT_CLEANUP
+        LogStore(ex).ensure_schema()
+        ddl = ex.rows("SELECT create_table_query AS q FROM system.tables WHERE database = {d:String} "
+                      "AND name = 'logs_hot'", {"d": ex.database})[0]["q"]
+        assert "cleanup_delay_period = 1" in ddl and "max_cleanup_delay_period = 5" in ddl
+    finally:
+        ex.command(f"DROP DATABASE IF EXISTS `{ex.database}`")
+        ex.close()

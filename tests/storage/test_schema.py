@@ -32,6 +32,9 @@ def test_the_search_table_is_a_merge_over_the_tiers() -> None:
 def test_executor_settings_go_with_every_table_and_the_table_wins() -> None:
     (server,) = render_ddl(LOGS_HOT, "sw")
     assert "cleanup_delay_period" not in server  # a ClickHouse server keeps its defaults
-    (embedded,) = render_ddl(LOGS_HOT, "sw", extra_settings={**PROMPT_CLEANUP, "index_granularity": 1})
+    embedded, existing = render_ddl(LOGS_HOT, "sw", extra_settings={**PROMPT_CLEANUP, "index_granularity": 1})
     assert "cleanup_delay_period = 1" in embedded and "max_cleanup_delay_period = 5" in embedded
     assert "index_granularity = 8192" in embedded and "index_granularity = 1" not in embedded
+    # A table made before the settings existed gets them too (the table's own still win).
+    assert existing.startswith("ALTER TABLE `sw`.`logs_hot` MODIFY SETTING cleanup_delay_period = 1")
+    assert "index_granularity" not in existing

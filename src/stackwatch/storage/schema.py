@@ -90,7 +90,9 @@ PROMPT_CLEANUP: dict[str, object] = {
 def render_ddl(table: Table, database: str, cluster: str = "",
                extra_settings: Mapping[str, object] | None = None) -> list[str]:
     """DDL statements creating ``table`` (idempotently) in ``database``; ``extra_settings`` are
-    the executor's own (see :data:`PROMPT_CLEANUP`), the table's settings win over them."""
+    the executor's own (see :data:`PROMPT_CLEANUP`), the table's settings win over them. They
+    are also applied to a table that already exists (``MODIFY SETTING``), so a store created
+    before a setting was added gets it at its next start; a no-op when it has it already."""
     on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
     cols = ",\n  ".join(c.ddl() for c in table.columns)
     if table.merge_regexp:
@@ -121,6 +123,11 @@ def render_ddl(table: Table, database: str, cluster: str = "",
         f"CREATE TABLE IF NOT EXISTS `{database}`.`{local_name}`{on_cluster} (\n  {cols}{idx}\n)"
         f"\nENGINE = {engine}{partition}\nORDER BY {table.order_by}{ttl}{settings}{comment}"
     ]
+    if extra_settings:
+        own = {k: v for k, v in extra_settings.items() if k not in table.settings}
+        if own:
+            stmts.append(f"ALTER TABLE `{database}`.`{local_name}`{on_cluster} MODIFY SETTING "
+                         + ", ".join(f"{k} = {v!r}" for k, v in own.items()))
     if cluster:
         stmts.append(
             f"CREATE TABLE IF NOT EXISTS `{database}`.`{table.name}`{on_cluster} AS `{database}`.`{local_name}` "
