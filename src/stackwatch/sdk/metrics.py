@@ -215,13 +215,10 @@ class _Tally:
             return self._exemplar
 
 
-_tally_lock = threading.Lock()
-
-
 def _tallied(value: Any) -> _Tally | None:
     """``value`` (a prometheus-client sample value) as a :class:`_Tally` to put in its place,
     carrying its count and exemplar over; None to keep it (multiprocess files, or a value of
-    a kind this module does not know). Callers hold ``_tally_lock`` while they swap."""
+    a kind this module does not know). Callers hold ``_registry_lock`` while they swap."""
     if type(value) is _Tally:
         return value
     if type(value) is not MutexValue:
@@ -232,7 +229,7 @@ def _tallied(value: Any) -> _Tally | None:
 
 def _stepper(child: Any) -> Callable[[], Any]:
     """A no-argument callable adding one to a counter child (see :class:`_Tally`)."""
-    with _tally_lock:
+    with _registry_lock:
         tally = _tallied(getattr(child, "_value", None))
         if tally is not None:
             child._value = tally
@@ -247,7 +244,7 @@ def _observer(child: Any) -> Callable[[float], None]:
     buckets as :class:`_Tally` values in single-process mode."""
     try:
         bounds = [float(bound) for bound in child._upper_bounds]
-        with _tally_lock:
+        with _registry_lock:
             buckets: list[Callable[[], Any]] = []
             for i, bucket in enumerate(child._buckets):
                 tally = _tallied(bucket)
