@@ -83,3 +83,19 @@ def test_max_samples_and_timeout(client: TestClient) -> None:
                                                   "step": "1", "timeout": "0.000001"},
                    headers={"Authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 503 and r.json()["errorType"] == "timeout"
+
+
+def test_max_samples_bounds_what_a_query_holds_at_once(client: TestClient) -> None:
+    """As Prometheus counts: a function lets its selection go once it has its result."""
+    now = int(time.time())
+    lines = "".join(f"{name} {i} {(now - 1000 + i) * 1000}\n" for name in ("half_a", "half_b") for i in range(700))
+    lines += "".join(f"too_big {i} {(now - 1500 + i) * 1000}\n" for i in range(1200))
+    assert _import(client, lines).status_code == 204
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    both = "sum(count_over_time(half_a[1h])) + sum(count_over_time(half_b[1h]))"
+    _wait(client, both, "1400")  # 700 + 700 samples read, never more than 1,000 held at once
+    r = client.get("/api/v1/query", params={"query": "count_over_time(too_big[1h])"}, headers=headers)
+    assert r.status_code == 422 and "too many samples" in r.json()["error"]
+    # One selection of both series is 1,400 samples held together.
+    r = client.get("/api/v1/query", params={"query": 'count_over_time({__name__=~"half_.*"}[1h])'}, headers=headers)
+    assert r.status_code == 422 and "too many samples" in r.json()["error"]

@@ -109,6 +109,21 @@ def test_limits() -> None:
         Engine(store, timeout_s=-1).instant("m", 0)
 
 
+def test_max_samples_counts_what_is_held_at_once() -> None:
+    store = MemoryStorage()
+    for i in range(80):
+        store.add({"__name__": "a"}, i * 1000, 1.0)
+        store.add({"__name__": "b"}, i * 1000, 2.0)
+    engine = Engine(store, max_samples=100)
+    # 80 samples per selection: each function lets its own go before the next reads.
+    q = "sum(count_over_time(a[5m])) + sum(sum_over_time(b[5m])) + count(a) + count(b)"
+    assert engine.instant(q, 80_000).series[0].values.tolist() == [80 + 160 + 1 + 1]
+    with pytest.raises(TooManySamples):
+        engine.instant('count_over_time({__name__=~"a|b"}[5m])', 80_000)  # 160 held together
+    with pytest.raises(TooManySamples):
+        engine.instant("max_over_time(a[5m:100ms])", 80_000)  # the subquery holds a at 801 steps
+
+
 def test_cardinality_error_message(engine: Engine) -> None:
     with pytest.raises(EvaluationError, match="found duplicate series for the match group"):
         engine.instant("temp + on() http_requests_total", 60_000)

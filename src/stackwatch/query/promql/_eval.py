@@ -71,6 +71,18 @@ class Evaluator:
         if self.samples > self.ctx.max_samples:
             raise TooManySamples()
 
+    def _consumed(self, mark: int, out: Value) -> None:
+        """An operator is done with its operands: only its result stays held.
+
+        ``samples`` is what evaluation holds at once, as Prometheus counts for
+        ``--query.max-samples``: a function's range vector is let go once the function has
+        made its result, so ``sum(count_over_time(a[1d])) + sum(count_over_time(b[1d]))``
+        is limited by the larger selection, not by both together.
+        """
+        self.samples = mark
+        if isinstance(out, Vec):
+            self._account(int(out.present.sum()))
+
     def _at_times(self, at: AtSpec | None, offset_ms: int, ts: np.ndarray) -> np.ndarray:
         if at is None:
             base = ts
@@ -238,6 +250,7 @@ class Evaluator:
         inner_ts = np.arange(start, int(ends.max()) + 1, step, dtype=np.int64)
         if inner_ts.size == 0:
             return self._range_vec([], np.zeros(0, dtype=bool), [], [], sq.range_ms, ends)
+        mark = self.samples
         inner = self.eval_vector(sq.expr, inner_ts)
         labels, ts_list, v_list, drops = [], [], [], []
         for i, lb in enumerate(inner.labels):
@@ -248,6 +261,7 @@ class Evaluator:
             ts_list.append(inner_ts[p])
             v_list.append(inner.values[i][p])
             drops.append(bool(inner.drop_name[i]))
+        self.samples = mark  # the inner vector's samples now live on as the range vector's
         return self._range_vec(labels, np.asarray(drops, dtype=bool), ts_list, v_list, sq.range_ms, ends)
 
     # -- operators -------------------------------------------------------------
@@ -261,6 +275,12 @@ class Evaluator:
         return self._drop_names(out, np.ones(len(out), dtype=bool))
 
     def binary(self, node: Binary, ts: np.ndarray) -> Value:
+        mark = self.samples
+        out = self._binary(node, ts)
+        self._consumed(mark, out)
+        return out
+
+    def _binary(self, node: Binary, ts: np.ndarray) -> Value:
         lhs = self.eval(node.lhs, ts)
         rhs = self.eval(node.rhs, ts)
         op = node.op
@@ -279,12 +299,13 @@ class Evaluator:
 
     def aggregate(self, node: Aggregate, ts: np.ndarray) -> Vec:
         param: np.ndarray | str | None = None
+        mark = self.samples
         if node.param is not None:
             p = self.eval(node.param, ts)
             param = p.value if isinstance(p, String) else p.values  # type: ignore[union-attr]
         vec = self.eval_vector(node.expr, ts)
         out = aggregate(node.op, vec, node.grouping, node.without, param)
-        self._account(int(out.present.sum()))
+        self._consumed(mark, out)
         return out
 
     # -- functions ---------------------------------------------------------------
@@ -302,26 +323,32 @@ class Evaluator:
         mi = MATRIX_ARG.get(name, 0)
         arg = node.args[mi]
         stream = getattr(self.ctx.querier, "select_stream", None)
+        mark = self.samples
         if stream is not None and isinstance(arg, MatrixSel) and not arg.vs.or_matchers and name != "absent_over_time":
             # Windows of different series never meet, so a selection can be worked on part by
             # part while storage reads the next part.
             args = [self.eval_scalar(a, ts) for i, a in enumerate(node.args) if i != mi]
             vs = arg.vs
             ends = self._at_times(vs.at, vs.offset_ms, ts)
-            parts = [
-                self._apply_kernel(name, self._matrix_of(series, arg.range_ms, ends), ts, args)
-                for series in stream(list(vs.matchers), int(ends.min()) - arg.range_ms + 1, int(ends.max()))
-            ]
+            parts = []
+            for series in stream(list(vs.matchers), int(ends.min()) - arg.range_ms + 1, int(ends.max())):
+                held = self.samples
+                part = self._apply_kernel(name, self._matrix_of(series, arg.range_ms, ends), ts, args)
+                # The part's samples are let go; the querier limits the whole selection.
+                self._consumed(held, part)
+                parts.append(part)
             out = _stack_sorted(parts, ts.shape[0])
         else:
             rv = self.eval(arg, ts)
             assert isinstance(rv, RangeVec)
             if name == "absent_over_time":
-                return self._absent_over_time(node, rv, ts.shape[0])
+                absent = self._absent_over_time(node, rv, ts.shape[0])
+                self._consumed(mark, absent)
+                return absent
             args = [self.eval_scalar(a, ts) for i, a in enumerate(node.args) if i != mi]
             out = self._apply_kernel(name, rv, ts, args)
         out = out.compact()
-        self._account(int(out.present.sum()))
+        self._consumed(mark, out)
         drop = np.full(len(out), name not in KEEPS_NAME) | out.drop_name
         if self.ctx.delayed_name_removal:
             out.drop_name = drop
