@@ -323,8 +323,18 @@ class Evaluator:
         mi = MATRIX_ARG.get(name, 0)
         arg = node.args[mi]
         stream = getattr(self.ctx.querier, "select_stream", None)
+        window = getattr(self.ctx.querier, "window_aggregate", None)
         mark = self.samples
-        if stream is not None and isinstance(arg, MatrixSel) and not arg.vs.or_matchers and name != "absent_over_time":
+        pushed = None
+        if window is not None and isinstance(arg, MatrixSel) and not arg.vs.or_matchers and len(node.args) == 1:
+            # Windows that never overlap (an instant query, a step at least the range): storage
+            # aggregates each window where the samples lie and none are read here.
+            vs = arg.vs
+            pushed = window(name, list(vs.matchers), self._at_times(vs.at, vs.offset_ms, ts), arg.range_ms,
+                            self.ctx.deadline)
+        if pushed is not None:
+            out = pushed
+        elif stream is not None and isinstance(arg, MatrixSel) and not arg.vs.or_matchers and name != "absent_over_time":
             # Windows of different series never meet, so a selection can be worked on part by
             # part while storage reads the next part.
             args = [self.eval_scalar(a, ts) for i, a in enumerate(node.args) if i != mi]
