@@ -134,7 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("query_timeout_s", float, 30.0, "Longest a search or PromQL query may run before it is cancelled."),
     Setting(
-        "query_max_samples", int, 50_000_000, "Most samples one PromQL query may load (Prometheus's --query.max-samples)."
+        "query_max_samples", int, 50_000_000, "Most samples one PromQL query may hold at once (Prometheus's --query.max-samples)."
     ),
     Setting("metrics_max_series", int, 1_000_000, "Most active series a project may have; more are refused with a 4xx."),
     Setting(
