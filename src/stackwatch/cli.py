@@ -87,12 +87,12 @@ def server(
         # soft_wrap: never break a secret onto its own line (rich wraps at 80 columns when
         # stdout is not a terminal, e.g. under systemd or `make run | tee`).
         console.print("  " + line, highlight=False, soft_wrap=True)
-    app_ = create_app(settings, runtime=rt)
+    app_ = create_app(settings, runtime=rt, close_runtime=True)
     freeze_startup_heap()
     try:
         uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", access_log=False)
     finally:
-        rt.close()
+        rt.close()  # a no-op when the app's shutdown closed it
 
 
 @app.command()

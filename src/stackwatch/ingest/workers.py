@@ -12,6 +12,8 @@ import concurrent.futures
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -28,8 +30,28 @@ log = logging.getLogger("stackwatch.ingest")
 _pipeline: Pipeline | None = None
 
 
+def _exit_with_the_server() -> None:
+    """End this worker when the server process ends, however it ends.
+
+    A pool worker waits on its call queue, whose writing end it holds itself, so it never sees
+    the server go: killed (SIGKILL, the OOM killer), the server would leave its workers and
+    their forkserver running for good. The parent's sentinel becomes ready when the server's
+    end of the pipe closes, which the kernel does on any exit.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+
+
 def _init_worker(config: dict[str, Any]) -> None:
     global _pipeline
+    _exit_with_the_server()
     _pipeline = Pipeline(PipelineConfig.from_dict(config))
     # The modules, the compiled rules and the pipeline live as long as the worker: frozen, the
     # full collections the batches trigger stop walking them (measured in-process on 200,000

@@ -29,12 +29,19 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"status": "error", "error": message}, status_code=status, headers=headers)
 
 
-def create_app(settings: Any, runtime: Runtime | None = None) -> FastAPI:
-    """Build the app. With ``runtime`` given, the caller owns its lifecycle (tests)."""
+def create_app(settings: Any, runtime: Runtime | None = None, *, close_runtime: bool = False) -> FastAPI:
+    """Build the app. With ``runtime`` given, the caller owns its lifecycle (tests), unless
+    ``close_runtime``: then the app's shutdown closes it.
+
+    The server needs the latter: on SIGTERM uvicorn shuts the app down and then raises the
+    signal again, which ends the process at once, so code after ``uvicorn.run`` never runs;
+    the runtime must be closed (the batcher flushed, the pipeline worker processes stopped)
+    during the app's own shutdown, or its workers outlive the server.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = runtime is None
+        owned = runtime is None or close_runtime
         scrape_configs = configs_from_settings(settings)  # a bad config stops start-up before any state opens
         rt: Runtime = runtime or Runtime.open(settings)
         app.state.rt = rt

@@ -181,6 +181,14 @@ class Runtime:
         return rt
 
     def close(self) -> None:
+        """Flush what was acknowledged, stop the threads and worker processes, close the stores.
+
+        Idempotent: the server's shutdown closes the runtime, and the CLI closes it again in
+        case start-up failed before the server ever ran.
+        """
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         if self.escalation is not None:
             self.escalation.stop()
         if self.rules is not None:
