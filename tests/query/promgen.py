@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,13 @@ class Dataset:
     @property
     def samples(self) -> int:
         return sum(int(t.size) for t in self.timestamps)
+
+    def add_to(self, batch: Any) -> None:
+        """Every sample into ``batch`` (a :class:`~stackwatch.storage.metrics.MetricBatch`)."""
+        for (name, labels), ts, vals in zip(self.series, self.timestamps, self.values, strict=True):
+            pairs = [("__name__", name), *labels]
+            for t, v in zip(ts.tolist(), vals.tolist(), strict=True):
+                batch.add(pairs, t, v)
 
     def series_text(self, i: int) -> str:
         name, labels = self.series[i]

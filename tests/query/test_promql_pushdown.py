@@ -34,10 +34,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricStore]:
     st = MetricStore(ex)
     st.ensure_schema()
     batch = MetricBatch()
-    for (name, labels), ts, vals in zip(DATA.series, DATA.timestamps, DATA.values, strict=True):
-        pairs = [("__name__", name), *labels]
-        for t, v in zip(ts.tolist(), vals.tolist(), strict=True):
-            batch.add(pairs, t, v)
+    DATA.add_to(batch)
     # Staleness: a counter and a gauge whose target goes away (marker) and comes back later.
     for name, base in (("stale_requests_total", 1000.0), ("stale_gauge", 5.0)):
         for i in range(480):

@@ -326,24 +326,24 @@ class Evaluator:
         window = getattr(self.ctx.querier, "window_aggregate", None)
         mark = self.samples
         pushed = None
-        if window is not None and isinstance(arg, MatrixSel) and not arg.vs.or_matchers and len(node.args) == 1:
-            # Windows that never overlap (an instant query, a step at least the range): storage
-            # aggregates each window where the samples lie and none are read here.
-            vs = arg.vs
-            pushed = window(name, list(vs.matchers), self._at_times(vs.at, vs.offset_ms, ts), arg.range_ms,
-                            self.ctx.deadline)
+        selector = arg if isinstance(arg, MatrixSel) and not arg.vs.or_matchers else None
+        if selector is not None:
+            vs = selector.vs
+            ends = self._at_times(vs.at, vs.offset_ms, ts)
+            if window is not None and len(node.args) == 1:
+                # Windows that never overlap (an instant query, a step at least the range):
+                # storage aggregates each window where the samples lie and none are read here.
+                pushed = window(name, list(vs.matchers), ends, selector.range_ms, self.ctx.deadline)
         if pushed is not None:
             out = pushed
-        elif stream is not None and isinstance(arg, MatrixSel) and not arg.vs.or_matchers and name != "absent_over_time":
+        elif selector is not None and stream is not None and name != "absent_over_time":
             # Windows of different series never meet, so a selection can be worked on part by
             # part while storage reads the next part.
             args = [self.eval_scalar(a, ts) for i, a in enumerate(node.args) if i != mi]
-            vs = arg.vs
-            ends = self._at_times(vs.at, vs.offset_ms, ts)
             parts = []
-            for series in stream(list(vs.matchers), int(ends.min()) - arg.range_ms + 1, int(ends.max())):
+            for series in stream(list(vs.matchers), int(ends.min()) - selector.range_ms + 1, int(ends.max())):
                 held = self.samples
-                part = self._apply_kernel(name, self._matrix_of(series, arg.range_ms, ends), ts, args)
+                part = self._apply_kernel(name, self._matrix_of(series, selector.range_ms, ends), ts, args)
                 # The part's samples are let go; the querier limits the whole selection.
                 self._consumed(held, part)
                 parts.append(part)

@@ -11,8 +11,9 @@ rates and the sum are computed in ClickHouse, returning a few thousand points in
 millions of samples (:mod:`.pushdown`). Other queriers simply do not have the method.
 
 ``window_aggregate`` answers ``*_over_time`` whose windows do not overlap (instant queries,
-steps at least the range) with one GROUP BY per selection (:mod:`.windows`); always on, since it
-only ever moves less data than reading the samples.
+steps at least the range) with one GROUP BY per selection (:mod:`.windows`). It is on by
+default: the samples stay in the store (the bench's count of 54 M samples: 3.7 -> 2.7 s), and a
+small selection costs about what reading it does (27 -> 30 ms for 104 series over 1 h).
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from stackwatch.storage.metrics import query_arrow
+
 from ._values import Vec, make_labels
 from .storage import STALE_NAN_BITS, Matcher
 
@@ -106,27 +108,27 @@ def window_aggregate(
            # One window (an instant query): every selected sample is in it.
            "k": "toUInt32(0)" if steps == 1 else _K, "window": "" if steps == 1 else _IN_WINDOW}
 
-    def run(fps: list[int], final: bool) -> dict[str, np.ndarray]:
+    def run(fps: list[int], final: bool) -> dict[str, np.ndarray] | None:
         timeout = max(1, int(deadline - time.monotonic()))
         sql = _SQL.format(**fmt, timeout=timeout, final=" FINAL" if final else "",
                           settings=", do_not_merge_across_partitions_select_final = 1" if final else "")
         table = query_arrow(store.ex, sql, {**params, "fps": fps})
+        if not table.num_rows:
+            return None
         return {name: table.column(name).to_numpy() for name in table.column_names}
 
-    from stackwatch.storage.metrics import query_arrow
-
     cols = run([fp for fp, _ in found], final=False)
-    if cols and cols["f"].size:
+    if cols is not None:
         dup = cols["rows"] != cols["times"]
         if dup.any():
             again = np.unique(cols["f"][dup])
-            fixed = run(again.tolist(), final=True)
             keep = ~np.isin(cols["f"], again)
-            cols = {name: np.concatenate([cols[name][keep], fixed[name]]) for name in cols}
+            fixed = run(again.tolist(), final=True)
+            cols = {name: np.concatenate([c[keep], fixed[name]]) if fixed else c[keep] for name, c in cols.items()}
     n = len(found)
     values = np.zeros((n, steps))
     present = np.zeros((n, steps), dtype=bool)
-    if cols and cols["f"].size:
+    if cols is not None and cols["f"].size:
         rows = np.fromiter((row_of[int(f)] for f in cols["f"]), dtype=np.intp, count=cols["f"].size)
         k = cols["k"].astype(np.intp)
         got = _values(func, cols)
