@@ -61,9 +61,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricStore]:
     again.add(odd, T0 + 4_321 + 10 * 15_000, 1234.5)
     # A series whose only sample is written again as a staleness marker: nothing left of it.
     gone = [("__name__", "odd"), ("kind", "gone")]
-    batch_gone = MetricBatch()
-    batch_gone.add(gone, T0 + 60_000, 7.0)
-    st.insert("default", batch_gone)
+    first = MetricBatch()
+    first.add(gone, T0 + 60_000, 7.0)
+    # A series written in two parts whose spans do not overlap: their shares are combined.
+    split = [("__name__", "odd"), ("kind", "split")]
+    for i in range(120):
+        (first if i < 60 else again).add(split, T0 + 7_000 + i * 15_000, math.nan if i % 13 == 0 else float(i % 9))
+    st.insert("default", first)
     again.add(gone, T0 + 60_000, STALE_NAN)
     st.insert("default", again)
     yield st
@@ -163,6 +167,13 @@ def test_known_values(store: MetricStore) -> None:
     assert one('last_over_time(odd{kind="edge"}[10s])', t) == 1234.5
     assert one('sum_over_time(odd{kind="edge"}[2m])', T0 + 4_321 + 502 * 15_000) == math.inf
     assert e.instant('count_over_time(odd{kind="gone"}[1h])', T0 + 600_000).series == []
+    # Written in two parts: the window's shares are combined.
+    t = T0 + 7_000 + 119 * 15_000
+    assert one('count_over_time(odd{kind="split"}[1d])', t) == 120
+    assert one('last_over_time(odd{kind="split"}[1d])', t) == 119 % 9
+    assert one('max_over_time(odd{kind="split"}[1d])', t) == 8
+    assert one('min_over_time(odd{kind="split"}[1d])', t) == 0  # NaN skipped
+    assert math.isnan(one('sum_over_time(odd{kind="split"}[1d])', t))  # NaN counted
     # The staleness marker is not a sample: of the three points in this window it is one.
     t = T0 + 4_321 + 299 * 15_000
     assert one('count_over_time(odd{kind="edge"}[31s])', t) == 2
