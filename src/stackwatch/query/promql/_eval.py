@@ -331,8 +331,8 @@ class Evaluator:
             vs = selector.vs
             ends = self._at_times(vs.at, vs.offset_ms, ts)
             if window is not None and len(node.args) == 1:
-                # Windows that never overlap (an instant query, a step at least the range):
-                # storage aggregates each window where the samples lie and none are read here.
+                # An instant query's one window per series: storage aggregates it where the
+                # samples lie and none are read here.
                 pushed = window(name, list(vs.matchers), ends, selector.range_ms, self.ctx.deadline)
         if pushed is not None:
             out = pushed

@@ -10,10 +10,10 @@ first, and for dashboard shapes (``sum by (route) (rate(x[5m]))`` and the like) 
 rates and the sum are computed in ClickHouse, returning a few thousand points instead of
 millions of samples (:mod:`.pushdown`). Other queriers simply do not have the method.
 
-``window_aggregate`` answers ``*_over_time`` whose windows do not overlap (instant queries,
-steps at least the range) with one GROUP BY per selection (:mod:`.windows`). It is on by
-default: the samples stay in the store (the bench's count of 54 M samples: 3.7 -> 2.3 s), and a
-small selection costs about what reading it does (27 -> 30 ms for 104 series over 1 h).
+``window_aggregate`` answers ``*_over_time`` in an instant query with one GROUP BY per
+selection (:mod:`.windows`). It is on by default: the samples stay in the store (the bench's
+count of 54 M samples: 3.7 -> 2.3 s), and a small selection costs about what reading it does
+(22-30 ms for 104 series over 1 h). Range queries read samples (see the module for why).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class ClickHouseQuerier:
     def window_aggregate(
         self, func: str, matchers: Sequence[Matcher], ends: np.ndarray, range_ms: int, deadline: float
     ) -> Vec | None:
-        """``func(selector[range])`` computed in ClickHouse when its windows do not overlap, else None."""
+        """``func(selector[range])`` computed in ClickHouse for an instant query, else None."""
         if not self.use_windows or self.resolution_ms:
             return None
         out = _windows.window_aggregate(self.store, self.project, func, matchers, ends, range_ms, deadline)
