@@ -9,12 +9,12 @@ is itself held to Prometheus by test_promql_vs_prometheus.py and the conformance
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from promgen import generate
+from sqlcompare import Answer, answer, assert_same
 
 from stackwatch.query.promql import Engine
 from stackwatch.query.promql.clickhouse import ClickHouseQuerier
@@ -71,22 +71,8 @@ QUERIES = [
 ]
 
 
-def _run(store: MetricStore, pushdown: bool, expr: str, **kw: int) -> tuple[dict, int]:
-    q = ClickHouseQuerier(store, "default", pushdown=pushdown)
-    e = Engine(q)
-    res = e.range(expr, kw["start"], kw["end"], kw["step"]) if "step" in kw else e.instant(expr, kw["time"])
-    return {tuple(sorted(s.labels.items())): (s.timestamps_ms.tolist(), s.values.tolist()) for s in res.series}, q.pushed
-
-
-def _assert_same(expr: str, a: dict, b: dict) -> None:
-    assert set(a) == set(b), f"{expr}: series differ {set(a) ^ set(b)}"
-    for key in a:
-        ta, va = a[key]
-        tb, vb = b[key]
-        assert ta == tb, f"{expr} {key}: timestamps differ"
-        for x, y in zip(va, vb, strict=True):
-            same = (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
-            assert same, f"{expr} {key}: pushdown {x!r} != engine {y!r}"
+def _run(store: MetricStore, pushdown: bool, expr: str, **kw: int) -> tuple[Answer, int]:
+    return answer(store, expr, {"pushdown": pushdown}, **kw)
 
 
 @pytest.mark.parametrize("expr", QUERIES)
@@ -95,7 +81,7 @@ def test_range_queries_pushed_down_equal_engine(store: MetricStore, expr: str) -
                              (T0 + 1_000, T0 + 3_600_000, 97_000)):
         pushed, n = _run(store, True, expr, start=start, end=end, step=step)
         plain, _ = _run(store, False, expr, start=start, end=end, step=step)
-        _assert_same(f"{expr} step {step}", pushed, plain)
+        assert_same(f"{expr} step {step}", pushed, plain)
         if "no_such" not in expr:
             assert n >= 1, "the shape was not pushed down"
             assert pushed, "nothing to compare"
@@ -106,7 +92,7 @@ def test_instant_queries_pushed_down_equal_engine(store: MetricStore, expr: str)
     for t in (T0 + 60_000, END - 1):
         pushed, n = _run(store, True, expr, time=t)
         plain, _ = _run(store, False, expr, time=t)
-        _assert_same(f"{expr} @ {t}", pushed, plain)
+        assert_same(f"{expr} @ {t}", pushed, plain)
         assert n >= 1
 
 

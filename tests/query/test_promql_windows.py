@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from promgen import generate
+from sqlcompare import Answer, answer, assert_same
 
 from stackwatch.query.promql import Engine
 from stackwatch.query.promql.clickhouse import ClickHouseQuerier
@@ -79,11 +80,8 @@ SELECTORS = ["http_requests_total", "process_resident_memory_bytes", "odd", 'odd
              'queue_depth{job="api"}', "no_such_metric"]
 
 
-def _run(store: MetricStore, windows: bool, expr: str, **kw: int) -> tuple[dict, int]:
-    q = ClickHouseQuerier(store, "default", windows=windows)
-    e = Engine(q)
-    res = e.range(expr, kw["start"], kw["end"], kw["step"]) if "step" in kw else e.instant(expr, kw["time"])
-    return {tuple(sorted(s.labels.items())): (s.timestamps_ms.tolist(), s.values.tolist()) for s in res.series}, q.pushed
+def _run(store: MetricStore, windows: bool, expr: str, **kw: int) -> tuple[Answer, int]:
+    return answer(store, expr, {"windows": windows}, **kw)
 
 
 def _cancels(func: str, sel: str) -> bool:
@@ -92,15 +90,8 @@ def _cancels(func: str, sel: str) -> bool:
     return func in ("sum_over_time", "avg_over_time") and sel.startswith("odd")
 
 
-def _assert_same(expr: str, a: dict, b: dict) -> None:
-    assert list(a) == list(b), f"{expr}: series differ {set(a) ^ set(b)}"
-    for key in a:
-        ta, va = a[key]
-        tb, vb = b[key]
-        assert ta == tb, f"{expr} {key}: timestamps differ"
-        for x, y in zip(va, vb, strict=True):
-            same = (math.isnan(x) and math.isnan(y)) or x == y or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
-            assert same, f"{expr} {key}: in ClickHouse {x!r} != engine {y!r}"
+def _assert_same(expr: str, got: Answer, want: Answer) -> None:
+    assert_same(expr, got, want, ordered=True)
 
 
 @pytest.mark.parametrize("func", FUNCS)

@@ -83,6 +83,7 @@ class Runtime:
     #: Incidents, on-call and escalation (stackwatch.incidents: IncidentService, EscalationEngine).
     incidents: Any = None
     escalation: Any = None
+    _closed: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def open(cls, settings: Any) -> Runtime:
@@ -186,7 +187,7 @@ class Runtime:
         Idempotent: the server's shutdown closes the runtime, and the CLI closes it again in
         case start-up failed before the server ever ran.
         """
-        if getattr(self, "_closed", False):
+        if self._closed:
             return
         self._closed = True
         if self.escalation is not None:

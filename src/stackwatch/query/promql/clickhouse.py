@@ -90,7 +90,7 @@ class ClickHouseQuerier:
         self, func: str, matchers: Sequence[Matcher], ends: np.ndarray, range_ms: int, deadline: float
     ) -> Vec | None:
         """``func(selector[range])`` computed in ClickHouse for an instant query, else None."""
-        if not self.use_windows or self.resolution_ms:
+        if not self.use_windows:
             return None
         out = _windows.window_aggregate(self.store, self.project, func, matchers, ends, range_ms, deadline)
         if out is not None:

@@ -88,8 +88,10 @@ def window_aggregate(
     found = store.find_series(project, list(matchers), hi - range_ms + 1, hi)
     if not found:
         return Vec.empty(1)
-    found.sort(key=lambda item: make_labels(item[1]))
-    fps = np.fromiter((fp for fp, _ in found), dtype=np.uint64, count=len(found))
+    labels = [make_labels(lb) for _, lb in found]
+    order = sorted(range(len(found)), key=labels.__getitem__)  # a selection's order
+    labels = [labels[i] for i in order]
+    fps = np.fromiter((found[i][0] for i in order), dtype=np.uint64, count=len(order))
     by_fp = np.argsort(fps)
     params = {"p": project, "lo": hi - range_ms, "hi": hi}
     fmt = {"cols": "".join(", " + c for c in _COLUMNS[func]), "db": store.db, "stale": STALE_NAN_BITS}
@@ -103,7 +105,7 @@ def window_aggregate(
             return None
         return {name: table.column(name).to_numpy() for name in table.column_names}
 
-    cols = run([fp for fp, _ in found], final=False)
+    cols = run(fps.tolist(), final=False)
     if cols is not None:
         order = np.lexsort((cols["t_lo"], cols["f"]))
         cols = {name: c[order] for name, c in cols.items()}
@@ -116,7 +118,7 @@ def window_aggregate(
             keep = ~np.isin(f, again)
             fixed = run(again.tolist(), final=True)
             cols = {name: np.concatenate([c[keep], fixed[name]]) if fixed else c[keep] for name, c in cols.items()}
-        # Each row's series row in the result (found's order).
+        # Each row's series row in the result (label order).
         rows = by_fp[np.searchsorted(fps, cols["f"].astype(np.uint64), sorter=by_fp)]
         cols = _combine(func, cols, rows.astype(np.int64))
     n = len(found)
@@ -128,7 +130,6 @@ def window_aggregate(
             return None
         values[cols["row"], 0] = got
         present[cols["row"], 0] = True
-    labels = [make_labels(lb) for _, lb in found]
     return Vec(labels, values, present, np.zeros(n, dtype=bool)).compact()
 
 
@@ -145,11 +146,12 @@ def _combine(func: str, c: dict[str, np.ndarray], row: np.ndarray) -> dict[str, 
         return acc
 
     out["n"] = total("n")
-    for name in ("bad", "plain", "kahan", "mass", "real"):
+    for name in ("bad", "plain", "kahan", "mass"):
         if name in c:
             out[name] = total(name)
     if func in ("min_over_time", "max_over_time"):
-        # A part without a real value has v of NaN (or ClickHouse's empty default): left out.
+        # A part without a real value has v of NaN (or ClickHouse's empty default): left out,
+        # so a window whose values are all NaN stays NaN.
         v = np.where(c["real"] > 0, c["v"], np.nan)
         best = np.full(g, np.nan)
         (np.fmin if func == "min_over_time" else np.fmax).at(best, inv, v)
@@ -185,6 +187,4 @@ def _values(func: str, c: dict[str, np.ndarray]) -> np.ndarray | None:
         if np.any(finite & np.isinf(total)):
             return None  # finite values whose sum overflows: the engine's incremental mean
         return total / n
-    if func in ("min_over_time", "max_over_time"):
-        return np.where(c["real"] > 0, c["v"], np.nan)
-    return c["v"].astype(np.float64)  # last_over_time, first_over_time
+    return c["v"].astype(np.float64)  # min, max, last, first: chosen in _combine
