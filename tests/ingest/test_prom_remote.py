@@ -225,3 +225,38 @@ def test_fuzz_the_bulk_path_agrees_with_the_full_decoder(series: list[TimeSeries
             decode_to_batch(bytes(mutated))
         return
     assert _bits(decode_to_batch(bytes(mutated))) == _bits(reference)
+
+
+def test_tail_bytes_inside_a_label_do_not_fool_the_bulk_framing() -> None:
+    # A label value holding the bytes of a one-sample tail (12 10 09 <8> 10 <5 bytes >= 0x80>
+    # <a byte < 0x80>, spelt in UTF-8) is a stray candidate: the chain check refuses it and the
+    # general decoder answers, with the same samples.
+    fake = "\x12\x10\x09abcdefgh\x10\u0400\u0800" + "0"
+    assert fake.encode()[12:17] == b"\xd0\x80\xe0\xa0\x80"
+    series = [_series("up", ("job", "api"), ("note", fake), samples=[(NOW, 1.0)]),
+              # ... and one followed by what looks like the next series' tag and length
+              _series("up", ("job", "api"), ("note", "x" + fake + "\n\x05y"), samples=[(NOW + 5, 2.0)]),
+              *[_series("up", ("instance", f"h{i}"), samples=[(NOW + i, float(i))]) for i in range(5)]]
+    data = encode_write_request(series)
+    prom_remote._REFS.clear()
+    reference = write_request_to_batch(decode_write_request(data))
+    assert _bits(decode_to_batch(data)) == _bits(reference)  # fills the label cache
+    assert prom_remote._frame_steady(data) is None
+    assert prom_remote._frame_steady(encode_write_request(series[1:])) is None
+    assert _bits(decode_to_batch(data)) == _bits(reference)
+    # Without the stray bytes the same request is framed in bulk.
+    plain = encode_write_request(series[2:])
+    decode_to_batch(plain)
+    framed = prom_remote._frame_steady(plain)
+    assert framed is not None and len(framed[0]) == 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"\x0a", b"\x12\x10\x09", b"\x10\x80\x80\x80\x80\x80\x01", b"\x80", b"\x16",
+                                 b"\x0a\x16", b"\x0a\x90\x01", b"ab"]), max_size=40), st.binary(max_size=20))
+def test_fuzz_the_bulk_framing_never_crashes(pieces: list[bytes], tail: bytes) -> None:
+    data = b"".join(pieces) + tail
+    framed = prom_remote._frame_steady(data)
+    if framed is not None:
+        labels, tails = framed
+        assert tails[-1] + 18 == len(data) and (labels < tails).all()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import cramjam
 import numpy as np
@@ -402,66 +403,78 @@ def _slow_timeseries_into(batch: MetricBatch, buf: bytes, a: int, b: int) -> Non
     batch.values.extend(series.values)
 
 
-#: The 18-byte tail of a one-sample series (see :func:`decode_to_batch`) at offsets from its end.
-_TAIL_BYTES = ((18, 0x12), (17, 0x10), (16, 0x09), (7, 0x10))
+_FINGERPRINT = itemgetter(SeriesRef._fields.index("fingerprint"))
+
+
+def _frame_steady(buf: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where each ``TimeSeries`` of a steady request starts and ends, found with numpy; else None.
+
+    Each series of such a request ends in the 18-byte field of one sample,
+    ``12 10 09 <8-byte double> 10 <6-byte varint ms timestamp>``. The candidates are every place
+    those fixed bytes appear; the framing is then proven, not guessed: series ``i`` must start
+    where series ``i - 1`` ended (the first at 0, the last ending at the end of the body) with
+    the tag ``0a`` and a one- or two-byte length that lands exactly on its own end. Parsing from
+    byte 0 has one outcome, so a chain that checks everywhere is that outcome; a stray
+    candidate (the tail's bytes inside a double, say) breaks the chain and the caller falls back.
+    Returns (start of each series' label block, end of each series).
+    """
+    end = len(buf)
+    if end < 20:
+        return None
+    data = np.frombuffer(buf, dtype=np.uint8)
+    tail = np.flatnonzero(data[2 : end - 15] == 0x09)  # where a tail could start (byte 2 is 09)
+    ok = (data[tail] == 0x12) & (data[tail + 1] == 0x10) & (data[tail + 11] == 0x10) & (data[tail + 17] < 0x80)
+    for k in range(12, 17):
+        ok &= data[tail + k] >= 0x80
+    tail = tail[ok]
+    if not tail.size:
+        return None
+    ends = tail + 18
+    if ends[-1] != end:
+        return None
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1]
+    # A series holds its tag, a length and a label before its tail; this also keeps the reads
+    # below inside the body when stray candidates overlap.
+    if not (tail >= starts + 3).all() or not (data[starts] == 0x0A).all():
+        return None
+    n1 = data[starts + 1].astype(np.int64)
+    n2 = data[starts + 2].astype(np.int64)
+    long = n1 >= 0x80
+    if (long & (n2 >= 0x80)).any():  # a three-byte length: the general decoder
+        return None
+    labels = starts + 2 + long
+    if not (labels + np.where(long, (n1 & 0x7F) | n2 << 7, n1) == ends).all() or not (labels < tail).all():
+        return None
+    return labels, tail
 
 
 def _decode_steady(buf: bytes) -> MetricBatch | None:
     """A request made only of known series with one sample each, decoded in bulk; else None.
 
     The all-or-nothing form of :func:`decode_to_batch`'s fast path, for what a steady remote
-    write sender sends: a Python loop only finds where each ``TimeSeries`` ends and looks its
-    label block up; numpy checks every tail and decodes the timestamps and values at once.
-    A request of 1,900 series: 1.5 ms, against 5.1 ms series by series. Anything unusual
-    (another field, a length over two bytes, a series not seen before, two samples) returns
-    None and the general decoder runs from the start.
+    write sender sends (Prometheus sends every sample as its own ``TimeSeries``): numpy frames
+    the series (:func:`_frame_steady`) and decodes every timestamp and value at once; Python only
+    looks each series' label block up (a request of 9,880 series: 5.3 ms, 6.5 ms when a Python
+    loop found where each series ends). Anything unusual (another field, a
+    length over two bytes, a series not seen before, two samples) returns None and the general
+    decoder runs from the start.
     """
-    end = len(buf)
-    if end == 0:
+    framed = _frame_steady(buf)
+    if framed is None:
         return None
+    labels, tails = framed
     refs_get = _REFS.get
-    refs: list[SeriesRef | str] = []
-    ends: list[int] = []
-    add_ref, add_end = refs.append, ends.append
-    pos = 0
-    try:
-        while pos < end:
-            if buf[pos] != 0x0A:  # field 1 (timeseries), length-delimited
-                return None
-            n = buf[pos + 1]
-            if n < 0x80:
-                a = pos + 2
-            else:
-                n2 = buf[pos + 2]
-                if n2 >= 0x80:
-                    return None
-                n = (n & 0x7F) | n2 << 7
-                a = pos + 3
-            pos = a + n
-            if n <= 18 or pos > end:
-                return None
-            ref = refs_get(buf[a : pos - 18])
-            if ref is None:
-                return None
-            add_ref(ref)
-            add_end(pos)
-    except IndexError:  # truncated: the general decoder says so
-        return None
-    if str in set(map(type, refs)):  # a cached rejection: the general decoder reports it
+    refs = [refs_get(buf[a:b]) for a, b in zip(labels.tolist(), tails.tolist(), strict=True)]
+    if set(map(type, refs)) != {SeriesRef}:  # unknown, or a cached rejection the general decoder reports
         return None
     data = np.frombuffer(buf, dtype=np.uint8)
-    stop = np.array(ends, dtype=np.int64)
-    for back, byte in _TAIL_BYTES:
-        if not (data[stop - back] == byte).all():
-            return None
-    varint = data[stop[:, None] - np.arange(6, 0, -1)].astype(np.int64)  # 6 bytes, low first
-    if not ((varint[:, :5] & 0x80).all() and (varint[:, 5] < 0x80).all()):
-        return None
+    varint = data[tails[:, None] + np.arange(12, 18)].astype(np.int64)  # 6 bytes, low first
     timestamps = (varint & 0x7F) << (7 * np.arange(6, dtype=np.int64))
-    values = data[stop[:, None] - 15 + np.arange(8)].copy().view("<f8").reshape(-1)
+    values = data[tails[:, None] + np.arange(3, 11)].copy().view("<f8").reshape(-1)
     batch = MetricBatch()
-    fingerprints = [r.fingerprint for r in refs]  # type: ignore[union-attr]
-    positions = dict(zip(fingerprints, range(len(refs)), strict=True))
+    positions = dict(zip(map(_FINGERPRINT, refs), range(len(refs)), strict=True))
     if len(positions) == len(refs):  # every series once, as a sender batches them
         batch.refs, batch._index = refs, positions  # type: ignore[assignment]
         series = np.arange(len(refs), dtype=np.int64)
