@@ -59,51 +59,95 @@ _OUTPUT_SETTINGS = "output_format_json_quote_64bit_integers=0, output_format_jso
 _ENGINE_OPTIONS = "uncompressed_cache_size=1073741824&use_uncompressed_cache=1"
 
 
+#: Embedded connections queries may run on at once. chDB 4 runs queries of different
+#: connections to one store in parallel (one connection must not run two at once: a
+#: ``Python(...)`` table read then finds another thread's table). With one connection every
+#: search waited behind any insert, and an import's parse behind the store's insert, on a
+#: machine whose second core sat idle. Connections are opened when first needed.
+POOL_SIZE = 4
+
+
 class _SharedSession:
-    """chDB allows one embedded server per process, on one path: share it, count its users."""
+    """chDB allows one embedded server per process, on one path: share its connections.
+
+    ``acquire``/``release`` count the executors using the store (the last one closes it);
+    ``checkout``/``checkin`` lend one connection to one query at a time.
+    """
 
     lock = threading.Lock()
     path: str | None = None
-    session: Any = None
+    sessions: list[Any] = []
+    idle: list[Any] = []
+    free = threading.Condition(lock)
     users = 0
-    query_lock = threading.Lock()
+    size = POOL_SIZE
 
     @classmethod
-    def acquire(cls, path: str) -> Any:
+    def _open(cls) -> Any:
         from chdb import session as chdb_session
 
+        session = chdb_session.Session(f"{cls.path}?{_ENGINE_OPTIONS}")
+        # Results cross no network here: compressing Arrow output only to decompress it in
+        # the same process took more than half of a 4 M-sample metrics read (509 -> 246 ms
+        # measured on 720 series x 24 h). SET lasts for the connection.
+        session.query("SET output_format_arrow_compression_method = 'none'")
+        cls.sessions.append(session)
+        return session
+
+    @classmethod
+    def acquire(cls, path: str) -> None:
         with cls.lock:
-            if cls.session is not None and cls.path != path:
+            if cls.sessions and cls.path != path:
                 raise StorageError(
                     f"the embedded store is already open at {cls.path!r} in this process; "
                     f"cannot also open {path!r}"
                 )
-            if cls.session is None:
-                cls.session = chdb_session.Session(f"{path}?{_ENGINE_OPTIONS}")
+            if not cls.sessions:
                 cls.path = path
-                # Results cross no network here: compressing Arrow output only to decompress it
-                # in the same process took more than half of a 4 M-sample metrics read (509 ->
-                # 246 ms measured on 720 series x 24 h). SET lasts for the session.
-                cls.session.query("SET output_format_arrow_compression_method = 'none'")
+                cls.idle.append(cls._open())
             cls.users += 1
-            return cls.session
+
+    @classmethod
+    def checkout(cls) -> Any:
+        with cls.lock:
+            while not cls.idle:
+                if not cls.sessions:
+                    raise StorageError("the embedded store is closed")
+                if len(cls.sessions) < cls.size:
+                    return cls._open()
+                cls.free.wait()
+            return cls.idle.pop()  # the most recently used
+
+    @classmethod
+    def checkin(cls, session: Any) -> None:
+        with cls.lock:
+            if session in cls.sessions:
+                cls.idle.append(session)
+                cls.free.notify()
 
     @classmethod
     def release(cls) -> None:
         with cls.lock:
             cls.users -= 1
-            if cls.users == 0 and cls.session is not None:
-                with cls.query_lock:
-                    cls.session.close()
-                cls.session = None
-                cls.path = None
+            if cls.users > 0 or not cls.sessions:
+                return
+            # Wait for queries still running, then close every connection (the engine stops
+            # with the last).
+            while len(cls.idle) < len(cls.sessions):
+                cls.free.wait()
+            for session in cls.sessions:
+                session.close()
+            cls.sessions.clear()
+            cls.idle.clear()
+            cls.path = None
+            cls.free.notify_all()
 
 
 class ChdbExecutor:
     """Embedded ClickHouse in this process, stored under ``path``.
 
-    chDB runs one query at a time; the lock makes that explicit so threads queue here rather
-    than inside the engine. The GIL is released while a query runs.
+    Each query borrows one of the store's connections (:data:`POOL_SIZE`), so up to that many
+    run at once; the GIL is released while a query runs.
     """
 
     def __init__(self, path: str | Path, database: str = "stackwatch") -> None:
@@ -111,8 +155,7 @@ class ChdbExecutor:
         self.database = database
         self.cluster = ""
         self.table_settings: Mapping[str, object] = PROMPT_CLEANUP
-        self._lock = _SharedSession.query_lock
-        self._session = _SharedSession.acquire(str(Path(path).resolve()))
+        _SharedSession.acquire(str(Path(path).resolve()))
         self._closed = False
         self.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
 
@@ -120,11 +163,13 @@ class ChdbExecutor:
         # chDB reads parameter values in ClickHouse's escaped text format, as a server reads
         # them from clickhouse-connect; without escaping, "C:\new" would arrive with a newline.
         bound = {k: format_bind_value(v) for k, v in params.items()} if params else None
-        with self._lock:
-            try:
-                return self._session.query(sql, fmt, params=bound)
-            except Exception as exc:  # chDB raises RuntimeError with the server's message
-                raise StorageError(f"storage query failed: {exc}") from exc
+        session = _SharedSession.checkout()
+        try:
+            return session.query(sql, fmt, params=bound)
+        except Exception as exc:  # chDB raises RuntimeError with the server's message
+            raise StorageError(f"storage query failed: {exc}") from exc
+        finally:
+            _SharedSession.checkin(session)
 
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         self._query(sql, "CSV", params)
