@@ -83,25 +83,38 @@ def test_a_store_made_before_the_rollups_gets_them_filled(store: MetricStore) ->
 def test_choice_of_resolution() -> None:
     both = tuple(sorted(ROLLUPS))
 
-    def pick(expr: str, step: int, limit: int | None = None, start: int = T0) -> int:
-        return choose_resolution(parse(expr), step, both, limit, start_ms=start)
+    def pick(expr: str, step: int, limit: int | None = None, start: int = T0, end: int | None = None) -> int:
+        return choose_resolution(parse(expr), step, both, limit, start_ms=start, end_ms=end)
 
-    assert pick("sum(rate(x[5m]))", 60_000) == 0  # dashboards at a minute step read samples
-    assert pick("sum(rate(x[10m]))", 10 * 60_000) == MIN5
-    assert pick("sum(rate(x[2h]))", HOUR) == HOUR
-    assert pick("sum(rate(x[30m]))", HOUR) == MIN5  # a range must span two buckets
+    # By default only instant selectors at bucket ends, where the rollup answer is exact.
     assert pick("avg(mem)", 2 * HOUR) == HOUR
-    assert pick("avg(mem)", 2 * HOUR, limit=MIN5) == MIN5 and pick("avg(mem)", 2 * HOUR, limit=0) == 0
+    assert pick("sum by (job) (mem) / ignoring(x) sum(mem)", 10 * 60_000) == MIN5
     assert pick("avg(mem)", 7 * 60_000) == 0 and pick("avg(mem)", HOUR, start=T0 + 60_000) == 0  # off bucket ends
     assert pick("avg(mem)", HOUR, start=T0 + MIN5) == MIN5
-    assert pick("max_over_time(x[1h])", 10 * 60_000) == 0  # extremes are not kept
-    assert pick("count_over_time(x[1h])", 10 * 60_000) == 0  # counts samples
-    assert pick("max_over_time(rate(x[5m])[1h:])", HOUR) == 0  # subqueries read samples
+    assert pick("sum(rate(x[10m]))", 10 * 60_000) == 0  # a range function: samples
+    assert pick("avg_over_time(x[2h])", HOUR) == 0 and pick("last_over_time(x[2h])", HOUR) == 0
+    # offset and @ move the times a selector is read at: they must be bucket ends too.
+    assert pick("mem offset 2m", 10 * 60_000) == 0 and pick("mem offset -2m", 10 * 60_000) == 0
+    assert pick("mem offset 1d", HOUR) == HOUR and pick("mem offset 15m", HOUR) == MIN5
+    assert pick(f"mem @ {(T0 + 123_000) / 1000}", HOUR) == 0 and pick(f"mem @ {(T0 + HOUR) / 1000}", HOUR) == HOUR
+    assert pick("mem @ end()", HOUR, end=T0 + 5 * HOUR + 60_000) == 0
+    assert pick("mem @ end()", HOUR, end=T0 + 5 * HOUR) == HOUR and pick("mem @ start()", HOUR) == HOUR
+    assert pick("sum(rate(x[5m]))", 60_000) == 0  # dashboards at a minute step read samples
+    # Asking for downsampled data (max_source_resolution=5m/1h) accepts close answers.
+    assert pick("sum(rate(x[10m]))", 10 * 60_000, limit=HOUR) == MIN5
+    assert pick("sum(rate(x[2h]))", HOUR, limit=HOUR) == HOUR
+    assert pick("sum(rate(x[30m]))", HOUR, limit=HOUR) == MIN5  # a range must span two buckets
+    assert pick("rate(x[30m] offset 2m)", HOUR, limit=HOUR) == 0
+    assert pick("avg(mem)", 2 * HOUR, limit=MIN5) == MIN5 and pick("avg(mem)", 2 * HOUR, limit=0) == 0
+    assert pick("max_over_time(x[1h])", 10 * 60_000, limit=HOUR) == 0  # extremes are not kept
+    assert pick("count_over_time(x[1h])", 10 * 60_000, limit=HOUR) == 0  # counts samples
+    assert pick("max_over_time(rate(x[5m])[1h:])", HOUR, limit=HOUR) == 0  # subqueries read samples
     assert choose_resolution(parse("avg(mem)"), HOUR, ()) == 0  # no rollups kept (a cluster)
 
 
-def test_long_range_queries_read_the_rollups_with_close_answers(store: MetricStore) -> None:
+def test_long_range_queries_read_the_rollups_with_exact_or_asked_for_answers(store: MetricStore) -> None:
     day_of_scrapes(store)
+
     def run(expr: str, step: int, max_res: int | None = None) -> dict[str, np.ndarray]:
         engine = Engine(ClickHouseQuerier(store, "p"))  # one querier per query, as the API does
         r = engine.range(expr, T0 + HOUR, T0 + DAY, step, max_resolution_ms=max_res)
@@ -112,10 +125,28 @@ def test_long_range_queries_read_the_rollups_with_close_answers(store: MetricSto
     assert rolled.keys() == raw.keys()
     for k in raw:
         assert np.array_equal(rolled[k], raw[k])
-    # rate over ranges of several buckets: close to the raw answer. Where the counter reset, the
-    # rollup loses what it counted between the bucket's previous last sample and the restart:
-    # at most one bucket's increase (5 min at 3 per 15 s) over the 30 min range.
-    rolled, raw = run("rate(reqs_total[30m])", 10 * 60_000), run("rate(reqs_total[30m])", 10 * 60_000, max_res=0)
+    # A series that stopped 10 min into an hour, without a staleness marker: at the next hour's
+    # end the 1 h rollup holds its last sample, 50 min old, which the 5 min lookback does not
+    # reach, in the rollup as in the samples.
+    b = MetricBatch()
+    for t in range(T0, T0 + HOUR + 10 * 60_000 + 1, 15_000):
+        b.add([("__name__", "stopped")], t, 1.0)
+    store.insert("p", b, dedup_token="stopped")
+    rolled, raw = run("stopped", HOUR), run("stopped", HOUR, max_res=0)
+    assert rolled.keys() == raw.keys() == {"stopped1"}  # only at T0 + 1h, the first step
+    asked = run("stopped", HOUR, max_res=HOUR)  # downsampled: the hour's last sample stays visible
+    assert asked.keys() == {"stopped2"}
+    # Range functions read samples unless downsampled data is asked for: the same answers.
+    for expr in ("rate(reqs_total[30m])", "avg_over_time(mem_bytes[1h])", "deriv(mem_bytes[30m])",
+                 "delta(mem_bytes[2h])", "mem_bytes offset 2m"):
+        rolled, raw = run(expr, 10 * 60_000), run(expr, 10 * 60_000, max_res=0)
+        assert rolled.keys() == raw.keys() and all(np.array_equal(rolled[k], raw[k], equal_nan=True) for k in raw)
+    # Asked for (max_source_resolution=5m), rate over ranges of several buckets is close to the
+    # raw answer. Where the counter reset, the rollup loses what it counted between the bucket's
+    # previous last sample and the restart: at most one bucket's increase (5 min at 3 per 15 s)
+    # over the 30 min range.
+    rolled = run("rate(reqs_total[30m])", 10 * 60_000, max_res=MIN5)
+    raw = run("rate(reqs_total[30m])", 10 * 60_000, max_res=0)
     (a,), (b,) = rolled.values(), raw.values()
     assert a.shape == b.shape
     off = ~np.isclose(a, b, rtol=1e-9)
@@ -124,3 +155,4 @@ def test_long_range_queries_read_the_rollups_with_close_answers(store: MetricSto
     # The rollups really are what was read: without the samples, only the rollup answer remains.
     store.ex.command(f"TRUNCATE TABLE `{store.db}`.metric_samples")
     assert run("mem_bytes", 10 * 60_000) and run("mem_bytes", 10 * 60_000, max_res=0) == {}
+    assert run("rate(reqs_total[30m])", 10 * 60_000) == {}  # read samples: none left

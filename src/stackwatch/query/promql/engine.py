@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._ast import Call, MatrixSel, Node, Subquery, parse
+from ._ast import Call, MatrixSel, Node, Subquery, VectorSel, parse
 from ._eval import EvalContext, Evaluator, finish_names
 from ._format import format_sample_value, format_timestamp, format_timestamps
 from ._values import Labels, RangeVec, Scalar, String, Vec, without_name
@@ -169,14 +169,17 @@ class Engine:
             )
         ts = np.arange(start_ms, end_ms + 1, step_ms, dtype=np.int64)
         resolution = choose_resolution(
-            node, step_ms, getattr(self.querier, "rollup_resolutions", ()), max_resolution_ms, start_ms=start_ms
+            node, step_ms, getattr(self.querier, "rollup_resolutions", ()), max_resolution_ms,
+            start_ms=start_ms, end_ms=end_ms,
         )
         if resolution:
-            # Rollups keep the last sample per bucket: a selector must look back at least one
-            # bucket to find it (VictoriaMetrics's -search.setLookbackToStep does the same).
+            # Exact by default: the lookback applies to the rollup rows' real timestamps. Asked
+            # for downsampled data, a selector looks back a whole bucket to find its last
+            # sample, as VictoriaMetrics's -search.setLookbackToStep does.
+            lookback = self.lookback_delta_ms if max_resolution_ms is None else max(self.lookback_delta_ms, resolution)
             self.querier.resolution_ms = resolution  # type: ignore[attr-defined]
             try:
-                value = self._run(node, ts, start_ms, end_ms, step_ms, max(self.lookback_delta_ms, resolution))
+                value = self._run(node, ts, start_ms, end_ms, step_ms, lookback)
             finally:
                 self.querier.resolution_ms = 0  # type: ignore[attr-defined]
         else:
@@ -208,10 +211,12 @@ class Engine:
 
 
 #: Range functions whose answer over the last sample of each bucket stays close to the answer
-#: over all samples when the range spans several buckets. Others count samples
-#: (count_over_time, changes, resets), need every sample (sum_over_time, quantiles) or the
-#: extremes (min/max_over_time, which a last-sample rollup does not keep): they read samples.
-ROLLUP_SAFE_FUNCTIONS = frozenset(
+#: over all samples when the range spans several buckets, read from rollups only when a query
+#: asks for downsampled data (``max_source_resolution=5m`` or ``1h``): close is not equal, and
+#: on a noisy gauge not even close (an ``avg_over_time`` of a few bucket ends, a ``deriv`` with
+#: the wrong sign). Others count samples (count_over_time, changes, resets), need every sample
+#: (sum_over_time, quantiles) or the extremes (min/max_over_time): they always read samples.
+ROLLUP_APPROXIMATE_FUNCTIONS = frozenset(
     {"rate", "increase", "delta", "deriv", "predict_linear", "avg_over_time", "last_over_time",
      "present_over_time", "absent_over_time"}
 )
@@ -224,28 +229,50 @@ def choose_resolution(
     max_resolution_ms: int | None = None,
     *,
     start_ms: int = 0,
+    end_ms: int | None = None,
 ) -> int:
     """The coarsest rollup a range query may read instead of samples (0: samples).
 
-    Used when the evaluation times fall on bucket ends (start and step multiples of the
-    resolution, which is how Grafana aligns a dashboard's step), every range in the query spans
-    at least two buckets (so ``rate(x[range])`` still has two points), every range function
-    tolerates last-sample rollups (:data:`ROLLUP_SAFE_FUNCTIONS`), and there are no subqueries.
-    At a bucket end the bucket's last sample is exactly what a selector finds in the samples;
-    between bucket ends it would lag by up to a bucket, so such queries read samples.
-    Thanos's ``max_source_resolution`` is the same knob: ``0s`` asks for raw data.
+    By default (``max_resolution_ms`` None) only where the answer is exactly the samples':
+    a query whose selectors are all instant selectors (no range vectors, no subqueries),
+    evaluated at bucket ends. A rollup row is its bucket's last sample with its own timestamp,
+    so at a bucket end the latest sample at or before that time is always a rollup row, and
+    the lookback applies to its real timestamp: a 30-day memory panel at a 1 h step reads 720
+    rows a series instead of 172,800 samples, with the same answer. Every time a selector is
+    read at must be a bucket end: start and step multiples of the resolution (how Grafana
+    aligns a dashboard's step), and every ``offset`` and ``@`` time too.
+
+    A query that names a resolution (Thanos's ``max_source_resolution``: ``5m``, ``1h``) asks
+    for downsampled data and accepts approximate answers: it may also read rollups for the
+    range functions of :data:`ROLLUP_APPROXIMATE_FUNCTIONS` when every range spans at least
+    two buckets. ``0`` asks for raw data.
     """
     if not available or max_resolution_ms == 0:
         return 0
+    exact = max_resolution_ms is None
     smallest: int | None = None
+    shifts: list[int] = []  # offsets and @ times a selector is read at
     stack: list[Any] = [node]
     while stack:
         n = stack.pop()
         if isinstance(n, Subquery):
             return 0
         if isinstance(n, MatrixSel):
+            if exact:
+                return 0
             smallest = n.range_ms if smallest is None else min(smallest, n.range_ms)
-        if isinstance(n, Call) and any(isinstance(a, MatrixSel) for a in n.args) and n.func not in ROLLUP_SAFE_FUNCTIONS:
+        if isinstance(n, VectorSel):
+            shifts.append(n.offset_ms)
+            if n.at is not None:
+                if n.at.kind == "at":
+                    shifts.append(n.at.ms)
+                elif n.at.kind == "end":
+                    shifts.append(start_ms if end_ms is None else end_ms)
+        if (
+            isinstance(n, Call)
+            and any(isinstance(a, MatrixSel) for a in n.args)
+            and n.func not in ROLLUP_APPROXIMATE_FUNCTIONS
+        ):
             return 0
         if dataclasses.is_dataclass(n):
             for f in dataclasses.fields(n):
@@ -257,7 +284,7 @@ def choose_resolution(
     for res in sorted(available, reverse=True):
         if max_resolution_ms is not None and res > max_resolution_ms:
             continue
-        aligned = start_ms % res == 0 and step_ms % res == 0
+        aligned = start_ms % res == 0 and step_ms % res == 0 and all(t % res == 0 for t in shifts)
         if aligned and (smallest is None or smallest >= 2 * res):
             return res
     return 0
