@@ -55,6 +55,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricStore]:
         batch.add([("__name__", "odd"), ("kind", "tiny")], T0 + 2_000 + i * 15_000, 1e16 if i == 0 else 1.0)
     for i, v in enumerate((1e100, 1.0, -1e100)):
         batch.add([("__name__", "odd"), ("kind", "cancel")], T0 + 3_000 + i * 15_000, v)
+    for i in range(4):  # finite values whose sum overflows
+        batch.add([("__name__", "odd"), ("kind", "big")], T0 + 3_500 + i * 15_000, 1e308)
     st.insert("default", batch)
     # The same sample written again with another value: the last write wins.
     again = MetricBatch()
@@ -148,6 +150,10 @@ def test_known_values(store: MetricStore) -> None:
     # Values that cancel: Prometheus's compensated sum is exact here.
     assert one('sum_over_time(odd{kind="cancel"}[1h])', t) == 1.0
     assert one('avg_over_time(odd{kind="cancel"}[1h])', t) == 1.0 / 3
+    # A sum that overflows is +Inf, and the mean is still the values' mean (Prometheus switches
+    # to an incremental mean): not the NaN that a compensated sum's Inf - Inf would give.
+    assert one('sum_over_time(odd{kind="big"}[1h])', t) == math.inf
+    assert one('avg_over_time(odd{kind="big"}[1h])', t) == 1e308
     # The rewritten sample: last write wins.
     t = T0 + 4_321 + 10 * 15_000
     assert one('last_over_time(odd{kind="edge"}[10s])', t) == 1234.5

@@ -14,8 +14,9 @@ Prometheus's semantics are kept: staleness markers are not samples of a range ve
 ``min``/``max`` skip NaN unless every value is NaN; ``sum`` is compensated as Prometheus's is
 (to 1e-12 of the result; where values cancel more than that allows, the engine's own kernel
 sums), plain IEEE arithmetic when a window holds an infinity or NaN; duplicates are
-resolved as FINAL does, the last write winning as in the table's merges. ``avg`` falls back to
-the engine when a window's sum overflows (Prometheus switches to an incremental mean there).
+resolved as FINAL does, the last write winning as in the table's merges. ``sum`` and ``avg``
+fall back to the engine when a window's values may overflow their sum (Prometheus answers +Inf
+for the sum and switches to an incremental mean for the average there).
 """
 
 from __future__ import annotations
@@ -179,12 +180,11 @@ def _values(func: str, c: dict[str, np.ndarray]) -> np.ndarray | None:
         # ClickHouse's compensated sum is Kahan's, whose error is bounded by about 2 ulp of the
         # values' absolute sum; Prometheus's is Neumaier's, exact where values cancel
         # ([1e100, 1, -1e100] sums to 1). Where cancellation could cost more than 1e-12 of the
-        # result, the engine's kernel sums instead.
-        if np.any(finite & (c["mass"] > 4096 * np.abs(total))):
+        # result, the engine's kernel sums instead; so it does where finite values' sum may
+        # overflow (Kahan's compensation then turns into Inf - Inf, a NaN, where Prometheus
+        # answers +Inf, and its avg switches to an incremental mean).
+        risky = (c["mass"] > 4096 * np.abs(total)) | ~np.isfinite(c["mass"]) | ~np.isfinite(total)
+        if np.any(finite & risky):
             return None
-        if func == "sum_over_time":
-            return total
-        if np.any(finite & np.isinf(total)):
-            return None  # finite values whose sum overflows: the engine's incremental mean
-        return total / n
+        return total if func == "sum_over_time" else total / n
     return c["v"].astype(np.float64)  # min, max, last, first: chosen in _combine
