@@ -136,6 +136,9 @@ def test_series_labels_values_metadata_buildinfo(api: httpx.Client) -> None:
     [
         ("/api/v1/query", {"query": "sum("}, 400, "bad_data", 'invalid parameter "query"'),
         ("/api/v1/query", {"query": "up", "time": "yesterday"}, 400, "bad_data", 'invalid parameter "time"'),
+        ("/api/v1/query", {"query": "up", "time": "1e16"}, 400, "bad_data", "out of range"),
+        ("/api/v1/query_range", {"query": "up", "start": "1e20", "end": "1e20", "step": "60"}, 400, "bad_data",
+         'invalid parameter "start"'),
         ("/api/v1/query_range", {"query": "up", "start": 0, "end": 10}, 400, "bad_data", '"step"'),
         ("/api/v1/query_range", {"query": "up", "start": 0, "end": 10, "step": "0"}, 400, "bad_data",
          "zero or negative"),

@@ -119,6 +119,11 @@ async def _params(request: Request) -> _Params:
     return _Params(request.query_params, form)
 
 
+#: Times are int64 milliseconds inside; ranges and offsets are added to them. 1e13 s is the
+#: year 318,857, far past any data and far from int64's limit.
+_MAX_TIME_S = 1e13
+
+
 def parse_time_param(text: str | None, name: str, default_ms: int) -> int:
     """Unix seconds (float) or RFC 3339 -> milliseconds, as Prometheus's ``parseTime``."""
     if text is None or text == "":
@@ -130,6 +135,9 @@ def parse_time_param(text: str | None, name: str, default_ms: int) -> int:
     if seconds is not None:
         if not math.isfinite(seconds):
             raise ApiError("bad_data", f'invalid parameter "{name}": cannot parse "{text}" to a valid timestamp')
+        if abs(seconds) > _MAX_TIME_S:
+            raise ApiError("bad_data", f'invalid parameter "{name}": cannot parse "{text}" to a valid timestamp: '
+                           f"out of range (at most {_MAX_TIME_S:.0e} seconds from 1970)")
         return round(seconds * 1000)
     try:
         when = dt.datetime.fromisoformat(text.replace("z", "Z"))
