@@ -154,6 +154,9 @@ def test_series_labels_values_metadata_buildinfo(api: httpx.Client) -> None:
         ("/api/v1/series", {"match[]": '{a=""}'}, 400, "bad_data", "non-empty matcher"),
         ("/api/v1/label/1bad/values", {}, 400, "bad_data", "invalid label name"),
         ("/api/v1/query", {"query": 'label_replace(up, "x", "$1", "y", "(")'}, 422, "execution", ""),
+        ("/api/v1/query", {"query": "limitk(1, up)"}, 400, "bad_data", "limitk() is experimental"),
+        ("/api/v1/query_exemplars", {"query": "up{", "start": 0, "end": 10}, 400, "bad_data",
+         'invalid parameter "query"'),
     ],
 )
 def test_errors_use_prometheus_envelope(

@@ -62,8 +62,6 @@ def aggregate(op: str, vec: Vec, grouping: list[str], without: bool, param: np.n
     if op in ("topk", "bottomk"):
         assert isinstance(param, np.ndarray)
         return _topk(op, vec, grouping, without, param)
-    if op in ("limitk", "limit_ratio"):
-        raise EvaluationError(f"{op} is not supported")
     keys, gidx = _groups(vec, grouping, without)
     ng = len(keys)
     vals, pres = vec.values, vec.present

@@ -156,6 +156,10 @@ class Paren(Node):
         self.type = self.expr.type
 
 
+#: Aggregations the parser knows and Prometheus keeps behind a feature flag; the engine has none.
+_EXPERIMENTAL_AGGREGATIONS = frozenset({"limitk", "limit_ratio"})
+
+
 def parse(query: str) -> Node:
     """Parse PromQL text into our AST; any failure is a :class:`ParseError`."""
     try:
@@ -263,6 +267,8 @@ def _convert(e: object) -> Node:
         return Call(func.name, args, _VALUE_TYPES[_enum_name(func.return_type)])
     if isinstance(e, pp.AggregateExpr):
         op = str(e.op).lower()
+        if op in _EXPERIMENTAL_AGGREGATIONS:  # a bad query (400), as Prometheus says without its flag
+            raise ParseError(f"{op}() is experimental and not supported")
         param = None if e.param is None else _unparen(_convert(e.param))
         grouping: list[str] = []
         without = False

@@ -393,8 +393,15 @@ async def buildinfo(who: Any = Depends(viewer)) -> Response:
 
 
 @router.api_route("/api/v1/query_exemplars", methods=["GET", "POST"])
-async def query_exemplars(who: Any = Depends(viewer)) -> Response:
-    """Exemplars are not stored; Grafana asks anyway, and an empty answer is the honest one."""
+async def query_exemplars(request: Request, who: Any = Depends(viewer)) -> Response:
+    """Exemplars are not stored; Grafana asks anyway, and an empty answer is the honest one.
+    A query that does not parse is still refused, so a typo is not shown as "no exemplars"."""
+    params = await _params(request)
+    try:
+        if params.get("query"):
+            parse_promql(params.get("query") or "")
+    except PromQLError as exc:
+        return _error("bad_data", f'invalid parameter "query": {exc}')
     return _success([])
 
 
