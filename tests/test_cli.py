@@ -69,6 +69,24 @@ def test_errors_exit_non_zero_with_a_message(server: ServerProcess) -> None:
     assert r.returncode != 0
 
 
+def test_log_text_is_printed_as_it_is(server: ServerProcess) -> None:
+    """Brackets in a line are text, not console markup: "[/api/leads]" once crashed the
+    printer and "[error]" vanished from nginx's lines."""
+    lines = ['{"service": "bracketcli", "level": "ERROR", "message": "GET [/api/leads] failed"}',
+             '{"service": "bracketcli", "message": "2026/11/24 05:48:00 [error] 1234#0: connect() failed"}',
+             '{"service": "bracketcli", "message": "see [bold]this[/bold] and [link=http://x.example]y[/link]",'
+             ' "note": "[/]"}']
+    with server.ingest_client() as c:
+        c.post("/api/v1/logs", content=("\n".join(lines) + "\n").encode())
+    assert server.wait_for_count("service:bracketcli", 3) == 3
+    r = sw("logs", "search", "service:bracketcli", "--since", "1h",
+           env={"STACKWATCH_URL": server.url, "STACKWATCH_TOKEN": ADMIN_TOKEN, "COLUMNS": "300"})
+    assert r.returncode == 0, r.stderr
+    assert "GET [/api/leads] failed" in r.stdout
+    assert "[error] 1234#0" in r.stdout
+    assert "see [bold]this[/bold] and [link=http://x.example]y[/link]" in r.stdout and "note=[/]" in r.stdout
+
+
 def test_tail_prints_new_lines(server: ServerProcess) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "stackwatch.cli", "logs", "tail", "service:tailcli", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 
 from stackwatch.errors import ConfigError
@@ -222,9 +223,11 @@ _LEVEL_STYLE = {"ERROR": "red", "FATAL": "bold red", "WARN": "yellow", "INFO": "
 def _print_hit(hit: dict[str, Any]) -> None:
     style = _LEVEL_STYLE.get(hit["level"], "white")
     attrs = " ".join(f"{k}={v}" for k, v in sorted(hit["attributes"].items()))
+    # Log text is printed as it is: "[error]" or "[/api/leads]" in a line is not Rich markup.
     console.print(
-        f"[dim]{hit['timestamp'][:23]}Z[/dim] [{style}]{hit['level']:<5}[/{style}] "
-        f"[cyan]{hit['service']}[/cyan] {hit['message']}" + (f" [dim]{attrs}[/dim]" if attrs else ""),
+        f"[dim]{hit['timestamp'][:23]}Z[/dim] [{style}]{escape(hit['level']):<5}[/{style}] "
+        f"[cyan]{escape(hit['service'])}[/cyan] {escape(hit['message'])}"
+        + (f" [dim]{escape(attrs)}[/dim]" if attrs else ""),
         markup=True,
         highlight=False,
         soft_wrap=True,

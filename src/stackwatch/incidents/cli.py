@@ -103,8 +103,8 @@ def show(number: int, as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, token
     console.print(f"[bold]#{inc['number']}[/bold] [{_SEV_STYLE[inc['severity']]}]{inc['severity']}[/] "
                   f"[{_STATUS_STYLE[inc['status']]}]{inc['status']}[/] {escape(inc['title'])}", highlight=False)
     for entry in inc["timeline"]:
-        console.print(f"  [dim]{_ago(entry['at'])}[/dim] {entry['kind']:<16} {entry['who']}: {entry['message']}",
-                      highlight=False, markup=False, soft_wrap=True)
+        console.print(f"  [dim]{_ago(entry['at'])}[/dim] {entry['kind']:<16} {escape(entry['who'])}: "
+                      f"{escape(entry['message'])}", highlight=False, soft_wrap=True)
 
 
 @incidents_app.command("ack")
