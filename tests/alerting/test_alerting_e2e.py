@@ -54,7 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, hook: Recorder) -> Iterator
     srv.stop()
 
 
-def post(server: ServerProcess, *alerts: dict[str, Any], token: str = INGEST_TOKEN) -> httpx.Response:
+def post(server: ServerProcess, *alerts: dict[str, Any], token: str = ADMIN_TOKEN) -> httpx.Response:
     return httpx.post(server.url + "/api/v2/alerts", json=list(alerts), timeout=10,
                       headers={"Authorization": f"Bearer {token}"})
 
@@ -161,6 +161,9 @@ def test_inhibition_and_maintenance_window(server: ServerProcess, hook: Recorder
 
 def test_api_refuses_bad_input_and_missing_credentials(server: ServerProcess) -> None:
     assert httpx.post(server.url + "/api/v2/alerts", json=[alert("X")]).status_code == 401
+    # The ingest token is the public key of the project's Sentry DSN: it must not page anyone.
+    r = post(server, alert("FromTheBrowser"), token=INGEST_TOKEN)
+    assert r.status_code == 401 and "editor role" in r.json()["error"]
     assert httpx.get(server.url + "/api/v2/alerts").status_code == 401
     r = post(server, {"labels": {}})
     assert r.status_code == 400 and "labels must be a non-empty object" in r.json()["error"]
@@ -201,7 +204,7 @@ def test_a_real_prometheus_sends_its_alerts_to_us(server: ServerProcess, hook: R
         "annotations": {"summary": "value is {{ $value }}"}}]}]}))
     host = server.url.removeprefix("http://")
     alerting = yaml.safe_load(_doc_prometheus_alerting().replace("stackwatch.example.com:8040", host)
-                              .replace("<ingest token>", INGEST_TOKEN).replace("scheme: https", "scheme: http"))
+                              .replace("<API token with the editor role>", ADMIN_TOKEN).replace("scheme: https", "scheme: http"))
     config = {"global": {"evaluation_interval": "1s"}, "rule_files": [str(rules)], **alerting}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()

@@ -49,19 +49,33 @@ def _who(principal: Any) -> str:
 
 
 def _alert_sender(request: Request) -> str:
-    """An editor API token or a project ingest token may post alerts."""
+    """Only an API token with the editor role may post alerts.
+
+    Not a project's ingest token: that is also the key of its Sentry DSN, which browser apps
+    ship to every visitor, and a posted alert can page the on-call with any text and links.
+    """
     rt = runtime(request)
     token = credential(request)
     if not token:
-        raise Unauthorized("missing token: send 'Authorization: Bearer <API token with the editor role or ingest "
-                           "token>' (Prometheus: alertmanagers[].authorization.credentials)")
+        raise Unauthorized("missing token: send 'Authorization: Bearer <API token with the editor role>' "
+                           "(Prometheus: alertmanagers[].authorization.credentials)")
     try:
         who = rt.auth.verify_api_token(token)
     except Unauthorized:
-        project = rt.auth.verify_ingest_token(token)
-        return f"project:{project.slug}"
+        if _is_ingest_token(rt, token):
+            raise Unauthorized("an ingest token cannot post alerts (it is also the public key of the "
+                               "project's Sentry DSN): use an API token with the editor role") from None
+        raise
     rt.auth.require(who, "editor")
     return _who(who)
+
+
+def _is_ingest_token(rt: Any, token: str) -> bool:
+    try:
+        rt.auth.verify_ingest_token(token)
+    except Unauthorized:
+        return False
+    return True
 
 
 def _filters(request: Request) -> list[Matcher]:
