@@ -293,6 +293,9 @@ groups:
     r.at(11)
     [a] = r.at(12)
     assert a.annotations == {"summary": "12 failed logins in 5 minutes"} and a.labels == {"alertname": "FailedLogins"}
+    # The alert's link opens the log explorer on the rule's query, over three of its windows.
+    assert a.generator_url == ("http://sw.example.com/?q=level%3AERROR+AND+message%3A%22Failed+login+attempt%22"
+                               "&start=-15m")
     [resolved] = r.at(13)
     assert resolved.ends_at == datetime.fromtimestamp(13 * 60, UTC)
     assert calls[0] == ("shop", 'level:ERROR AND message:"Failed login attempt"', 5 * MIN, 10 * MIN)
@@ -339,6 +342,7 @@ groups:
                           "level": "error"}
     assert new.annotations == {"summary": "New issue: ZeroDivisionError: division by zero"}
     assert spike.labels["issue_id"] == "7" and spike.value == 250.0
+    assert new.generator_url == spike.generator_url == "http://sw.example.com/issues/7"  # the issue's page
 
 
 def test_error_rules_without_an_errors_store_report_it() -> None:

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -453,10 +453,10 @@ class GroupEvaluator:
 
     def _to_send(self, rs: RuleState, gs: GroupState, ts_ms: int) -> list[Alert]:
         out = []
-        url = self._generator_url(rs.rule)
         for a in rs.active.values():
             if a.state == PENDING:
                 continue
+            url = self._generator_url(rs.rule, a.labels)
             if a.state == INACTIVE:
                 due = a.last_sent_at is None or (a.resolved_at is not None and a.resolved_at > a.last_sent_at) or (
                     ts_ms - a.last_sent_at >= self.resend_delay_ms)
@@ -478,8 +478,21 @@ class GroupEvaluator:
             a.sent_labels = dict(a.labels)
         return out
 
-    def _generator_url(self, rule: Rule) -> str:
-        return f"{self.external_url}/graph?g0.expr={urllib.parse.quote_plus(rule.query)}&g0.tab=1"
+    def _generator_url(self, rule: Rule, labels: Mapping[str, str] | None = None) -> str:
+        """Where an alert's link takes the on-call: the page that shows why it fired.
+
+        PromQL rules open the graph page as Prometheus's do; log rules the log explorer with the
+        rule's query over a few of its windows; error rules the issue (the issues list for a rule
+        that is not about one issue).
+        """
+        quote = urllib.parse.quote_plus
+        if rule.source == "log":
+            back = max(3 * rule.window_ms, 15 * 60_000) // 60_000
+            return f"{self.external_url}/?q={quote(rule.expr)}&start=-{back}m"
+        if rule.source == "error":
+            issue = (labels or {}).get("issue_id", "")
+            return f"{self.external_url}/issues/{quote(issue)}" if issue.isdigit() else f"{self.external_url}/issues"
+        return f"{self.external_url}/graph?g0.expr={quote(rule.query)}&g0.tab=1"
 
 
 _CMP: dict[str, Callable[[float, float], bool]] = {

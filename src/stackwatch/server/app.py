@@ -145,8 +145,10 @@ def create_app(settings: Any, runtime: Runtime | None = None, *, close_runtime: 
 
     app.include_router(alertmanager_api.router)
     from stackwatch.server.ui import alerts as alerts_ui
+    from stackwatch.server.ui import graph as graph_ui
 
     app.include_router(alerts_ui.router)
+    app.include_router(graph_ui.router)
     from stackwatch.server.api import issues as issues_api
     from stackwatch.server.api import sentry as sentry_api
     from stackwatch.server.ui import issues as issues_ui
