@@ -109,8 +109,28 @@ def test_schedules_profiles_policies_and_who_is_on_call(env: SimpleNamespace) ->
         {"targets": [{"schedule": "ops", "layer": "primary"}], "delay_minutes": 5},
         {"targets": [{"schedule": "ops", "layer": "secondary"}], "delay_minutes": 10},
         {"targets": [{"user": "cto@example.com"}, {"receiver": "exec-phone"}], "delay_minutes": 15}]}
+    # Every target must exist: a policy that pages nobody is refused when written, not found at night.
+    env.service.directory.receiver_names = lambda: {"ann-hook", "exec-phone"}
+    error(c.post("/api/v1/escalation-policies", headers=ed, json=policy), 400,
+          "levels[2].targets[0].user: 'cto@example.com' has no on-call profile")
+    error(c.put("/api/v1/oncall/profiles/cto@example.com", headers=ed, json={"receivers": ["typo-pager"]}), 400,
+          "no receiver 'typo-pager'")
+    ok(c.put("/api/v1/oncall/profiles/cto@example.com", headers=ed, json={"receivers": ["exec-phone"]}))
+    for target, text in (({"schedule": "nosuch"}, "no on-call schedule 'nosuch'"),
+                         ({"schedule": "ops", "layer": "tertiary"}, "has no layer 'tertiary'"),
+                         ({"receiver": "nosuch-recv"}, "no receiver 'nosuch-recv'")):
+        error(c.post("/api/v1/escalation-policies", headers=ed, json={"name": "bad", "levels": [
+            {"targets": [target]}]}), 400, text)
     created = ok(c.post("/api/v1/escalation-policies", headers=ed, json=policy), 201)
     assert created["levels"][0]["targets"] == [{"schedule": "ops", "layer": "primary"}] and created["default"]
+    # What a policy uses cannot be taken from under it.
+    error(c.delete("/api/v1/oncall/schedules/ops", headers=ed), 409, "used by escalation policy 'default'")
+    error(c.put("/api/v1/oncall/schedules/ops", headers=ed, json={**SCHEDULE, "name": "ops2"}), 409, "used by")
+    error(c.put("/api/v1/oncall/schedules/ops", headers=ed, json={**SCHEDULE, "layers": SCHEDULE["layers"][:1]}),
+          409, "layer 'secondary' of 'ops' is used by")
+    error(c.delete("/api/v1/oncall/profiles/cto@example.com", headers=ed), 409, "used by escalation policy")
+    error(c.put("/api/v1/escalation-policies/default", headers=ed, json={"levels": [
+        {"targets": [{"schedule": "gone"}]}]}), 400, "no on-call schedule 'gone'")
     error(c.post("/api/v1/escalation-policies", headers=ed, json={**policy, "name": "b", "levels": [
         {"targets": [{"schedule": "ops", "user": "x"}]}]}), 400, "exactly one of")
     error(c.post("/api/v1/escalation-policies", headers=ed, json={**policy, "name": "b", "repeat": -1}), 400,

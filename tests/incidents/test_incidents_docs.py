@@ -25,6 +25,7 @@ def test_documented_schedule_profile_and_policy_are_accepted(service: IncidentSe
     d = service.directory
     d.create_schedule(schedule)
     d.put_profile("ann@example.com", profile)
+    d.put_profile("cto@example.com", profile)  # the policy pages the CTO: a profile must exist
     created = d.create_policy(policy)
     assert created["default"] and len(created["levels"]) == 3
     d.add_override("ops", {"layer": "primary", "user": "dan@example.com", "start": "2025-12-24T00:00:00Z",

@@ -125,6 +125,55 @@ class Directory:
     def __init__(self, meta: MetaStore, clock: Callable[[], datetime]) -> None:
         self.meta = meta
         self.clock = clock
+        #: The receivers pages can go to (the alerting configuration's and the incident
+        #: webhooks'), set where the sender is known; None: not checked.
+        self.receiver_names: Callable[[], set[str]] | None = None
+
+    # -- references -----------------------------------------------------------------------------
+    #
+    # A policy that names a schedule, layer, user or receiver that does not exist pages nobody,
+    # and that shows only when an incident opens, at night. So every reference is checked when
+    # it is written, and what a policy uses cannot be deleted or renamed from under it.
+
+    def _check_targets(self, s: Session, levels: list[dict[str, Any]]) -> None:
+        schedules = {row.name: row for row in s.scalars(sa.select(OncallSchedule))}
+        by_id = {str(row.id): row for row in schedules.values()}
+        profiles = set(s.scalars(sa.select(OncallProfile.user)))
+        receivers = self.receiver_names() if self.receiver_names is not None else None
+        for i, level in enumerate(levels):
+            for j, target in enumerate(level["targets"]):
+                where = f"levels[{i}].targets[{j}]"
+                if "schedule" in target:
+                    row = schedules.get(target["schedule"]) or by_id.get(target["schedule"])
+                    if row is None:
+                        raise BadRequest(f"{where}.schedule: no on-call schedule {target['schedule']!r}")
+                    layers = [layer.get("name") for layer in row.layers]
+                    if target["layer"] not in layers:
+                        raise BadRequest(f"{where}.layer: schedule {row.name!r} has no layer {target['layer']!r} "
+                                         f"(it has {', '.join(map(repr, layers))})")
+                elif "user" in target:
+                    if target["user"] not in profiles:
+                        raise BadRequest(f"{where}.user: {target['user']!r} has no on-call profile to be paged "
+                                         f"through (PUT /api/v1/oncall/profiles/{target['user']} with receivers)")
+                elif receivers is not None and target["receiver"] not in receivers:
+                    raise BadRequest(f"{where}.receiver: no receiver {target['receiver']!r} in the alerting "
+                                     "configuration or incidents.webhooks")
+
+    def _policies_using(self, s: Session, kind: str, names: set[str], layer: str | None = None) -> list[str]:
+        """Names of the policies with a target of ``kind`` naming one of ``names``."""
+        out = []
+        for policy in s.scalars(sa.select(EscalationPolicy)):
+            for level in policy.levels:
+                for target in level["targets"]:
+                    if target.get(kind) in names and (layer is None or target.get("layer") == layer):
+                        out.append(policy.name)
+        return sorted(set(out))
+
+    def _refuse_if_used(self, s: Session, kind: str, names: set[str], what: str, layer: str | None = None) -> None:
+        used = self._policies_using(s, kind, names, layer)
+        if used:
+            raise Conflict(f"{what} is used by escalation polic{'y' if len(used) == 1 else 'ies'} "
+                           f"{', '.join(map(repr, used))}: change {'it' if len(used) == 1 else 'them'} first")
 
     # -- schedules -----------------------------------------------------------------------------
 
@@ -186,8 +235,13 @@ class Directory:
         try:
             with self.meta.session() as s:
                 row = self._schedule(s, ref)
-                if "name" in spec:
+                if "name" in spec and _check_name(spec["name"]) != row.name:
+                    self._refuse_if_used(s, "schedule", {row.name}, f"schedule {row.name!r} (by that name)")
                     row.name = _check_name(spec["name"])
+                kept = {layer.get("name") for layer in layers}
+                for gone in sorted({layer.get("name") for layer in row.layers} - kept):
+                    self._refuse_if_used(s, "schedule", {row.name, str(row.id)}, f"layer {gone!r} of {row.name!r}",
+                                         layer=gone)
                 if "description" in spec:
                     row.description = str(spec["description"] or "")
                 row.timezone, row.layers, row.updated_at = tz, layers, self.clock()
@@ -198,7 +252,9 @@ class Directory:
 
     def delete_schedule(self, ref: str | int) -> None:
         with self.meta.session() as s:
-            s.delete(self._schedule(s, ref))
+            row = self._schedule(s, ref)
+            self._refuse_if_used(s, "schedule", {row.name, str(row.id)}, f"schedule {row.name!r}")
+            s.delete(row)
 
     def list_schedules(self) -> list[dict[str, Any]]:
         with self.meta.session() as s:
@@ -281,6 +337,11 @@ class Directory:
         receivers = spec.get("receivers")
         if not isinstance(receivers, list) or not all(isinstance(r, str) and r.strip() for r in receivers):
             raise BadRequest("receivers: expected a list of receiver names (e.g. ['ann-email', 'ann-phone'])")
+        known = self.receiver_names() if self.receiver_names is not None else None
+        for r in receivers:
+            if known is not None and r.strip() not in known:
+                raise BadRequest(f"receivers: no receiver {r.strip()!r} in the alerting configuration or "
+                                 "incidents.webhooks")
         with self.meta.session() as s:
             row = s.scalar(sa.select(OncallProfile).where(OncallProfile.user == user))
             if row is None:
@@ -307,6 +368,7 @@ class Directory:
             row = s.scalar(sa.select(OncallProfile).where(OncallProfile.user == user))
             if row is None:
                 raise NotFound(f"no on-call profile for {user!r}")
+            self._refuse_if_used(s, "user", {user}, f"the on-call profile of {user!r}")
             s.delete(row)
 
     def receivers_of(self, user: str) -> list[str]:
@@ -348,6 +410,7 @@ class Directory:
         now = self.clock()
         try:
             with self.meta.session() as s:
+                self._check_targets(s, levels)
                 if spec.get("default"):
                     s.execute(sa.update(EscalationPolicy).values(is_default=False))
                 row = EscalationPolicy(name=name, description=str(spec.get("description") or ""), levels=levels,
@@ -366,7 +429,9 @@ class Directory:
                 if "name" in spec:
                     row.name = _check_name(spec["name"])
                 if "levels" in spec:
-                    row.levels = validate_levels(spec["levels"])
+                    levels = validate_levels(spec["levels"])
+                    self._check_targets(s, levels)
+                    row.levels = levels
                 if "repeat" in spec:
                     row.repeat = self._repeat(spec["repeat"])
                 if "description" in spec:

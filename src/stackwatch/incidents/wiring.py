@@ -53,6 +53,14 @@ def attach_incidents(rt: Any) -> None:
     sender: PageSender | None = None
     if dispatcher is not None or config.webhooks:
         sender = CombinedSender(WebhookSender(config.webhooks) if config.webhooks else None, dispatcher)
+
+        def receiver_names() -> set[str]:
+            names = set(config.webhooks)
+            alerting = getattr(dispatcher, "config", None)
+            names.update(getattr(alerting, "receivers", {}) or {})
+            return names
+
+        service.directory.receiver_names = receiver_names
     listeners = getattr(getattr(rt, "dispatcher", None), "group_listeners", None)
     if listeners is not None:
         listeners.append(service.on_group_event)
