@@ -63,3 +63,27 @@ def test_new_regressed_and_counted_issues(meta_store: MetaStore) -> None:
     assert (params["s"], params["e"]) == (int(since.timestamp() * 1000), int(until.timestamp() * 1000))
     assert source.new_issues("missing-project", since, until) == []
     assert source.new_issues("shop", NOW - timedelta(minutes=1), until) == []
+
+
+def test_ignored_issues_page_nobody(meta_store: MetaStore) -> None:
+    """"Ignore" is what the on-call presses to stop a noisy error paging: an ignored issue is in
+    no rule's answer, new, regressed or counted, until someone un-ignores it."""
+    with meta_store.session() as s:
+        p = Project(slug="shop", name="Shop")
+        s.add(p)
+        s.flush()
+        noisy = _issue(p.id, "Payment provider slow", NOW - timedelta(minutes=4))
+        noisy.status = "ignored"
+        s.add(noisy)
+        s.flush()
+        s.add(ErrorIssueActivity(issue_id=noisy.id, kind="regression", at=NOW - timedelta(minutes=1)))
+        noisy_id = noisy.id
+    source = ErrorStoreSource(_Store([{"issue_id": noisy_id, "c": 250}]), meta_store)
+    since, until = NOW - timedelta(minutes=10), NOW
+    assert source.new_issues("shop", since, until) == []
+    assert source.regressed_issues("shop", since, until) == []
+    assert source.issue_event_counts("shop", since, until) == []
+    with meta_store.session() as s:
+        s.get(ErrorIssue, noisy_id).status = "unresolved"
+    assert [i["count"] for i in source.issue_event_counts("shop", since, until)] == [250]
+    assert [i["issue_id"] for i in source.new_issues("shop", since, until)] == [noisy_id]

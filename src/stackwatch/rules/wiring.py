@@ -30,7 +30,12 @@ log = logging.getLogger("stackwatch.rules")
 
 class ErrorStoreSource:
     """:class:`~stackwatch.rules.sources.ErrorSource` over the errors store: issues from the meta
-    store (first seen, regression activity), event counts from the ``error_events`` table."""
+    store (first seen, regression activity), event counts from the ``error_events`` table.
+
+    Ignored issues are left out of every answer: "ignore" is what the on-call presses to stop a
+    noisy error from paging (Sentry's archived issues alert no more); their events are still
+    stored and counted on the issue.
+    """
 
     def __init__(self, store: Any, meta: Any) -> None:
         self.store = store
@@ -54,7 +59,8 @@ class ErrorStoreSource:
             return []
         with self.meta.session() as s:
             rows = s.scalars(select(ErrorIssue).where(ErrorIssue.project_id == pid, ErrorIssue.first_seen > since,
-                                                      ErrorIssue.first_seen <= until)).all()
+                                                      ErrorIssue.first_seen <= until,
+                                                      ErrorIssue.status != "ignored")).all()
         return [self._issue(i) for i in rows]
 
     def regressed_issues(self, project: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
@@ -67,8 +73,8 @@ class ErrorStoreSource:
             # IN (subquery) rather than JOIN + DISTINCT: PostgreSQL cannot compare the JSON columns.
             regressed = select(ErrorIssueActivity.issue_id).where(
                 ErrorIssueActivity.kind == "regression", ErrorIssueActivity.at > since, ErrorIssueActivity.at <= until)
-            rows = s.scalars(select(ErrorIssue).where(ErrorIssue.project_id == pid,
-                                                      ErrorIssue.id.in_(regressed))).all()
+            rows = s.scalars(select(ErrorIssue).where(ErrorIssue.project_id == pid, ErrorIssue.id.in_(regressed),
+                                                      ErrorIssue.status != "ignored")).all()
         return [self._issue(i) for i in rows]
 
     def issue_event_counts(self, project: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
@@ -84,7 +90,8 @@ class ErrorStoreSource:
         if not counts:
             return []
         with self.meta.session() as s:
-            issues = s.scalars(select(ErrorIssue).where(ErrorIssue.id.in_(list(counts)))).all()
+            issues = s.scalars(select(ErrorIssue).where(ErrorIssue.id.in_(list(counts)),
+                                                        ErrorIssue.status != "ignored")).all()
         return [self._issue(i, count=counts[i.id]) for i in issues]
 
 
