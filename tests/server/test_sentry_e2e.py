@@ -255,6 +255,10 @@ def test_resolved_issue_that_recurs_is_regressed_and_triage_actions(
         assert len(stats["counts"]) == 6 and stats["counts"][-1]["count"] == 2
         viewer = c.post("/api/v1/issues/999999/resolve")
         assert viewer.status_code == 404
+        for path in ("/api/v1/issues/99999999999999999999", "/api/v1/issues/99999999999999999999/events"):
+            r = c.get(path)  # past 64 bits: no such issue, not a database error
+            assert r.status_code == 404 and "not found" in r.text, (path, r.text)
+        assert c.post("/api/v1/issues/99999999999999999999/resolve").status_code == 404
 
 
 def test_transactions_become_a_trace_joined_with_its_errors(

@@ -319,6 +319,13 @@ def _iso(value: datetime | None) -> str | None:
 # -- the store ---------------------------------------------------------------------------------
 
 
+
+def _check_issue_id(issue_id: int) -> None:
+    """Ids are 64-bit: a larger number is no issue, not a database error (SQLite raised an
+    OverflowError, a 500)."""
+    if not 0 < issue_id < 2**63:
+        raise NotFound(f"issue {issue_id} not found")
+
 class ErrorStore:
     """Error events in ClickHouse, issues in the meta store; the errors sink and its readers.
 
@@ -661,6 +668,7 @@ class ErrorStore:
         }
 
     def get_issue(self, issue_id: int) -> ErrorIssue:
+        _check_issue_id(issue_id)
         with self.meta.session() as s:
             issue = s.get(ErrorIssue, issue_id)
             if issue is None:
@@ -681,6 +689,7 @@ class ErrorStore:
         """Change an issue's status and/or assignee (``assignee=None`` unassigns)."""
         if status is not None and status not in ISSUE_STATUSES:
             raise BadRequest(f"status must be one of {', '.join(ISSUE_STATUSES)}; got {status!r}")
+        _check_issue_id(issue_id)
         now = self._now()
         with self.meta.session() as s:
             issue = s.get(ErrorIssue, issue_id, with_for_update=True)
