@@ -631,3 +631,20 @@ def test_no_rule_crosses_a_newline(lines: list[str]) -> None:
     remember clean frame lines; a chunk holds a whole exception message, PEM block included."""
     chunks = [line.replace("\n", " ") + "\n" for line in lines if "-----BEGIN" not in line]
     assert "".join(R.redact_text(c) for c in chunks) == R.redact_text("".join(chunks))
+
+
+def test_card_numbers_logged_as_numbers_are_masked() -> None:
+    """A JSON number holding a card number is masked as the same digits in a string are; other
+    numbers, a card-length number that fails the Luhn sum included, and ids stay."""
+    r = Redactor()
+    record = {"message": "charge", "attributes": {
+        "card_number": 4242424242424242, "payment.card": 4111111111111111, "payment.cvv": 123,
+        "order_id": 4242424242424242, "amount": 4999, "ref": 4242424242424241, "epoch_ms": 1_767_225_600_123}}
+    r.redact_record_inplace(record)
+    assert record["attributes"] == {
+        "card_number": "************4242", "payment.card": "************1111", "payment.cvv": "[REDACTED]",
+        "order_id": "************4242", "amount": 4999, "ref": 4242424242424241, "epoch_ms": 1_767_225_600_123}
+    assert r.redact_mapping({"extra": {"card_number": 5555555555554444, "cvc": 999, "n": 7}}) == {
+        "extra": {"card_number": "************4444", "cvc": "[REDACTED]", "n": 7}}
+    assert Redactor(RedactionConfig(rules=("email",))).redact_mapping({"card": 4242424242424242}) == {
+        "card": 4242424242424242}  # the card rule switched off

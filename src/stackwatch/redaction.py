@@ -106,7 +106,7 @@ _SENSITIVE_WORDS: Final = frozenset(
         "password", "passwd", "passphrase", "pass", "pwd", "secret", "secrets", "token",
         "apikey", "accesskey", "secretkey", "privatekey", "signingkey", "encryptionkey",
         "masterkey", "auth", "authorization", "cookie", "cookies", "session", "credential",
-        "credentials", "dsn",
+        "credentials", "dsn", "cvv", "cvc", "cvv2", "cvc2", "cid",
     }
 )  # fmt: skip
 #: A single word that *ends* with one of these is sensitive too (``csrftoken``, ``dbpassword``).
@@ -301,6 +301,8 @@ class Redactor:
             self._deny = None
         self._prefilter, self._group_rules = self._build_prefilter(keywords, enabled)
         self._at_rules = [rule for rule in self._rules if rule.name in _AT_RULES]
+        #: Whether payment card numbers are masked (then also those logged as numbers).
+        self._card_rule = any(rule.name == "card" for rule in self._rules)
         self._gate = (
             None
             if config.deny
@@ -435,6 +437,19 @@ class Redactor:
         :meth:`redact_record_inplace`): the key is neither credential-named nor an id key."""
         return not self.is_sensitive_key(key) and not self._is_id_key(key)
 
+    def mask_number(self, value: Any) -> Any:
+        """A card number logged as a JSON number, masked as the text rule masks it in a string
+        (``4242424242424242`` -> ``************4242``); any other value as it is.
+
+        Only integers of a card's length can be one (the text rule then checks the shape and
+        the Luhn sum), so the common numbers cost one comparison.
+        """
+        if value.__class__ is not int or not 10**12 <= value < 10**19 or not self._card_rule:
+            return value
+        text = str(value)
+        masked = self.redact_text(text)
+        return value if masked == text else masked
+
     def mask_sensitive(self, value: Any) -> Any:
         """What a credential-named record attribute's value becomes: ``[REDACTED]``, unless it
         is None, a boolean or allowed (booleans and None say nothing secret)."""
@@ -474,6 +489,10 @@ class Redactor:
         sensitive, scanned = plan
         for key in sensitive:
             attributes[key] = self.mask_sensitive(attributes[key])
+        if self._card_rule:  # 0.35 us for five attributes: what masking numbers costs here
+            for key, value in attributes.items():
+                if value.__class__ is int and value >= 1_000_000_000_000:
+                    attributes[key] = self.mask_number(value)
         clean = self._clean
         if scanned is None:
             return [k for k, v in attributes.items() if v.__class__ is str and v and v not in clean]
@@ -519,6 +538,8 @@ class Redactor:
     def _redact_any(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.redact_text(value)
+        if value.__class__ is int:
+            return self.mask_number(value)
         if isinstance(value, Mapping):
             return {k: self._redact_value(k, v) for k, v in value.items()}
         if isinstance(value, list | tuple):

@@ -29,6 +29,14 @@ __all__ = ["RedactStage"]
 _NO_GATE: Any = object()  # a deny pattern: every string is a candidate
 
 
+def _holds_card_length_int(column: list[Any]) -> bool:
+    """Whether an int column holds a number long enough to be a card's (13 digits or more)."""
+    try:
+        return max(column, default=0) >= 1_000_000_000_000  # a C loop: most columns hold no None
+    except TypeError:  # None among the ints
+        return any(v is not None and v >= 1_000_000_000_000 for v in column)
+
+
 class RedactStage:
     """Redacts each record's message and attributes in place.
 
@@ -94,6 +102,15 @@ class RedactStage:
                 block.attributes[key] = (masked, classes.pop())
             elif cls is str and redactor.is_scanned_key(key):
                 pending.append(key)
+            elif cls is int and _holds_card_length_int(column):
+                # A card number logged as a JSON number: masked like one in a string.
+                masked = [redactor.mask_number(v) for v in column]
+                classes = {v.__class__ for v in masked if v is not None}
+                if len(classes) > 1:
+                    parts = block.split([v.__class__ for v in masked])
+                    return [piece for part in parts for piece in self.redact_block(part)]
+                if classes == {str}:
+                    block.attributes[key] = (masked, str)
         block.pending_text = frozenset(pending)
         block.pending_message = True
         return [block]
