@@ -105,6 +105,22 @@ def test_access_log_variants(line: str, level: str, extra: dict[str, object]) ->
         assert event[key] == value
 
 
+def test_the_events_own_time_and_level_are_not_pushed_out_by_its_line() -> None:
+    """An app's structured record whose message is a request line (werkzeug's, through the SDK):
+    the line's time that does not parse (local, no zone) leaves the record's time, and the
+    level the status implies does not replace the level the record states. Without them, the
+    line's own time and the status's level are used, as before."""
+    werkzeug = '127.0.0.1 - - [24/Nov/2026 05:10:00] "GET /x HTTP/1.1" 500 -'
+    out = Parser().parse_event({"timestamp": "2026-11-24T05:24:58.000Z", "level": "INFO", "message": werkzeug})
+    assert (out["timestamp"], out["level"], out["http.status_code"]) == ("2026-11-24T05:24:58.000Z", "INFO", 500)
+    nginx = '10.0.0.1 - - [24/Nov/2026:05:10:00 +0000] "GET /y HTTP/1.1" 502 12'
+    out = Parser().parse_event({"@timestamp": "2026-11-24T05:24:58Z", "message": nginx})
+    assert (out["timestamp"], out["level"]) == ("24/Nov/2026:05:10:00 +0000", "ERROR")  # the line's own time
+    out = Parser().parse_event({"@timestamp": "2026-11-24T05:24:58Z", "log.level": "info", "message": werkzeug})
+    assert "timestamp" not in out and out["@timestamp"] == "2026-11-24T05:24:58Z" and "level" not in out
+    assert Parser().parse_event({"message": werkzeug})["level"] == "ERROR"  # nothing stated: the status says
+
+
 def test_unparseable_request_line_is_kept_raw() -> None:
     event = parse_access_log_line('1.2.3.4 - - [10/Oct/2025:13:55:36 +0000] "\\x16\\x03" 400 0')
     assert event is not None and event["http.request"] == "\\x16\\x03" and "http.method" not in event
@@ -181,7 +197,7 @@ def test_parse_config_errors(data: dict[str, object], problem: str) -> None:
 
 def test_stage_marks_an_event_it_cannot_parse_and_keeps_it() -> None:
     class Exploding(Parser):
-        def parse_text(self, text: str) -> dict[str, object] | None:
+        def _parse_text(self, text: str) -> tuple[dict[str, object] | None, str]:
             raise RuntimeError("boom")
 
     batch = [{"message": "a"}, {"message": '{"b": 1}'}]

@@ -37,12 +37,17 @@ of these, tried in order:
   :func:`stackwatch.pipeline.syslog.match_syslog`, the parser the syslog listener uses too.
 
 Events matching nothing pass through unchanged: normalize keeps their text as the message.
+
+What the line says is merged over the event's other fields, with two exceptions that keep what
+the event states explicitly: a time in the line that does not parse leaves the event's own
+time, and the level an access or syslog line implies does not replace a level the event has.
 """
 
 from __future__ import annotations
 
 import operator
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -51,6 +56,7 @@ import numpy as np
 import orjson
 
 from stackwatch.model.logs import LOG_TYPES
+from stackwatch.pipeline.normalize import _ALIASES, parse_timestamp
 from stackwatch.pipeline.stage import BatchContext, mark_error
 from stackwatch.pipeline.syslog import match_syslog
 
@@ -63,6 +69,9 @@ __all__ = [
 
 _BODY_KEYS: Final = ("message", "line", "log", "msg")
 _MESSAGE_KEYS: Final = frozenset({"message", "msg", "body", "@message", "log", "text", "event"})
+#: The names normalize reads an event's time and level from (its aliases).
+_TIME_KEYS: Final = frozenset(k for k, (slot, _) in _ALIASES.items() if slot == "timestamp")
+_LEVEL_KEYS: Final = frozenset(k for k, (slot, _) in _ALIASES.items() if slot in ("level", "levelno", "severity_number"))
 #: Regex groups kept as text even when they look numeric (a level "30", an id "0042").
 _TEXT_GROUPS: Final = frozenset(
     {"message", "msg", "level", "lvl", "severity", "levelname", "trace_id", "span_id", "request_id",
@@ -309,17 +318,33 @@ class Parser:
                 break
         if body_key is None or not text:
             return raw
-        fields = self.parse_text(text)
+        fields, kind = self._parse_text(text)
         if fields is None:
             return raw
         if len(raw) == 1:
             return fields
+        # The event's own fields are explicit; what a line says of itself fills in around them.
+        # A time in the line that does not parse (werkzeug's "[24/Nov/2026 05:54:26]", local and
+        # without a zone) must not push the event's valid one out: it would land at arrival.
+        # And a level an access or syslog line implies (5xx: ERROR) does not replace the level
+        # the event states (a JSON line's own keys still do: Docker's envelope has none).
+        if not _TIME_KEYS.isdisjoint(raw):
+            for key in [k for k in fields if k in _TIME_KEYS]:
+                if parse_timestamp(fields[key], time.time_ns()) is None:
+                    del fields[key]
+        if kind != "json" and not _LEVEL_KEYS.isdisjoint(raw):
+            for key in [k for k in fields if k in _LEVEL_KEYS]:
+                del fields[key]
         merged = {k: v for k, v in raw.items() if k != body_key}
         merged.update(fields)
         return merged
 
     def parse_text(self, text: str) -> dict[str, Any] | None:
         """Parse one line with the enabled formats; None when no format matches."""
+        return self._parse_text(text)[0]
+
+    def _parse_text(self, text: str) -> tuple[dict[str, Any] | None, str]:
+        """(fields, the format that matched: json, regex, access or syslog)."""
         first = text[:1]
         if first.isspace():
             text = text.strip()
@@ -329,15 +354,15 @@ class Parser:
             if parsed is not None:
                 if _MESSAGE_KEYS.isdisjoint(parsed):
                     parsed["message"] = text
-                return parsed
+                return parsed, "json"
         for rule in self._regex:
             match = rule.pattern.search(text)
             if match is not None:
-                return self._from_regex(rule, match, text)
+                return self._from_regex(rule, match, text), "regex"
         if self._access and '] "' in text:
             event = parse_access_log_line(text)
             if event is not None:
-                return event
+                return event, "access"
         if self._syslog:
             event = match_syslog(text)
             if event is not None:
@@ -348,8 +373,8 @@ class Parser:
                         if _MESSAGE_KEYS.isdisjoint(inner):
                             inner["message"] = body
                         event.update(inner)
-                return event
-        return None
+                return event, "syslog"
+        return None, ""
 
     @staticmethod
     def _from_regex(rule: RegexRule, match: re.Match[str], text: str) -> dict[str, Any]:
