@@ -178,3 +178,37 @@ def test_link_tokens_are_checked() -> None:
     for junk in ("", "abc", "a.b", "!!!.???"):
         with pytest.raises(LinkError):
             signer.verify(junk, now=1001)
+
+
+def test_warnings_wait_for_working_hours_and_critical_pages_at_night(meta: MetaStore, receiver: Receiver) -> None:
+    """P2 (warning) does not page at night, as the severity table says: its incident opens at
+    once and its escalation starts at 09:00; a P0 opened at the same moment pages at once."""
+    from datetime import UTC, datetime
+
+    from stackwatch.incidents.hours import WorkingHours
+    from stackwatch.incidents.service import IncidentConfig
+
+    clock = Clock(datetime(2026, 11, 24, 2, 0, tzinfo=UTC))  # a Tuesday, 03:00 in Berlin
+    hours = WorkingHours.from_config({"timezone": "Europe/Berlin", "days": ["mon", "tue", "wed", "thu", "fri"],
+                                      "start": "09:00", "end": "18:00"})
+    service = IncidentService(meta, clock=clock, config=IncidentConfig(working_hours=hours),
+                              base_url="http://stackwatch.test")
+    setup_oncall(service)
+    engine = engine_for(service, receiver, clock)
+    warn = service.create(title="Queue backing up", severity="P2", by="ann")["number"]
+    assert engine.tick() == 0 and receiver.paths() == []
+    (held,) = [e for e in service.get(warn)["timeline"] if e["kind"] == "escalation_held"]
+    assert held["payload"]["until"] == "2026-11-24T08:00:00Z"  # 09:00 in Berlin
+    assert "P2 does not page outside working hours" in held["message"]
+    crit = service.create(title="API down", severity="P0", by="ann")["number"]
+    assert engine.tick() == 1 and receiver.paths() == ["/ann"]
+    clock.advance(hours=5, minutes=59)
+    engine.tick()  # the P0's later levels
+    assert [p for p in receiver.paths() if p == "/ann"] == ["/ann"]
+    clock.advance(minutes=1)  # 09:00 in Berlin: the warning's escalation starts
+    before = len(receiver.paths())
+    assert engine.tick() == 1 and len(receiver.paths()) == before + 1
+    assert service.get(warn)["status"] == "triggered" and service.get(crit)["number"] == crit
+    # Friday evening: held until Monday morning.
+    assert hours.next_start(datetime(2026, 11, 27, 19, 0, tzinfo=UTC)) == datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    assert IncidentConfig.from_dict({"working_hours": "always"}).working_hours is None

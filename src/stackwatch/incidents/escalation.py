@@ -97,7 +97,12 @@ class EscalationEngine:
             paged = 0
             for incident_id in self.service.due_for_escalation(now):
                 step = self.service.claim_escalation_step(incident_id, now)
-                if step is not None:
+                if step is not None and "held_until" in step:
+                    self.service.add_timeline(
+                        incident_id, "escalation_held", SYSTEM,
+                        f"{step['severity']} does not page outside working hours ({step['hours']}): "
+                        f"escalation starts {step['held_until']}", {"until": step["held_until"]}, now)
+                elif step is not None:
                     self._page(step, now)
                     paged += 1
             return paged

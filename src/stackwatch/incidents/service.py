@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session
 
 from stackwatch.errors import BadRequest, NotFound
 from stackwatch.incidents.directory import Conflict, Directory, iso
+from stackwatch.incidents.hours import WorkingHours
 from stackwatch.incidents.postmortem import draft_postmortem
-from stackwatch.incidents.severity import SLA, normalize_severity, parse_severity, rank
+from stackwatch.incidents.severity import SLA, normalize_severity, parse_severity, rank, severity_pages
 from stackwatch.model.alerts import Alert
 from stackwatch.storage.meta.db import MetaStore
 from stackwatch.storage.meta.models import (
@@ -87,6 +88,8 @@ class IncidentConfig:
     webhooks: dict[str, str] = field(default_factory=dict)
     #: Days alert occurrences that opened no incident are kept for the weekly review.
     alert_history_days: int = 90
+    #: When incidents of severities that do not page at night (P2-P4) may page; None: always.
+    working_hours: WorkingHours | None = field(default_factory=WorkingHours)
 
     @classmethod
     def from_dict(cls, raw: Any) -> IncidentConfig:
@@ -97,7 +100,7 @@ class IncidentConfig:
         if not isinstance(raw, dict):
             raise ConfigError("incidents: expected a mapping")
         known = {"open_severities", "default_severity", "auto_resolve", "ack_link_ttl", "escalation_tick",
-                 "escalation_policies_by_receiver", "webhooks", "alert_history_days"}
+                 "escalation_policies_by_receiver", "webhooks", "alert_history_days", "working_hours"}
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"incidents: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -119,6 +122,8 @@ class IncidentConfig:
             kwargs["alert_history_days"] = days
         if "auto_resolve" in raw:
             kwargs["auto_resolve"] = bool(raw["auto_resolve"])
+        if "working_hours" in raw:
+            kwargs["working_hours"] = WorkingHours.from_config(raw["working_hours"])
         if "ack_link_ttl" in raw:
             kwargs["ack_link_ttl_s"] = _duration_s(raw["ack_link_ttl"], "ack_link_ttl")
         if "escalation_tick" in raw:
@@ -711,6 +716,12 @@ class IncidentService:
             if policy is None or not policy.levels:
                 inc.esc_next_at = None
                 return None
+            hours = self.config.working_hours
+            if hours is not None and not severity_pages(inc.severity) and not hours.contains(now):
+                # Not at night for this severity: the escalation starts with working hours.
+                inc.esc_next_at = hours.next_start(now)
+                return {"incident_id": inc.id, "held_until": iso(inc.esc_next_at), "severity": inc.severity,
+                        "hours": hours.describe()}
             index = min(inc.esc_level, len(policy.levels) - 1)
             level = policy.levels[index]
             step = {"incident_id": inc.id, "number": inc.number, "level": index + 1, "cycle": inc.esc_cycle + 1,

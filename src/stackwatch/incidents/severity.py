@@ -72,3 +72,12 @@ def parse_severity(value: str | None, where: str = "severity") -> str:
 def rank(severity: str) -> int:
     """0 for P0 (most severe) to 4 for P4."""
     return SEVERITIES.index(severity)
+
+
+def severity_pages(severity: str) -> bool:
+    """Whether incidents of this severity page people at any hour (P0, P1) or only in working
+    hours (P2-P4), as the alerting severity table says."""
+    from stackwatch.alerting.severity import parse_severity as level_of
+
+    found = level_of(severity)
+    return True if found is None else found.pages

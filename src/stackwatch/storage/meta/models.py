@@ -240,6 +240,7 @@ TIMELINE_KINDS: Final[tuple[str, ...]] = (
     "resolved",
     "comment",
     "opened",
+    "escalation_held",
 )
 
 
