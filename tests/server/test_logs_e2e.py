@@ -142,6 +142,10 @@ def test_bad_input_gets_clear_4xx(server: ServerProcess) -> None:
         assert "invalid time" in r.json()["error"]
         r = c.get("/api/v1/logs/search", params={"q": "*", "limit": 0})
         assert r.status_code == 400
+        # A mistyped project is a 404, not "0 results" (which reads as "no errors").
+        for path in ("/api/v1/logs/search", "/api/v1/logs/histogram"):
+            r = c.get(path, params={"q": "*", "project": "Default"})
+            assert r.status_code == 404 and "no project 'Default'" in r.json()["error"], r.text
 
 
 def test_saved_searches_roundtrip(server: ServerProcess) -> None:

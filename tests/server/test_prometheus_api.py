@@ -155,6 +155,7 @@ def test_series_labels_values_metadata_buildinfo(api: httpx.Client) -> None:
         ("/api/v1/label/1bad/values", {}, 400, "bad_data", "invalid label name"),
         ("/api/v1/query", {"query": 'label_replace(up, "x", "$1", "y", "(")'}, 422, "execution", ""),
         ("/api/v1/query", {"query": "limitk(1, up)"}, 400, "bad_data", "limitk() is experimental"),
+        ("/api/v1/query", {"query": "up", "project": "nope"}, 404, "not_found", "no project 'nope'"),
         ("/api/v1/query_exemplars", {"query": "up{", "start": 0, "end": 10}, 400, "bad_data",
          'invalid parameter "query"'),
     ],
@@ -221,6 +222,7 @@ def test_remote_write_partial_and_bad_input(server: ServerProcess, api: httpx.Cl
 
 
 def test_projects_are_selected_by_header_or_parameter(server: ServerProcess, api: httpx.Client) -> None:
+    assert api.post("/api/v1/projects", json={"slug": "other", "name": "Other"}).status_code in (201, 409)
     q = {"query": "count(node_memory_bytes)", "time": NOW_S}
     assert api.get("/api/v1/query", params={**q, "project": "other"}).json()["data"]["result"] == []
     r = api.get("/api/v1/query", params=q, headers={"X-Stackwatch-Project": "other"})

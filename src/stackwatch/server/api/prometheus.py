@@ -29,7 +29,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from stackwatch import __version__
-from stackwatch.errors import PayloadTooLarge, StackwatchError, UnsupportedMediaType
+from stackwatch.errors import NotFound, PayloadTooLarge, StackwatchError, UnsupportedMediaType
 from stackwatch.ingest.otlp_metrics import decode_otlp_metrics, encode_metrics_response
 from stackwatch.ingest.prom_remote import decode_to_batch, decompress
 from stackwatch.ingest.prom_text import text_to_batch
@@ -37,6 +37,7 @@ from stackwatch.query.promql import Engine, Matcher, PromQLError
 from stackwatch.query.promql._ast import VectorSel
 from stackwatch.query.promql._ast import parse as parse_promql
 from stackwatch.query.promql.clickhouse import ClickHouseQuerier
+from stackwatch.server.api.logs import check_project
 from stackwatch.server.deps import body, ingest_project, runtime, viewer
 from stackwatch.server.responses import JSONResponse
 from stackwatch.storage.metrics import MetricBatch, wal_entry
@@ -184,7 +185,13 @@ def _matcher_sets(values: list[str]) -> list[list[Matcher]]:
 
 
 def _project(request: Request) -> str:
-    return request.headers.get("x-stackwatch-project") or request.query_params.get("project") or "default"
+    slug = request.headers.get("x-stackwatch-project") or request.query_params.get("project") or "default"
+    if slug != "default":
+        try:
+            check_project(request, slug)
+        except NotFound as exc:
+            raise ApiError("not_found", str(exc)) from None
+    return slug
 
 
 def _engine(request: Request, params: _Params) -> Engine:
