@@ -96,6 +96,42 @@ print(json.dumps({{"ok": ok, "again": again, "same_client": sentry_sdk.get_clien
     assert frame_vars["customer_email"].strip("'") == "j***@example.com"
 
 
+def test_with_opentelemetry_tracing_errors_join_the_requests_trace(tmp_path: Path) -> None:
+    """The SDK traces requests with OpenTelemetry: an error captured inside a span carries that
+    span's trace and span ids (so the trace view shows it), and Sentry makes no transactions of
+    its own (they were second, differently named traces of the same requests)."""
+    with TelemetryReceiver() as receiver:
+        out = run_script(
+            f"""
+import json
+import sentry_sdk
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from stackwatch.sdk._config import SDKConfig
+from stackwatch.sdk.errors import setup_errors
+
+trace.set_tracer_provider(TracerProvider())
+config = SDKConfig(service="crm", environment="production", server_url={receiver.url!r}, token="swi_t", project_id=1)
+setup_errors(config, otel_tracing=True)
+with trace.get_tracer("app").start_as_current_span("GET /crash") as span:
+    try:
+        raise RuntimeError("sdk test crash")
+    except RuntimeError:
+        sentry_sdk.capture_exception()
+    ids = span.get_span_context()
+sentry_sdk.flush(5)
+print(json.dumps({{"trace_id": format(ids.trace_id, "032x"), "span_id": format(ids.span_id, "016x"),
+                  "rate": sentry_sdk.get_client().options["traces_sample_rate"]}}))
+""",
+            tmp_path,
+        )
+        assert receiver.wait_for(lambda: len(events(receiver)) >= 1)
+        (_, event), = events(receiver)
+    assert out["rate"] is None
+    assert event["contexts"]["trace"]["trace_id"] == out["trace_id"]
+    assert event["contexts"]["trace"]["span_id"] == out["span_id"]
+
+
 def test_an_app_that_already_initialised_sentry_keeps_its_client(tmp_path: Path) -> None:
     with TelemetryReceiver() as receiver:
         host = receiver.url.split("://", 1)[1]

@@ -157,7 +157,7 @@ def _start(config: SDKConfig) -> _client.Client:
     def setup_errors() -> bool:
         from stackwatch.sdk.errors import setup_errors
 
-        return bool(setup_errors(config))
+        return bool(setup_errors(config, otel_tracing=getattr(client, "tracer_provider", None) is not None))
 
     def setup_reporter() -> Any:
         from stackwatch.sdk._deps_report import DependencyReporter

@@ -6,9 +6,11 @@ app uses the real ``sentry_sdk`` (its framework integrations, breadcrumbs, local
 (:attr:`SDKConfig.dsn`).
 
 * ``release`` is the service version, ``environment`` the deployment environment.
-* ``traces_sample_rate`` is :attr:`SDKConfig.effective_traces_sample_rate` (1.0 in development,
-  0.1 elsewhere unless set): the share of *Sentry transactions* kept. OpenTelemetry traces are
-  sampled separately (see :mod:`stackwatch.sdk.tracing`).
+* When the SDK also traces with OpenTelemetry (:mod:`stackwatch.sdk.tracing`), that is the one
+  trace of a request: Sentry's own transactions are off, and every error event carries the
+  current OpenTelemetry span's trace and span ids, so the crash shows on its request's trace.
+  Without it, ``traces_sample_rate`` is :attr:`SDKConfig.effective_traces_sample_rate` (1.0 in
+  development, 0.1 elsewhere unless set): the share of *Sentry transactions* kept.
 * ``send_default_pii=False``, and every event and transaction passes through the same
   redaction rules as logs (``stackwatch.redaction``) before it leaves the process.
 * An app that already called ``sentry_sdk.init`` keeps its client and its DSN: nothing is
@@ -67,10 +69,34 @@ def make_event_redactor(enabled: bool = True) -> Callable[[dict[str, Any], Any],
     return before_send
 
 
-def setup_errors(config: SDKConfig) -> bool:
+def _with_otel_trace(
+    before_send: Callable[[dict[str, Any], Any], dict[str, Any] | None],
+) -> Callable[[dict[str, Any], Any], dict[str, Any] | None]:
+    """``before_send`` that first sets the event's trace context to the current OpenTelemetry
+    span (Sentry calls it in the thread that captured the event, inside the request)."""
+    from opentelemetry import trace
+
+    def hook(event: dict[str, Any], hint: Any) -> dict[str, Any] | None:
+        try:
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                contexts = event.setdefault("contexts", {})
+                context = dict(contexts.get("trace") or {})
+                context.update(trace_id=format(span.trace_id, "032x"), span_id=format(span.span_id, "016x"))
+                context.pop("parent_span_id", None)
+                contexts["trace"] = context
+        except Exception:
+            logger.debug("could not attach the OpenTelemetry trace to an error event", exc_info=True)
+        return before_send(event, hint)
+
+    return hook
+
+
+def setup_errors(config: SDKConfig, otel_tracing: bool = False) -> bool:
     """Send errors to the Stackwatch server through ``sentry_sdk``; True when capture is on.
 
-    True when this call initialised sentry_sdk, or when an active client already exists (the
+    ``otel_tracing``: the SDK traces with OpenTelemetry in this process (see the module's
+    docstring). True when this call initialised sentry_sdk, or when an active client already exists (the
     user's own, kept as it is, or ours from an earlier call). False when ``config.errors`` is
     off, sentry_sdk is not installed, or no DSN can be made (no server URL or token). Never
     raises for an SDK-internal failure.
@@ -93,13 +119,15 @@ def setup_errors(config: SDKConfig) -> bool:
         if not dsn:
             return False
         before_send = make_event_redactor(config.redact)
+        on_error = _with_otel_trace(before_send) if otel_tracing else before_send
         sentry_sdk.init(
             dsn=dsn,
             release=config.version,
             environment=config.environment,
-            traces_sample_rate=config.effective_traces_sample_rate,
+            # OpenTelemetry traces the requests: Sentry transactions would be second traces.
+            traces_sample_rate=None if otel_tracing else config.effective_traces_sample_rate,
             send_default_pii=False,
-            before_send=before_send,
+            before_send=on_error,
             before_send_transaction=before_send,
         )
         # The global scope, so every thread's and every request's events carry them.
