@@ -499,3 +499,36 @@ print(json.dumps(out))
     failed = next(s for s in servers if s["name"] == "POST /api/payments")
     assert failed["status"] == "ERROR" and failed["attributes"]["http.response.status_code"] == 502
     assert failed["attributes"]["user_agent.original"] == "curl/8.5"
+
+
+def test_the_slow_request_warning_carries_its_requests_trace(tmp_path: Path) -> None:
+    """The warning is the line an on-call opens the slow trace from: it is logged while the
+    request's span is still current (it was logged after, with no trace id)."""
+    result = run_script(
+        FLASK_APP.replace('SDKConfig(service="leads-api")', 'SDKConfig(service="leads-api", slow_request_seconds=0.05)')
+        + """
+import time
+
+class SpanAtEmit(logging.Handler):
+    def emit(self, record):
+        ctx = trace.get_current_span().get_span_context()
+        seen["warning_trace_id"] = format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+@app.get("/slow")
+def slow():
+    seen["trace_id"] = format(trace.get_current_span().get_span_context().trace_id, "032x")
+    time.sleep(0.1)
+    return "ok"
+
+logging.getLogger("stackwatch.sdk.requests").addHandler(SpanAtEmit())
+tracing.setup_tracing(SDKConfig(service="s"))
+traced(app)
+with app.test_client() as client:
+    assert client.get("/slow").status_code == 200
+print(json.dumps(seen))
+""",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["warning_trace_id"] == out["trace_id"]

@@ -357,6 +357,19 @@ class WebInstrumentation:
             return
         state.finished = True
         duration = time.perf_counter() - state.start
+        if duration > self.slow_seconds:
+            # Before the span ends: the warning is the line an on-call opens the slow trace from,
+            # so it must carry the request's trace id.
+            try:
+                slow_logger.warning(
+                    "Slow request detected: %s took %.2fs",
+                    route,
+                    duration,
+                    extra={"route": route, "method": method, "status_code": status,
+                           "duration_ms": round(duration * 1000, 2)},
+                )
+            except Exception:
+                sdk_failure("slow request warning")
         if state.db is not None:
             db = sys.modules["stackwatch.sdk.integrations.sqlalchemy"]
             db.end_request(state.db)
@@ -366,14 +379,6 @@ class WebInstrumentation:
         try:
             self._exit()
             self._record(method, route, status, duration)
-            if duration > self.slow_seconds:
-                slow_logger.warning(
-                    "Slow request detected: %s took %.2fs",
-                    route,
-                    duration,
-                    extra={"route": route, "method": method, "status_code": status,
-                           "duration_ms": round(duration * 1000, 2)},
-                )
         finally:
             if release:
                 # self.release(state), inlined: this runs for every request.
