@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from stackwatch.errors import PayloadTooLarge, Unauthorized
+from stackwatch.errors import NotFound, PayloadTooLarge, Unauthorized
 from stackwatch.ingest._body import read_body
 from stackwatch.server.runtime import Runtime
 
@@ -122,3 +122,16 @@ async def body(request: Request) -> bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return read_body(b"".join(chunks), request.headers.get("content-encoding"), limit)
+
+
+def check_project(request: Request, slug: str) -> None:
+    """Raise NotFound unless a project ``slug`` exists (known slugs are remembered)."""
+    rt = runtime(request)
+    # Remembered on the runtime: a search names its project on every request.
+    known: set[str] | None = getattr(rt, "_project_slugs", None)
+    if known is not None and slug in known:
+        return
+    known = {p.slug for p in rt.auth.list_projects()}
+    rt._project_slugs = known
+    if slug not in known:
+        raise NotFound(f"no project {slug!r}")

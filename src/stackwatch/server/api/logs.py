@@ -13,10 +13,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from stackwatch.errors import BadRequest, NotFound
+from stackwatch.errors import BadRequest
 from stackwatch.query.logql import compile_query
 from stackwatch.query.timerange import parse_duration, time_range
-from stackwatch.server.deps import runtime, viewer
+from stackwatch.server.deps import check_project, runtime, viewer
 from stackwatch.server.responses import JSONResponse
 
 router = APIRouter(prefix="/api/v1/logs", tags=["logs"])
@@ -34,17 +34,6 @@ def project_slug(request: Request, who: Any) -> str:
         check_project(request, slug)
     return slug
 
-
-def check_project(request: Request, slug: str) -> None:
-    """Raise NotFound unless a project ``slug`` exists (known slugs are remembered)."""
-    rt = runtime(request)
-    known: set[str] | None = getattr(rt, "_project_slugs", None)
-    if known is not None and slug in known:
-        return
-    known = {p.slug for p in rt.auth.list_projects()}
-    rt._project_slugs = known
-    if slug not in known:
-        raise NotFound(f"no project {slug!r}")
 
 
 @router.get("/search")

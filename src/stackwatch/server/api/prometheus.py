@@ -37,8 +37,7 @@ from stackwatch.query.promql import Engine, Matcher, PromQLError
 from stackwatch.query.promql._ast import VectorSel
 from stackwatch.query.promql._ast import parse as parse_promql
 from stackwatch.query.promql.clickhouse import ClickHouseQuerier
-from stackwatch.server.api.logs import check_project
-from stackwatch.server.deps import body, ingest_project, runtime, viewer
+from stackwatch.server.deps import body, check_project, ingest_project, runtime, viewer
 from stackwatch.server.responses import JSONResponse
 from stackwatch.storage.metrics import MetricBatch, wal_entry
 
