@@ -264,11 +264,22 @@ def _generate_load(base_url: str, scenarios: tuple[Scenario, ...], duration: flo
 
         def send(scenario: Scenario, path: str, body: dict[str, Any] | None, ip: str) -> None:
             started = time.perf_counter()
-            try:
-                response = client.request(scenario.method, path, json=body, headers={"X-Forwarded-For": ip})
-                stats.add(_Result(scenario.name, response.status_code, time.perf_counter() - started))
-            except httpx.HTTPError as exc:
-                stats.add(_Result(scenario.name, None, time.perf_counter() - started, type(exc).__name__))
+            for attempt in (1, 2):
+                try:
+                    response = client.request(scenario.method, path, json=body, headers={"X-Forwarded-For": ip})
+                    stats.add(_Result(scenario.name, response.status_code, time.perf_counter() - started))
+                    return
+                except httpx.TimeoutException as exc:  # a slow answer is what the scenario shows
+                    stats.add(_Result(scenario.name, None, time.perf_counter() - started, type(exc).__name__))
+                    return
+                except httpx.TransportError as exc:
+                    # A connection the app dropped before answering (a worker still starting, a
+                    # closed keep-alive): once more on a fresh one, so each scenario is shown.
+                    if attempt == 2:
+                        stats.add(_Result(scenario.name, None, time.perf_counter() - started, type(exc).__name__))
+                except httpx.HTTPError as exc:
+                    stats.add(_Result(scenario.name, None, time.perf_counter() - started, type(exc).__name__))
+                    return
 
         # Every scenario once first (even a short demo shows each kind of trouble), then the mix.
         first_round = list(scenarios)
