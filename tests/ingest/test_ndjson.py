@@ -184,3 +184,15 @@ def test_fuzz_arbitrary_bytes_decode_or_fail_cleanly(body: bytes, content_type: 
         assert exc.message
     else:
         assert all(type(event) is dict for event in events)
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-ndjson", "application/json", "text/plain"])
+def test_a_utf8_byte_order_mark_is_not_content(content_type: str | None) -> None:
+    """Windows editors and PowerShell start files with a BOM: the first line is still an event
+    (it was refused as invalid JSON, or stored as text starting with U+FEFF)."""
+    body = "\ufeff" + '{"level": "INFO", "service": "edge", "message": "started"}\n'
+    events = decode_ndjson(body.encode(), content_type)
+    if content_type == "text/plain":
+        assert events == [{"message": '{"level": "INFO", "service": "edge", "message": "started"}'}]
+    else:
+        assert events == [{"level": "INFO", "service": "edge", "message": "started"}]

@@ -42,6 +42,9 @@ _JSON_TYPES = frozenset({"application/json", "text/json"})
 _TEXT_TYPES = frozenset({"text/plain"})
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def decode_ndjson(body: bytes, content_type: str | None = None) -> list[dict[str, Any]]:
     """Decode a log push body into raw events, choosing the format from ``content_type``.
 
@@ -51,6 +54,8 @@ def decode_ndjson(body: bytes, content_type: str | None = None) -> list[dict[str
     learns which line to fix. An unknown content type raises :class:`UnsupportedMediaType`.
     """
     media_type, params = parse_content_type(content_type)
+    if body[:3] == _UTF8_BOM:  # what Windows editors and PowerShell write first: not content
+        body = body[3:]
     if media_type in _NDJSON_TYPES:
         return _decode_lines(body)
     if media_type in _JSON_TYPES:
