@@ -337,6 +337,9 @@ _TIMESTAMP = TimeColumn("timestamp")
 _TRACE_ID = StringColumn("trace_id", lowercase=True)
 _SPAN_ID = StringColumn("span_id", lowercase=True)
 _LOG_TYPE = StringColumn("log_type")
+_SERVICE = StringColumn("service")
+_HOST = StringColumn("host")
+_LOGGER = StringColumn("logger")
 
 #: Field names that mean a column (case-sensitive, as field names are in Kibana).
 COLUMN_FIELDS: Final[dict[str, Field]] = {
@@ -350,9 +353,9 @@ COLUMN_FIELDS: Final[dict[str, Field]] = {
     "timestamp": _TIMESTAMP,
     "@timestamp": _TIMESTAMP,
     "observed_timestamp": TimeColumn("observed_timestamp"),
-    "service": StringColumn("service"),
-    "host": StringColumn("host"),
-    "logger": StringColumn("logger"),
+    "service": _SERVICE,
+    "host": _HOST,
+    "logger": _LOGGER,
     "function": StringColumn("function"),
     "source": StringColumn("source"),
     "log_type": _LOG_TYPE,
@@ -362,6 +365,19 @@ COLUMN_FIELDS: Final[dict[str, Field]] = {
     "traceId": _TRACE_ID,
     "span_id": _SPAN_ID,
     "spanId": _SPAN_ID,
+    # The OpenTelemetry/ECS and logging names that ingest stores in these columns, as people
+    # who ship from the Collector, Filebeat or Python's logging type them (`service.name:api`
+    # matched nothing): such a key stays an attribute only when its event also had the
+    # column's own name.
+    "service.name": _SERVICE,
+    "service_name": _SERVICE,
+    "host.name": _HOST,
+    "hostname": _HOST,
+    "log.level": _SEVERITY,
+    "levelname": _SEVERITY,
+    "log.logger": _LOGGER,
+    "trace.id": _TRACE_ID,
+    "span.id": _SPAN_ID,
 }
 
 
