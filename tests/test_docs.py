@@ -61,3 +61,22 @@ def test_ingest_and_search_doc_curl_examples(server: ServerProcess, tmp_path: Pa
     (search,) = [b for b in blocks("search.md", "sh") if "curl" in b]
     r = subprocess.run(["bash", "-c", localize(search, server)], capture_output=True, text=True)
     assert r.returncode == 0 and '"total":1' in r.stdout, r.stdout + r.stderr
+
+
+def test_ingest_doc_plain_text_formats() -> None:
+    """The documented regexes read the two text formats in their comments into fields."""
+    import yaml
+
+    from stackwatch.pipeline import Pipeline, PipelineConfig
+
+    (block,) = [b for b in blocks("ingest.md", "yaml") if "parse:" in b]
+    config = PipelineConfig.from_dict(yaml.safe_load(block)["pipeline"])
+    lines = ["2026-11-24 05:20:39 [ERROR] app.routes.leads: Lead save failed",
+             "2026-11-24 05:20:40,123 - app.worker - WARNING - retry 2",
+             "just some text"]
+    records = Pipeline(config).process([{"message": line} for line in lines], project="default",
+                                       observed_ns=1_800_000_000_000_000_000)
+    got = [(r["severity_text"], r["timestamp"], r["logger"], r["message"]) for r in records]
+    assert got[0] == ("ERROR", 1_795_497_639_000_000_000, "app.routes.leads", "Lead save failed")
+    assert got[1] == ("WARN", 1_795_497_640_123_000_000, "app.worker", "retry 2")
+    assert got[2] == ("INFO", 1_800_000_000_000_000_000, "", "just some text")  # stored as it is
