@@ -116,7 +116,8 @@ def test_server_prints_url_and_how_to_log_in(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("STACKWATCH_ADMIN_TOKEN", "STACKWATCH_INGEST_TOKEN")}
     proc = subprocess.Popen([sys.executable, "-m", "stackwatch.cli", "server", "--data-dir", str(tmp_path / "d"),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={k: v for k, v in env.items() if k != "COLUMNS"})
+                            env={**{k: v for k, v in env.items() if k != "COLUMNS"},
+                                 "STACKWATCH_PUBLIC_URL": "https://mon.example.com"})
     try:
         assert proc.stdout is not None
         out = ""
@@ -124,7 +125,8 @@ def test_server_prints_url_and_how_to_log_in(tmp_path: Path) -> None:
             out += proc.stdout.readline()
             if "not be shown again" in out:
                 break
-        assert f"http://127.0.0.1:{port}" in out
+        # Where it listens, and where users reach it when that differs.
+        assert f"listening on http://127.0.0.1:{port} (public URL https://mon.example.com)" in out, out
         # Each secret on the line that says what it is, even at rich's 80 columns for a pipe.
         assert re.search(r"admin@localhost with password: \S{12,}\n", out), out
         assert re.search(r"admin API token \(shown once\): swa_\S+\n", out), out

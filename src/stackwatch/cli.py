@@ -82,8 +82,11 @@ def server(
     except ConfigError as exc:
         fail(str(exc), 2)
         return
-    console.print(f"[bold green]Stackwatch[/bold green] is listening on [bold]{settings.url}[/bold]")
-    console.print(f"  data directory: {settings.data_path}")
+    listen = f"http://{settings.host}:{settings.port}"
+    # soft_wrap: an address or a path split over two lines cannot be copied (see below).
+    console.print(f"[bold green]Stackwatch[/bold green] is listening on [bold]{listen}[/bold]"
+                  + (f" (public URL {settings.url})" if settings.url != listen else ""), soft_wrap=True)
+    console.print(f"  data directory: {settings.data_path}", soft_wrap=True)
     for line in bootstrap_lines(rt.bootstrap, settings):
         # soft_wrap: never break a secret onto its own line (rich wraps at 80 columns when
         # stdout is not a terminal, e.g. under systemd or `make run | tee`).
