@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from uibrowser import CHROMIUM, require_browser
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -39,19 +39,6 @@ ADMIN_TOKEN = "ui-test-admin-token-0123456789"
 INGEST_TOKEN = "ui-test-ingest-token-0123456789"
 SCREENSHOT = Path("/tmp/stackwatch-explorer.png")
 STACKWATCH = Path(sys.executable).with_name("stackwatch")
-
-
-def _require_browser() -> Any:
-    missing = None
-    if not Path(CHROMIUM).exists():
-        missing = f"{CHROMIUM} not installed (apt-get install -y chromium)"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "playwright not installed (pip install -e '.[dev]')"
-    if missing:
-        pytest.skip(missing)  # fails under CI (tests/conftest.py)
-    return sync_playwright
 
 
 def _free_port() -> int:
@@ -166,7 +153,7 @@ SEED = [
 
 
 def test_explorer_end_to_end(server: str) -> None:
-    sync_playwright = _require_browser()
+    sync_playwright = require_browser()
     ingest(server, SEED)
     wait_for_total(server, "", len(SEED))
 

@@ -12,32 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sentry_sdk
+from uibrowser import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 from serverproc import ADMIN_TOKEN, ServerProcess
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 SCREENSHOT = Path("/tmp/stackwatch-issue.png")
 XSS = '<img src=x onerror="window.__xss = 1">'
-
-
-def _require_browser() -> Any:
-    missing = None
-    if not Path(CHROMIUM).exists():
-        missing = f"{CHROMIUM} not installed (apt-get install -y chromium)"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "playwright not installed (pip install -e '.[dev]')"
-    if missing:
-        pytest.skip(missing)  # fails under CI (tests/conftest.py)
-    return sync_playwright
 
 
 def refund(order: int) -> None:
@@ -74,7 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def test_issues_list_and_issue_page(server: ServerProcess) -> None:
-    sync_playwright = _require_browser()
+    sync_playwright = require_browser()
     problems: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

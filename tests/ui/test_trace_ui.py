@@ -16,30 +16,16 @@ from typing import Any
 
 import orjson
 import pytest
+from uibrowser import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 from serverproc import ADMIN_TOKEN, ServerProcess
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 SCREENSHOT = Path("/tmp/stackwatch-trace.png")
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 MS = 1_000_000
 XSS_NAME = '<img src=x onerror="window.__xss = 1">'
-
-
-def _require_browser() -> Any:
-    missing = None
-    if not Path(CHROMIUM).exists():
-        missing = f"{CHROMIUM} not installed (apt-get install -y chromium)"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "playwright not installed (pip install -e '.[dev]')"
-    if missing:
-        pytest.skip(missing)  # fails under CI (tests/conftest.py)
-    return sync_playwright
 
 
 def otlp_span(service: str, span_id: str, parent: str, name: str, start_ms: int, end_ms: int, t0: int,
@@ -85,7 +71,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def test_trace_page_end_to_end(server: ServerProcess) -> None:
-    sync_playwright = _require_browser()
+    sync_playwright = require_browser()
     from playwright.sync_api import expect
 
     problems: list[str] = []
