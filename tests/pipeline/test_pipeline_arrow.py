@@ -231,6 +231,11 @@ def batches(draw: st.DrawFn) -> list[Any]:
         "resource": {"service.name": "checkout"},
     }
     events.extend([canonical] * draw(st.integers(0, 2)))
+    # OTLP records of lines a shipper tailed: parsed when they carry no severity.
+    for line in draw(st.lists(st.sampled_from(TEXT_LINES), max_size=3)):
+        shipped = {**canonical, "message": line, "severity_number": draw(st.sampled_from([0, 9])), "trace_id": ""}
+        shipped["severity_text"] = "INFO" if shipped["severity_number"] else ""
+        events.append(shipped)
     return draw(st.permutations(events))
 
 

@@ -48,9 +48,28 @@ def test_broken_json_stays_text(line: str) -> None:
     assert Parser().parse_event({"message": line}) == {"message": line}
 
 
-def test_canonical_records_are_not_reparsed() -> None:
-    record = {"message": '{"a": 1}', "attributes": {}}
+def test_canonical_records_with_a_severity_are_not_reparsed() -> None:
+    record = {"message": '{"a": 1}', "attributes": {}, "severity_number": 9, "severity_text": "INFO"}
     assert Parser().parse_event(record) is record
+
+
+def test_a_shipped_line_in_a_canonical_record_is_parsed_around_its_attributes() -> None:
+    """The Collector's filelog receiver: the line as body, no severity, file attributes."""
+    record = {
+        "timestamp": 1_700_000_000_000_000_000,
+        "severity_number": 0,
+        "severity_text": "",
+        "message": json.dumps(GUIDE_1),
+        "trace_id": "",
+        "span_id": "",
+        "attributes": {"log.file.name": "app.log"},
+        "resource": {"host.name": "web-1"},
+    }
+    out = Parser().parse_event(record)
+    assert out == {**GUIDE_1, "attributes": {"log.file.name": "app.log"}, "resource": {"host.name": "web-1"}}
+    # A line no format reads stays the record as it came.
+    plain = {**record, "message": "just words"}
+    assert Parser().parse_event(plain) is plain
 
 
 NGINX = (

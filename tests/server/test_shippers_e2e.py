@@ -4,6 +4,7 @@ Elasticsearch handshake and bulk calls that Filebeat/Vector make."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import shutil
 import subprocess
@@ -69,6 +70,42 @@ def test_opentelemetry_sdk_logging_handler(server: ServerProcess) -> None:
         assert hit["source"].endswith(".py:" + hit["source"].rsplit(":", 1)[1])
         by_trace = c.get("/api/v1/logs/search", params={"q": f'trace_id:"{trace_id}"', "start": "-1h"}).json()
         assert by_trace["total"] == 1
+
+
+def test_collector_filelog_lines_are_parsed(server: ServerProcess) -> None:
+    """The OpenTelemetry Collector's filelog receiver, without parsing operators, sends each
+    line of a file as a string body with no severity: the line's own fields must be read."""
+    now = time.time_ns()
+    lines = [
+        json.dumps({
+            "timestamp": "2025-10-06T12:00:00.123Z", "level": "ERROR", "service": "payment",
+            "trace_id": "f1e2d3c4b5a6", "message": "Payment processing failed",
+            "context": {"error_code": "card_declined", "amount": 42.5},
+        }),
+        '203.0.113.9 - - [06/Oct/2025:12:00:01 +0000] "POST /api/pay HTTP/1.1" 502 17 "-" "curl/8.5"',
+    ]
+    records = [{
+        "observedTimeUnixNano": str(now),
+        "body": {"stringValue": line},
+        "attributes": [{"key": "log.file.name", "value": {"stringValue": "app.log"}}],
+    } for line in lines]
+    body = {"resourceLogs": [{
+        "resource": {"attributes": [{"key": "host.name", "value": {"stringValue": "web-2"}}]},
+        "scopeLogs": [{"scope": {}, "logRecords": records}],
+    }]}
+    with server.client() as c:
+        r = c.post("/v1/logs", json=body, headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
+        assert r.status_code == 200, r.text
+    query = 'service:payment AND level:ERROR AND message:"Payment processing failed" AND context.error_code:*'
+    assert server.wait_for_count(query, 1, start="2025-10-06T00:00:00Z") == 1
+    assert server.wait_for_count("http.status_code:502 AND log_type:web", 1, start="2025-10-06T00:00:00Z") == 1
+    with server.client() as c:
+        hit = c.get("/api/v1/logs/search", params={"q": query, "start": "2025-10-06T00:00:00Z"}).json()["hits"][0]
+    assert hit["timestamp"].startswith("2025-10-06T12:00:00.123")
+    assert hit["trace_id"] == "f1e2d3c4b5a6"
+    assert hit["host"] == "web-2"
+    assert hit["attributes"]["log.file.name"] == "app.log"
+    assert hit["attributes"]["context.amount"] == 42.5
 
 
 def test_elasticsearch_handshake_and_bulk_with_a_bad_item(server: ServerProcess) -> None:

@@ -2,7 +2,9 @@
 
 An event is parsed when it is not already a canonical record (it has no ``attributes``
 mapping) and its body, the first string among ``message``, ``line``, ``log``, ``msg``, is one
-of these, tried in order:
+of these, tried in order. A canonical (OTLP) record is parsed too when it has a string body
+and no severity at all: that is a line a shipper tailed from a file and sent as it was written
+(the Collector's ``filelog`` receiver); its own attributes and resource are kept.
 
 * **JSON** (the line starts with ``{``): its keys are merged into the event (they win over
   the envelope's, e.g. Docker's ``{"log": "{...}", "stream": ...}`` or a shipper's
@@ -202,6 +204,27 @@ def parse_access_log_line(line: str) -> dict[str, Any] | None:
     return event
 
 
+#: Canonical fields that an OTLP record holds even when its sender set nothing.
+_UNSET: Final = {"severity_number": (0, None), "severity_text": ("", None), "trace_id": ("",), "span_id": ("",)}
+
+
+def _raw_line(event: dict[str, Any]) -> bool:
+    """A canonical (OTLP) record that is a log line shipped as it was written.
+
+    A log shipper that tails files (the OpenTelemetry Collector's ``filelog`` receiver without
+    parsing operators, Fluent Bit's OpenTelemetry output) sends each line as a string body
+    with no severity: the line's JSON, access-log or syslog fields are still to be read. A
+    record with a severity was made by an SDK or a shipper that parsed it already, and is
+    left as it is.
+    """
+    return (
+        not event.get("severity_number")
+        and not event.get("severity_text")
+        and event.get("message").__class__ is str
+        and bool(event["message"])
+    )
+
+
 def _loads_object(text: str) -> dict[str, Any] | None:
     try:
         value = orjson.loads(text)
@@ -261,9 +284,13 @@ class Parser:
         where: list[int] = []
         for keys, indices in groups.items():
             if not keys:
-                out.extend(
-                    i for i in indices if batch[i].__class__ is not dict or "attributes" not in batch[i]
-                )
+                for i in indices:
+                    event = batch[i]
+                    if event.__class__ is not dict or "attributes" not in event:
+                        out.append(i)
+                    elif _raw_line(event):
+                        bodies.append(event["message"])
+                        where.append(i)
                 continue
             if "attributes" in keys:
                 continue  # canonical records are structured already
@@ -308,7 +335,9 @@ class Parser:
     def parse_event(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Return the event with its body parsed into fields, or the event itself."""
         if "attributes" in raw:
-            return raw  # canonical records (OTLP) are structured already
+            if not _raw_line(raw):
+                return raw  # canonical records (OTLP) are structured already
+            return self._parse_raw_line(raw)
         body_key = None
         text = ""
         for key in _BODY_KEYS:
@@ -336,6 +365,21 @@ class Parser:
             for key in [k for k in fields if k in _LEVEL_KEYS]:
                 del fields[key]
         merged = {k: v for k, v in raw.items() if k != body_key}
+        merged.update(fields)
+        return merged
+
+    def _parse_raw_line(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """A canonical record that carries a shipped line: what the line says, over the record.
+
+        The record's empty fields (no severity, no trace) are left out so that the line's own
+        level and ids fill them; its attributes (``log.file.name``...) and resource stay.
+        """
+        fields, _kind = self._parse_text(raw["message"])
+        if fields is None:
+            return raw
+        merged = {
+            k: v for k, v in raw.items() if k != "message" and (k not in _UNSET or v not in _UNSET[k])
+        }
         merged.update(fields)
         return merged
 
