@@ -135,6 +135,7 @@ def test_series_labels_values_metadata_buildinfo(api: httpx.Client) -> None:
     ("path", "params", "status", "error_type", "fragment"),
     [
         ("/api/v1/query", {"query": "sum("}, 400, "bad_data", 'invalid parameter "query"'),
+        ("/api/v1/query", {"query": "rate(up[5m]) +"}, 400, "bad_data", "1:15: parse error: unexpected end of input"),
         ("/api/v1/query", {"query": "up", "time": "yesterday"}, 400, "bad_data", 'invalid parameter "time"'),
         ("/api/v1/query", {"query": "up", "time": "1e16"}, 400, "bad_data", "out of range"),
         ("/api/v1/query_range", {"query": "up", "start": "1e20", "end": "1e20", "step": "60"}, 400, "bad_data",

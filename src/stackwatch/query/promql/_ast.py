@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import promql_parser as pp
 
+from ._syntax import locate_syntax_error
 from .errors import ParseError
 from .storage import Matcher
 
@@ -165,7 +166,10 @@ def parse(query: str) -> Node:
     try:
         raw = pp.parse(query)
     except ValueError as exc:
-        raise ParseError(str(exc)) from None
+        message = str(exc)
+        if message == "invalid promql query":  # the parser's word for any grammar error
+            message = locate_syntax_error(query) or message
+        raise ParseError(message) from None
     except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
         raise
     except BaseException as exc:  # pyo3 panics are BaseException
