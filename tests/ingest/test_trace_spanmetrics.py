@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from stackwatch.ingest.spanmetrics import DEFAULT_BUCKETS, SpanMetrics
@@ -40,11 +41,15 @@ class Sink:
         return hits[0][-1][1]
 
 
+_IDS = itertools.count(1)
+
+
 def spans(service: str, name: str, *durations_ms: float, status: str = "ok", kind: str = "server") -> list[dict[str, Any]]:
+    """Spans of one trace, each with a span id of its own (as real ones have)."""
     return [
-        make_span("ab" * 16, f"{i + 1:016x}", name, 10**18, 10**18 + int(d * MS), service=service, kind=kind,
+        make_span("ab" * 16, f"{next(_IDS):016x}", name, 10**18, 10**18 + int(d * MS), service=service, kind=kind,
                   status_code=status)
-        for i, d in enumerate(durations_ms)
+        for d in durations_ms
     ]
 
 
@@ -87,6 +92,28 @@ def test_a_retried_block_is_not_counted_twice() -> None:
     red.observe([("default", spans("api", "GET /", 5))], "spans-4-9")
     red.observe([("default", spans("api", "GET /", 5))], "spans-4-9")
     assert sink.last("traces_spanmetrics_calls_total", service="api") == 1
+
+
+def test_a_resent_span_is_counted_once() -> None:
+    """An exporter that timed out sends the same spans again in a new request (a new block):
+    storage shows each span once, and so must the call counts."""
+    sink, clock = Sink(), Clock()
+    red = SpanMetrics(sink, clock=clock, recent_spans=4)
+    sent = spans("api", "GET /", 5, 6)
+    red.observe([("default", sent)], "spans-1-1")
+    red.observe([("default", sent + spans("api", "GET /", 7))], "spans-2-1")
+    labels = {"service": "api", "span_name": "GET /", "span_kind": "SPAN_KIND_SERVER", "status_code": "STATUS_CODE_OK"}
+    assert sink.last("traces_spanmetrics_calls_total", **labels) == 3
+    # The same ids in another project, or another trace, are other spans.
+    red.observe([("other", sent)], "spans-3-1")
+    assert sink.last("traces_spanmetrics_calls_total", project="other", **labels) == 2
+    elsewhere = [{**s, "trace_id": "cd" * 16} for s in sent]
+    red.observe([("default", elsewhere)], "spans-4-1")
+    assert sink.last("traces_spanmetrics_calls_total", **labels) == 5
+    # Memory stays bounded: ids older than two generations of ``recent_spans`` are forgotten.
+    red.observe([("default", spans("api", "GET /", *[1] * 8))], "spans-5-1")
+    red.observe([("default", sent)], "spans-6-1")
+    assert sink.last("traces_spanmetrics_calls_total", **labels) == 15
 
 
 def test_flush_writes_live_series_like_a_scrape() -> None:

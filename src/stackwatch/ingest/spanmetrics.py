@@ -20,6 +20,10 @@ scraped exporter, every known series is also written every ``flush_interval_s`` 
 changing or not, so ``rate()`` sees regular samples; a series with no span for an hour stops
 being written (its last value stays, as a stale target's would until staleness).
 
+A span counts once however often it arrives: a sender that re-sends a request after a timeout
+is not a second call (spans are recognised by project, trace id and span id among the last
+few hundred thousand).
+
 Cardinality is bounded: a span name is a dimension, and instrumentations that name spans after
 raw URLs would make a series per URL. Past ``max_series`` per project, new combinations are
 counted under ``span_name="__other__"``.
@@ -84,9 +88,18 @@ class SpanMetrics:
         *,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         max_series: int = 10_000,
+        recent_spans: int = 200_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.write = write
+        #: Hashes of the spans counted lately, in two generations of up to ``recent_spans``
+        #: each (about 30 MB at the default): an exporter that timed out sends a request
+        #: again seconds later, and storage shows its spans once (by trace and span id), so the
+        #: counts must too. Hashes, not ids: Python's string hash is salted per process, so
+        #: nobody can make two spans collide on purpose.
+        self.recent_spans = recent_spans
+        self._seen: set[int] = set()
+        self._seen_before: set[int] = set()
         self.bounds = sorted(buckets)
         self.max_series = max_series
         self.clock = clock
@@ -111,7 +124,15 @@ class SpanMetrics:
             for project, spans in batches:
                 table = self._series.setdefault(project, {})
                 touched = changed.setdefault(project, {})
+                seen, before = self._seen, self._seen_before
                 for span in spans:
+                    ident = hash((project, span["trace_id"], span["span_id"]))
+                    if ident in seen or ident in before:
+                        continue
+                    seen.add(ident)
+                    if len(seen) >= self.recent_spans:
+                        self._seen_before, self._seen = seen, set()
+                        seen, before = self._seen, self._seen_before
                     key = (span["service"], span["name"], span["kind"], span["status_code"])
                     series = table.get(key)
                     if series is None:
