@@ -158,7 +158,7 @@ async def test_disappearing_series_get_stale_markers(exporter: Any) -> None:
     await scraper.stop()
 
 
-async def test_a_target_that_goes_down_marks_its_series_stale() -> None:
+async def test_a_target_that_goes_down_marks_its_series_stale(caplog: pytest.LogCaptureFixture) -> None:
     registry = CollectorRegistry()
     Gauge("temperature", "T.", registry=registry).set(21)
     port = free_port()
@@ -179,6 +179,20 @@ async def test_a_target_that_goes_down_marks_its_series_stale() -> None:
     assert status.health == "down" and "ConnectError" in status.last_error
     assert sink.stale(t1) == {"temperature"}
     assert sink.values("up", t1)[0][1] == 0.0
+    # The server log says it once, not at every interval of an outage.
+    assert [r.levelname for r in caplog.records if "failed" in r.getMessage()] == ["WARNING"]
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="stackwatch"):
+        for _ in range(3):
+            now[0] += 5
+            await scraper.scrape_target(target)
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
+    caplog.clear()
+    status.health = "up"  # as after a good scrape: the next failure is news again
+    with caplog.at_level("INFO", logger="stackwatch"):
+        now[0] += 5
+        await scraper.scrape_target(target)
+    assert [r.levelname for r in caplog.records if "failed" in r.getMessage()] == ["WARNING"]
     await scraper.stop()
 
 

@@ -627,12 +627,16 @@ class Scraper:
         for name, value in report.items():
             batch.add([("__name__", name), *target.labels], ts_ms, value)
         status.series = current
+        # A down target is said once when it goes down (or fails differently) and once when it
+        # is back, not every interval: `up == 0` and the targets page say the rest.
+        if error and (status.health != "down" or status.last_error != error):
+            log.warning("scrape of %s (job %s) failed: %s", target.url, config.job_name, error)
+        elif not error and status.health == "down":
+            log.info("scrape of %s (job %s) succeeds again", target.url, config.job_name)
         status.health = "down" if error else "up"
         status.last_error = error
         status.last_scrape = started
         status.last_duration_s = duration
-        if error:
-            log.info("scrape of %s (job %s) failed: %s", target.url, config.job_name, error)
         await self._emit(target, batch)
         return status
 
