@@ -67,6 +67,12 @@ def test_errors_exit_non_zero_with_a_message(server: ServerProcess) -> None:
     assert "401" in r.stderr
     r = sw("logs", "import", "/nonexistent.log", "--url", server.url)
     assert r.returncode != 0
+    # A server that is not there: one line that says so, for every command that calls it.
+    gone = f"http://127.0.0.1:{free_port()}"
+    for args in (["logs", "search", "*"], ["logs", "tail"], ["projects"]):
+        r = sw(*args, "--url", gone, env={"STACKWATCH_TOKEN": ADMIN_TOKEN})
+        assert r.returncode == 1, (args, r.stderr)
+        assert f"error: cannot reach {gone}" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
 
 def test_log_text_is_printed_as_it_is(server: ServerProcess) -> None:
@@ -75,7 +81,7 @@ def test_log_text_is_printed_as_it_is(server: ServerProcess) -> None:
     lines = ['{"service": "bracketcli", "level": "ERROR", "message": "GET [/api/leads] failed"}',
              '{"service": "bracketcli", "message": "2026/11/24 05:48:00 [error] 1234#0: connect() failed"}',
              '{"service": "bracketcli", "message": "see [bold]this[/bold] and [link=http://x.example]y[/link]",'
-             ' "note": "[/]"}']
+             ' "note": "[/]", "trace_id": "0af7651916cd43dd8448eb211c80319c"}']
     with server.ingest_client() as c:
         c.post("/api/v1/logs", content=("\n".join(lines) + "\n").encode())
     assert server.wait_for_count("service:bracketcli", 3) == 3
@@ -85,6 +91,7 @@ def test_log_text_is_printed_as_it_is(server: ServerProcess) -> None:
     assert "GET [/api/leads] failed" in r.stdout
     assert "[error] 1234#0" in r.stdout
     assert "see [bold]this[/bold] and [link=http://x.example]y[/link]" in r.stdout and "note=[/]" in r.stdout
+    assert "trace_id=0af7651916cd43dd8448eb211c80319c" in r.stdout  # the way from a line to its trace
 
 
 def test_tail_prints_new_lines(server: ServerProcess) -> None:

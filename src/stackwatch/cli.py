@@ -179,9 +179,20 @@ def bootstrap_lines(boot: Any, settings: Any) -> list[str]:
     return lines
 
 
+class _Client(httpx.Client):
+    """A client whose unreachable server is one line of error, not a traceback."""
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        try:
+            return super().send(request, **kwargs)
+        except httpx.TransportError as exc:
+            fail(f"cannot reach {self.base_url}: {exc or type(exc).__name__}")
+            raise  # not reached: fail() exits
+
+
 def _client(url: str, token: str) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=url or DEFAULT_URL, headers=headers, timeout=60)
+    return _Client(base_url=url or DEFAULT_URL, headers=headers, timeout=60)
 
 
 def _check(resp: httpx.Response) -> Any:
@@ -225,7 +236,9 @@ _LEVEL_STYLE = {"ERROR": "red", "FATAL": "bold red", "WARN": "yellow", "INFO": "
 
 def _print_hit(hit: dict[str, Any]) -> None:
     style = _LEVEL_STYLE.get(hit["level"], "white")
-    attrs = " ".join(f"{k}={v}" for k, v in sorted(hit["attributes"].items()))
+    # The trace id is what leads from a line to its request (`stackwatch` trace view, search).
+    ids = {k: hit[k] for k in ("trace_id", "span_id") if hit.get(k)}
+    attrs = " ".join(f"{k}={v}" for k, v in [*sorted(hit["attributes"].items()), *ids.items()])
     # Log text is printed as it is: "[error]" or "[/api/leads]" in a line is not Rich markup.
     console.print(
         f"[dim]{hit['timestamp'][:23]}Z[/dim] [{style}]{escape(hit['level']):<5}[/{style}] "
@@ -263,6 +276,8 @@ def logs_tail(
                     _print_hit(hit)
         except KeyboardInterrupt:
             return
+        except httpx.TransportError as exc:
+            fail(f"the connection to {client.base_url} was lost: {exc or type(exc).__name__}")
 
 
 def _batches(path: Path, max_bytes: int = 4 << 20) -> Any:

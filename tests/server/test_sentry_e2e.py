@@ -151,6 +151,9 @@ def test_identical_exceptions_from_two_requests_are_one_issue(
     with server.client() as c:
         events = c.get(f"/api/v1/issues/{issue['id']}/events").json()["events"]
         first = c.get(f"/api/v1/issues/{issue['id']}/events/{events[-1]['event_id']}").json()
+        latest = c.get(f"/api/v1/issues/{issue['id']}/events/latest")
+        assert latest.status_code == 200, latest.text
+        assert latest.json()["event_id"] == events[0]["event_id"]
     assert len(events) == 2
     assert "query-secret-7" not in orjson.dumps(first).decode()
     assert "page=2" in first["request"]["query_string"]

@@ -104,15 +104,14 @@ def issue_events(
     return {"events": events}
 
 
-@router.get("/issues/{issue_id}/events/latest")
 @router.get("/issues/{issue_id}/events/{event_id}")
-def issue_event(request: Request, issue_id: int, event_id: str | None = None, who: Any = Depends(viewer)) -> dict[str, Any]:
+def issue_event(request: Request, issue_id: int, event_id: str, who: Any = Depends(viewer)) -> dict[str, Any]:
     """One event of the issue in full (``latest`` for the newest)."""
     store = _store(request)
     issue = store.get_issue(issue_id)
-    found = store.event(_slug(request, issue.project_id), issue.id, event_id)
+    found = store.event(_slug(request, issue.project_id), issue.id, None if event_id == "latest" else event_id)
     if found is None:
-        raise NotFound(f"event {event_id or 'latest'} not found in issue {issue_id}")
+        raise NotFound(f"event {event_id} not found in issue {issue_id}")
     return found
 
 
