@@ -7,6 +7,7 @@ decoder is checked against what the real SDK writes; hypothesis fuzzes the frami
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import zlib
 from typing import Any
@@ -267,6 +268,32 @@ def test_transaction_becomes_root_and_child_spans() -> None:
     assert db["end_ns"] == 1_700_000_000_150_000_000
     assert http["end_ns"] == http["start_ns"]  # an end before the start is clamped, not refused
     assert (root["scope_name"], root["scope_version"]) == ("sentry.python", "2.0.0")
+
+
+@pytest.mark.parametrize(
+    ("status", "op", "code"),
+    [
+        ("not_found", "http.server", "unset"),  # a 404 is the caller's failure on the server...
+        ("unauthenticated", "http.server", "unset"),
+        ("resource_exhausted", "http.server", "unset"),
+        ("internal_error", "http.server", "error"),  # ...a 5xx is the server's
+        ("unavailable", "http.server", "error"),
+        ("deadline_exceeded", "http.server", "error"),
+        ("not_found", "http.client", "error"),  # and a 404 the client got is the client's error
+        ("ok", "http.server", "ok"),
+    ],
+)
+def test_span_status_follows_opentelemetrys_http_rule(status: str, op: str, code: str) -> None:
+    event = copy.deepcopy(TRANSACTION)
+    if op == "http.server":  # the transaction itself
+        event["contexts"]["trace"]["status"] = status
+        span = transaction_to_spans(event)[0]
+    else:  # its outgoing call
+        event["spans"][2]["status"] = status
+        span = transaction_to_spans(event)[-1]
+    assert (span["kind"], span["status_code"]) == (op.split(".")[1], code)
+    if code == "unset":
+        assert span["attributes"]["sentry.status"] == status and span["status_message"] == ""
 
 
 def test_transaction_without_a_valid_trace_gives_no_spans() -> None:

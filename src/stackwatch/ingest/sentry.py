@@ -347,10 +347,29 @@ def _flat(prefix: str, value: Any, out: dict[str, Any], depth: int = 0) -> None:
         out[prefix] = orjson.dumps(value, default=str).decode()[:2000]
 
 
-def _status(value: Any) -> tuple[str, str]:
+#: Sentry span statuses that say the caller was refused, not that the server failed (HTTP
+#: 4xx, and 499 for a client that went away).
+_CALLER_STATUSES = frozenset({
+    "cancelled", "invalid_argument", "not_found", "already_exists", "permission_denied",
+    "resource_exhausted", "failed_precondition", "aborted", "out_of_range", "unauthenticated",
+})  # fmt: skip
+
+
+def _status(value: Any, kind: str) -> tuple[str, str]:
+    """(status code, message) of a Sentry span status, by OpenTelemetry's HTTP rule.
+
+    A 4xx is the caller's failure: an error on the client's span, but not on the server's
+    (OpenTelemetry leaves it unset there). Otherwise a scanner's 404s and a typo'd password's
+    401s would count in the service's error ratio and page someone. Sentry's own SDK marks a
+    transaction ``not_found`` for every 404, so this is the common case.
+    """
     if not isinstance(value, str) or not value:
         return "unset", ""
-    return ("ok", "") if value == "ok" else ("error", value)
+    if value == "ok":
+        return "ok", ""
+    if kind in ("server", "consumer") and value in _CALLER_STATUSES:
+        return "unset", ""
+    return "error", value
 
 
 def _kind(op: str, root: bool) -> str:
@@ -431,12 +450,15 @@ def transaction_to_spans(event: Mapping[str, Any]) -> list[dict[str, Any]]:
             name = str(raw.get("description") or op or "span")
             if raw.get("origin"):
                 attributes["sentry.origin"] = str(raw["origin"])
-        code, message = _status(raw.get("status"))
+        kind = _kind(op, root)
+        code, message = _status(raw.get("status"), kind)
+        if code == "unset" and isinstance(raw.get("status"), str) and raw["status"]:
+            attributes["sentry.status"] = raw["status"]  # still searchable: sentry.status:not_found
         # Sentry times are float seconds with microsecond precision; scaling to ns in floats
         # would invent digits (…0.25 s -> 249999872 ns), so round to µs first.
         return make_span(
             trace_id, span_id, name[:1000], round(start * 1e6) * 1000, round(end * 1e6) * 1000,
-            parent_span_id=parent, kind=_kind(op, root), service=service, status_code=code,
+            parent_span_id=parent, kind=kind, service=service, status_code=code,
             status_message=message, attributes=attributes, resource=dict(resource),
             scope_name=scope_name, scope_version=scope_version,
         )
