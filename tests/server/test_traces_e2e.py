@@ -284,6 +284,26 @@ def test_otlp_json_with_gzip_and_partial_success(server: ServerProcess) -> None:
     assert span["attributes"] == {"my.scope.attribute": "some scope attribute", "my.span.attr": "some value"}
 
 
+def test_a_trace_with_more_log_lines_than_shown_says_so(server: ServerProcess) -> None:
+    from stackwatch.server.api.traces import MAX_TRACE_LOGS
+
+    trace_id = "7a1f0c2b9d3e4f5a6b7c8d9e0f1a2b3c"
+    doc = otlp_json_example(trace_id)
+    start = int(doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["startTimeUnixNano"])
+    n = MAX_TRACE_LOGS + 5
+    lines = b"".join(orjson.dumps({"timestamp": start + i * 10_000, "trace_id": trace_id, "service": "bulk",
+                                   "message": f"step {i}"}) + b"\n" for i in range(n))
+    with server.ingest_client() as c:
+        assert c.post("/v1/traces", json=doc).status_code == 200
+        assert c.post("/api/v1/logs", content=lines).status_code in (200, 202)
+    with server.client() as c:
+        data = wait_for(lambda: c.get(f"/api/v1/traces/{trace_id}").json(), lambda d: d.get("logs_total") == n)
+    logs = data["logs"]
+    assert len(logs) == MAX_TRACE_LOGS and data["logs_total"] == n
+    assert logs[-1]["message"] == f"step {n - 1}" and logs[0]["message"] == "step 5"  # the newest, oldest first
+    assert data["logs_window"]["start"] < logs[0]["timestamp"] < data["logs_window"]["end"]
+
+
 @pytest.mark.parametrize(
     ("path", "params", "status", "message"),
     [

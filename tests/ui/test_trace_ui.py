@@ -149,3 +149,48 @@ def test_trace_page_end_to_end(server: ServerProcess) -> None:
         finally:
             browser.close()
     assert problems == []
+
+
+def test_a_long_trace_links_to_all_its_log_lines(server: ServerProcess) -> None:
+    """The trace page shows the newest lines of a trace; when there are more, it says how many
+    and links to the explorer, which has them all."""
+    from stackwatch.server.api.traces import MAX_TRACE_LOGS
+
+    sync_playwright = require_browser()
+    from playwright.sync_api import expect
+
+    trace_id = "5c0ffee0000000000000000000000042"
+    t0 = time.time_ns() - 30_000 * MS
+    span = otlp_span("batch", "c000000000000001", "", "nightly import", 0, 2_000, t0)
+    span["scopeSpans"][0]["spans"][0]["traceId"] = trace_id
+    n = MAX_TRACE_LOGS + 2
+    lines = b"".join(orjson.dumps({"timestamp": (t0 + i * MS) / 1e9, "service": "batch", "trace_id": trace_id,
+                                   "message": f"row {i} imported"}) + b"\n" for i in range(n))
+    with server.ingest_client() as c:
+        assert c.post("/v1/traces", content=orjson.dumps({"resourceSpans": [span]}),
+                      headers={"Content-Type": "application/json"}).status_code == 200
+        assert c.post("/api/v1/logs", content=lines).status_code == 200
+    deadline = time.monotonic() + 20
+    with server.client() as c:
+        while c.get(f"/api/v1/traces/{trace_id}").json().get("logs_total") != n:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
+            page.set_default_timeout(15_000)
+            page.goto(f"{server.url}/login")
+            page.click("summary:has-text('API token')")
+            page.fill("input[name=token]", ADMIN_TOKEN)
+            page.click("#token-form button[type=submit]")
+            page.wait_for_load_state()
+            page.goto(f"{server.url}/traces/{trace_id}")
+            page.wait_for_selector("body[data-ready='1']")
+            expect(page.locator("#logs-count")).to_contain_text(f"newest {MAX_TRACE_LOGS} of {n}")
+            expect(page.locator("#logs tbody tr")).to_have_count(MAX_TRACE_LOGS)
+            page.click("#logs-all")
+            page.wait_for_url("**/?q=*")
+            expect(page.locator("#total")).to_contain_text(f"{n:,}")
+        finally:
+            browser.close()

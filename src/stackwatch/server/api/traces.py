@@ -21,6 +21,7 @@ from stackwatch.server.api.logs import project_slug
 from stackwatch.server.deps import body, ingest_project, runtime, viewer
 from stackwatch.server.responses import JSONResponse
 from stackwatch.server.runtime import Runtime
+from stackwatch.storage.logs import ns_to_rfc3339
 from stackwatch.storage.traces import SpanFilter, TraceStore
 
 __all__ = ["router", "trace_detail"]
@@ -80,8 +81,9 @@ def trace_detail(rt: Runtime, project: str, trace_id: str) -> dict[str, Any]:
         t0 - LOG_SLACK_NS,
         t1 + LOG_SLACK_NS,
         limit=MAX_TRACE_LOGS,
-        with_total=False,
     )
+    # Past the limit the newest lines are kept (where a request fails) and ``logs_total`` says
+    # how many there are, so the page can say what it leaves out and link to all of them.
     logs = sorted(page.hits, key=lambda h: h["timestamp_ns"])
     for hit in logs:
         hit["offset_ms"] = (hit["timestamp_ns"] - t0) / 1e6
@@ -92,7 +94,9 @@ def trace_detail(rt: Runtime, project: str, trace_id: str) -> dict[str, Any]:
             errors = list(error_store.events_for_trace(project, trace_id, limit=100))
         except StackwatchError as exc:  # the trace is still worth showing without its errors
             log.warning("errors of trace %s unavailable: %s", trace_id, exc.message)
-    return {"trace": summary, "spans": spans, "logs": logs, "errors": errors}
+    logs_window = {"start": ns_to_rfc3339(t0 - LOG_SLACK_NS), "end": ns_to_rfc3339(t1 + LOG_SLACK_NS)}
+    return {"trace": summary, "spans": spans, "logs": logs, "logs_total": page.total, "logs_window": logs_window,
+            "errors": errors}
 
 
 @router.get("/api/v1/traces/{trace_id}", tags=["traces"])

@@ -91,7 +91,7 @@
 
     renderWaterfall(spans, trace.duration_ms);
     renderErrors(data.errors);
-    renderLogs(data.logs);
+    renderLogs(data.logs, data.logs_total, trace.trace_id, data.logs_window);
   }
 
   function renderWaterfall(spans, totalMs) {
@@ -230,9 +230,16 @@
     }
   }
 
-  function renderLogs(logs) {
+  function renderLogs(logs, total, traceId, window) {
     const tbody = $("logs").querySelector("tbody");
-    $("logs-count").textContent = `(${logs.length})`;
+    const count = $("logs-count");
+    count.textContent = `(${logs.length})`;
+    if (total > logs.length) {
+      // Only the newest lines come with the trace; the explorer has every one of them.
+      const all = new URLSearchParams({ q: `trace_id:"${traceId}"`, start: window.start, end: window.end });
+      count.textContent = `(newest ${logs.length} of ${total}: `;
+      count.append(el("a", { href: `/?${all}`, id: "logs-all" }, "all in the explorer"), ")");
+    }
     $("logs-empty").hidden = logs.length > 0;
     for (const hit of logs) {
       tbody.append(el("tr", {},
