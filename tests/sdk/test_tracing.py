@@ -532,3 +532,49 @@ print(json.dumps(seen))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["warning_trace_id"] == out["trace_id"]
+
+
+def test_readiness_checks_make_no_traces_and_no_query_metrics(tmp_path: Path) -> None:
+    """A probe's database check is the probe's work: a `SELECT 1` every 10 s must not become a
+    root trace each time (filling trace search, skewing the service's latency), nor count in
+    the app's query metrics. The app's own queries still do both."""
+    result = run_script(
+        f"""
+import json
+import flask
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import create_engine, text
+import stackwatch.sdk as sdk
+from stackwatch.sdk.integrations.sqlalchemy import instrument_engine
+
+app = flask.Flask("probe")
+engine = create_engine("sqlite:///{tmp_path / 'app.db'}")
+
+@app.get("/items")
+def items():
+    with engine.connect() as c:
+        return str(c.execute(text("SELECT 41 + 1")).scalar())
+
+app = sdk.init(app, service="probe-app", environment="test", version="1", health_cache_seconds=0)
+instrument_engine(engine)
+sdk.add_check("database", engine)
+memory = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
+client = app.test_client()
+for _ in range(3):
+    assert client.get("/health/ready").status_code == 200
+probe_spans = [s.name for s in memory.get_finished_spans()]
+assert client.get("/items").data == b"42"
+metrics = client.get("/metrics").data.decode()
+print(json.dumps({{"probe": probe_spans, "all": [s.name for s in memory.get_finished_spans()],
+                   "selects": [l for l in metrics.splitlines() if l.startswith("db_queries_total")]}}))
+""",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["probe"] == []
+    assert any("SELECT" in name for name in out["all"]), out["all"]  # the app's query is traced
+    assert out["selects"] == ['db_queries_total{operation="SELECT"} 1.0'], out["selects"]

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from stackwatch.sdk._config import SDKConfig
+from stackwatch.sdk.health import IN_CHECK
 
 __all__ = [
     "QUERY_BUCKETS",
@@ -270,6 +271,8 @@ class _EngineListener:
                 logger.debug("query instrumentation failed", exc_info=True)
 
     def _record(self, statement: str, duration: float) -> None:
+        if IN_CHECK.get():
+            return  # a readiness check's query is the probe's, like the probe request itself
         operation = statement_operation(statement)
         children = self._children.get(operation)
         if children is None:
