@@ -578,3 +578,85 @@ print(json.dumps({{"probe": probe_spans, "all": [s.name for s in memory.get_fini
     assert out["probe"] == []
     assert any("SELECT" in name for name in out["all"]), out["all"]  # the app's query is traced
     assert out["selects"] == ['db_queries_total{operation="SELECT"} 1.0'], out["selects"]
+
+
+def test_a_streamed_flask_response_is_one_request_to_its_last_chunk(tmp_path: Path) -> None:
+    """A CSV export streamed by a real WSGI server (werkzeug's): the request's span and metrics
+    cover the whole stream, lines logged while it streams carry its trace, and an exception
+    half-way through the stream is the request's error."""
+    result = run_script(
+        """
+import json, logging, threading, time
+import flask, httpx
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from werkzeug.serving import make_server
+import stackwatch.sdk
+from stackwatch.sdk.logging import get_context
+from stackwatch.sdk.tracing import add_span_exporter
+
+app = flask.Flask("exports")
+log = logging.getLogger("exports")
+seen = []
+
+class Capture(logging.Handler):
+    def emit(self, record):
+        span = trace.get_current_span().get_span_context()
+        seen.append({"message": record.getMessage(), "request_id": get_context().get("request_id"),
+                     "trace_id": format(span.trace_id, "032x") if span.is_valid else None})
+
+log.addHandler(Capture())
+log.setLevel(logging.INFO)
+
+@app.get("/export")
+def export():
+    def rows():
+        for i in range(3):
+            time.sleep(0.1)
+            log.info("row %d", i)
+            yield f"row {i}\\n"
+    return flask.Response(rows(), mimetype="text/csv")
+
+@app.get("/export-broken")
+def broken():
+    def rows():
+        yield "row 0\\n"
+        raise RuntimeError("export broke mid-stream")
+    return flask.Response(rows(), mimetype="text/csv")
+
+app = stackwatch.sdk.init(app, service="exports", environment="test", version="1")
+memory = InMemorySpanExporter()
+assert add_span_exporter(memory)
+server = make_server("127.0.0.1", 0, app, threaded=True)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = f"http://127.0.0.1:{server.server_port}"
+with httpx.Client() as client:
+    assert client.get(url + "/export").text == "row 0\\nrow 1\\nrow 2\\n"
+    try:
+        client.get(url + "/export-broken")
+    except httpx.HTTPError:
+        pass  # the server cuts the connection: the body was incomplete
+    metrics = client.get(url + "/metrics").text
+server.shutdown()
+assert stackwatch.sdk.flush(5.0)
+spans = {s.name: {"ms": (s.end_time - s.start_time) / 1e6, "trace_id": format(s.context.trace_id, "032x"),
+                  "status": s.status.status_code.name, "events": [e.name for e in s.events]}
+         for s in memory.get_finished_spans()}
+print(json.dumps({"spans": spans, "logs": seen,
+                  "metrics": [l for l in metrics.splitlines() if l.startswith("http_requests_total")
+                              or l.startswith("http_request_duration_seconds_sum")]}))
+""",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    export, broken = out["spans"]["GET /export"], out["spans"]["GET /export-broken"]
+    assert export["ms"] >= 300 and export["status"] == "UNSET"
+    rows = [line for line in out["logs"] if line["message"].startswith("row")]
+    assert len(rows) == 3 and {line["trace_id"] for line in rows} == {export["trace_id"]}
+    assert all(line["request_id"] for line in rows)
+    assert broken["status"] == "ERROR" and "exception" in broken["events"]
+    series = {line.split(" ")[0]: float(line.split(" ")[1]) for line in out["metrics"]}
+    assert series['http_requests_total{method="GET",route="/export-broken",status_class="5xx"}'] == 1
+    assert series['http_requests_total{method="GET",route="/export",status_class="2xx"}'] == 1
+    assert series['http_request_duration_seconds_sum{method="GET",route="/export"}'] >= 0.3

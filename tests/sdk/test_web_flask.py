@@ -211,6 +211,8 @@ def test_slow_request_warning(client: Any, caplog: pytest.LogCaptureFixture) -> 
 def test_streaming_response(client: Any, web: Web) -> None:
     response = client.get("/api/stream")
     assert response.data == b"ab"
+    assert web.requests(route="/api/stream") == 0  # still streaming: the server has not closed it
+    response.close()  # what a WSGI server does after the last chunk
     assert web.requests(route="/api/stream") == 1
 
 

@@ -9,9 +9,18 @@ there, or from the rule Flask matched (read from the request object Flask keeps 
 while it starts the response); otherwise 404s are ``<unmatched>`` and id-like path segments collapse to ``{id}`` so
 the label set stays bounded.
 
-The request is recorded when the app returns, if it already called ``start_response`` (the
-usual case); an app that starts the response lazily, from inside its body iterable, is
-recorded when the server closes the iterable.
+When the request is recorded depends on the response:
+
+* with a ``Content-Length`` (every buffered Flask response, ``send_file``) or a list body,
+  when the app returns: the body is complete, and sending it is the server's business;
+* without one (a streamed response: a CSV export, a generator body, server-sent events), when
+  the server closes the body iterable after its last chunk, which is when the response ends
+  for the client. The request's time then covers the whole stream, logs written while it
+  streams carry the request's ids and trace, and an exception raised half-way through it is
+  the request's error (a 500 in the metrics, recorded on its span). The same holds for an app
+  that starts the response lazily, from inside its body iterable.
+
+A ``wsgi.file_wrapper`` body is never wrapped, so the server keeps its ``sendfile`` path.
 """
 
 from __future__ import annotations
@@ -112,7 +121,7 @@ class _Request(RequestState):
     """One request through the middleware: its state (see :class:`RequestState`), its
     start_response wrapper and the finish, in one object."""
 
-    __slots__ = ("environ", "middleware", "rule", "start_response", "status", "web")
+    __slots__ = ("environ", "middleware", "rule", "sized", "start_response", "status", "web")
 
     def __init__(self, middleware: StackwatchWSGIMiddleware, web: WebInstrumentation,
                  environ: dict[str, Any], start_response: StartResponse) -> None:
@@ -122,6 +131,7 @@ class _Request(RequestState):
         self.environ = environ
         self.start_response = start_response
         self.status = 0
+        self.sized = False  # the response has a Content-Length: not a stream
         self.rule: Any = None
 
     def run(self) -> Iterable[bytes]:
@@ -135,8 +145,10 @@ class _Request(RequestState):
             self.finish(500)
             raise
         if self.status:
-            self.finish(self.status)
-            return result
+            wrapper = self.environ.get("wsgi.file_wrapper")
+            if self.sized or result.__class__ in (list, tuple) or (isinstance(wrapper, type) and isinstance(result, wrapper)):
+                self.finish(self.status)  # see the module docstring
+                return result
         return _ClosingIterable(result, self)
 
     def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -154,9 +166,11 @@ class _Request(RequestState):
                 self.rule = getattr(request, "url_rule", None)
             has_id = False
             for name, _value in headers:
-                if name.lower() == "x-request-id":
+                lower = name.lower()
+                if lower == "x-request-id":
                     has_id = True
-                    break
+                elif lower == "content-length":
+                    self.sized = True
             state = self
             if has_id:
                 headers = [*headers, ("X-Response-Time", self.web.response_time(state))]
