@@ -583,7 +583,8 @@ print(json.dumps({{"probe": probe_spans, "all": [s.name for s in memory.get_fini
 def test_a_streamed_flask_response_is_one_request_to_its_last_chunk(tmp_path: Path) -> None:
     """A CSV export streamed by a real WSGI server (werkzeug's): the request's span and metrics
     cover the whole stream, lines logged while it streams carry its trace, and an exception
-    half-way through the stream is the request's error."""
+    half-way through the stream is the request's error. An exception Flask turns into its 500
+    page is on the request's span too."""
     result = run_script(
         """
 import json, logging, threading, time
@@ -617,6 +618,10 @@ def export():
             yield f"row {i}\\n"
     return flask.Response(rows(), mimetype="text/csv")
 
+@app.get("/crash")
+def crash():
+    raise ValueError("bad lead 7")  # Flask answers its 500 page itself
+
 @app.get("/export-broken")
 def broken():
     def rows():
@@ -632,6 +637,7 @@ threading.Thread(target=server.serve_forever, daemon=True).start()
 url = f"http://127.0.0.1:{server.server_port}"
 with httpx.Client() as client:
     assert client.get(url + "/export").text == "row 0\\nrow 1\\nrow 2\\n"
+    assert client.get(url + "/crash").status_code == 500
     try:
         client.get(url + "/export-broken")
     except httpx.HTTPError:
@@ -640,7 +646,8 @@ with httpx.Client() as client:
 server.shutdown()
 assert stackwatch.sdk.flush(5.0)
 spans = {s.name: {"ms": (s.end_time - s.start_time) / 1e6, "trace_id": format(s.context.trace_id, "032x"),
-                  "status": s.status.status_code.name, "events": [e.name for e in s.events]}
+                  "status": s.status.status_code.name, "events": [e.name for e in s.events],
+                  "description": s.status.description}
          for s in memory.get_finished_spans()}
 print(json.dumps({"spans": spans, "logs": seen,
                   "metrics": [l for l in metrics.splitlines() if l.startswith("http_requests_total")
@@ -656,6 +663,9 @@ print(json.dumps({"spans": spans, "logs": seen,
     assert len(rows) == 3 and {line["trace_id"] for line in rows} == {export["trace_id"]}
     assert all(line["request_id"] for line in rows)
     assert broken["status"] == "ERROR" and "exception" in broken["events"]
+    crash = out["spans"]["GET /crash"]  # handled by Flask, still on the span: what failed, not only that
+    assert crash["status"] == "ERROR" and crash["events"] == ["exception"]
+    assert crash["description"] == "ValueError: bad lead 7"
     series = {line.split(" ")[0]: float(line.split(" ")[1]) for line in out["metrics"]}
     assert series['http_requests_total{method="GET",route="/export-broken",status_class="5xx"}'] == 1
     assert series['http_requests_total{method="GET",route="/export",status_class="2xx"}'] == 1

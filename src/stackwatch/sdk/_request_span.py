@@ -76,7 +76,7 @@ _NO_ITEMS = BoundedList(0)
 #: The fields a request span sets for itself; the others are its class's (see for_tracer).
 _PER_SPAN_FIELDS = ("_name", "_context", "_parent", "_start_time", "_attributes")
 _ERROR = Status(StatusCode.ERROR)
-_OK = StatusCode.OK
+_UNSET = StatusCode.UNSET
 _ROUTE = "http.route"
 _STATUS_CODE = "http.response.status_code"
 
@@ -156,7 +156,7 @@ class RequestSpan(Span):
                     values[_ROUTE] = route
                 values.pop(_STATUS_CODE, None)
                 values[_STATUS_CODE] = status_code
-            if status_code >= 500 and self._status.status_code is not _OK:
+            if status_code >= 500 and self._status.status_code is _UNSET:  # OK, or an error that says what
                 self._status = _ERROR
             self._end_time = _time_ns()
             if type(values) is not dict:

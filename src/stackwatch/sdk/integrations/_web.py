@@ -237,19 +237,7 @@ class WebInstrumentation:
         """
         if not isinstance(exc, Exception):
             return
-        span = state.span
-        if span is None and _web_tracer() is not None:
-            # The server span may be the framework's own (FastAPI opens one natively): the
-            # exception belongs on it all the same.
-            from opentelemetry import trace as otel_trace
-
-            span = otel_trace.get_current_span()
-        if span is not None:
-            try:
-                if span.is_recording():
-                    span.record_exception(exc)
-            except Exception:
-                sdk_failure("request span exception")
+        span_exception(state.span, exc)
         try:
             error_logger.error(
                 "Unhandled exception in %s %s: %s: %s", method, path, type(exc).__name__, exc,
@@ -324,8 +312,9 @@ class WebInstrumentation:
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
                 span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    otel = _otel()
+                otel = _otel()
+                current = getattr(getattr(span, "status", None), "status_code", otel.StatusCode.UNSET)
+                if status >= 500 and current is otel.StatusCode.UNSET:  # keep an error that says what
                     span.set_status(otel.Status(otel.StatusCode.ERROR))
                 span.end()
         except Exception:
@@ -401,6 +390,29 @@ class WebInstrumentation:
             # Reset from another context (a streaming body closed by the server in a
             # different context): the binding dies with that context anyway.
             pass
+
+
+def span_exception(span: Any, exc: BaseException) -> None:
+    """Record ``exc`` on the request's server span (``span``, else the current one).
+
+    The server span may be the framework's own (FastAPI opens one natively), and a framework
+    that turns an exception into its 500 page itself (Flask) reports it from inside the
+    request, where the request's span is current: the exception belongs on it all the same,
+    so the trace shows what failed, not only that something did.
+    """
+    if span is None and _web_tracer() is not None:
+        from opentelemetry import trace as otel_trace
+
+        span = otel_trace.get_current_span()
+    if span is None:
+        return
+    try:
+        if span.is_recording():
+            span.record_exception(exc)
+            otel = _otel()
+            span.set_status(otel.Status(otel.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:500]))
+    except Exception:
+        sdk_failure("request span exception")
 
 
 class _OTel:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stackwatch.sdk.integrations._web import WebInstrumentation
+from stackwatch.sdk.integrations._web import WebInstrumentation, span_exception
 from stackwatch.sdk.integrations.wsgi import StackwatchWSGIMiddleware
 
 try:
@@ -59,6 +59,11 @@ def _probe_view(web: WebInstrumentation, path: str) -> Any:
     return view
 
 
+def _exception_on_span(sender: Any, exception: BaseException | None = None, **extra: Any) -> None:
+    if exception is not None:
+        span_exception(None, exception)
+
+
 def instrument_flask(app: Any, web: WebInstrumentation) -> Any:
     """Instrument a Flask app in place and return it (a second call changes nothing)."""
     if flask is None:
@@ -82,6 +87,9 @@ def instrument_flask(app: Any, web: WebInstrumentation) -> Any:
         app.wsgi_app, serve_probes=not served_by_app, templates_known=True, instrumentation=web
     )
     middleware.match_rule = _rule_matcher(app)
+    # Flask turns an exception into its 500 page itself, so it never reaches the middleware:
+    # its signal hands it over, inside the request, where the request's span is current.
+    flask.got_request_exception.connect(_exception_on_span, app, weak=False)
     app.wsgi_app = middleware
     app.extensions[_EXTENSION] = web
     return app
