@@ -207,3 +207,61 @@ def test_promql_shaped_text_evaluates_or_raises_promql_error(engine: Engine, tex
         except PromQLError as exc:
             # An engine bug surfaces as "unexpected error"; parser/evaluation errors are fine.
             assert not str(exc).startswith("unexpected error"), (text, exc)
+
+
+def _prometheus_increase(ts: list[int], vs: list[float], end: int, range_ms: int) -> float | None:
+    """Prometheus's extrapolatedRate for increase(), one window, written as its Go loop is."""
+    pts = [(t, v) for t, v in zip(ts, vs, strict=True) if end - range_ms < t <= end]
+    if len(pts) < 2:
+        return None
+    result = pts[-1][1] - pts[0][1]
+    last = 0.0
+    for _, v in pts:
+        if v < last:
+            result += last
+        last = v
+    sampled = (pts[-1][0] - pts[0][0]) / 1000
+    to_start = (pts[0][0] - (end - range_ms)) / 1000
+    to_end = (end - pts[-1][0]) / 1000
+    avg = sampled / (len(pts) - 1)
+    if to_start >= avg * 1.1:
+        to_start = avg / 2
+    if result > 0 and pts[0][1] >= 0:
+        to_zero = sampled * (pts[0][1] / result)
+        if to_zero < to_start:
+            to_start = to_zero
+    if to_end >= avg * 1.1:
+        to_end = avg / 2
+    return result * ((sampled + to_start + to_end) / sampled)
+
+
+_COUNTER_VALUES = st.one_of(
+    st.floats(0, 1e6, allow_nan=False), st.sampled_from([math.inf, 2.0**64 - 1000, 2.0**64, 1e300, 0.0]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(_COUNTER_VALUES, min_size=2, max_size=30), min_size=1, max_size=5))
+def test_a_series_counter_resets_never_reach_another_windows_answer(series: list[list[float]]) -> None:
+    """increase() of each series, at every step of a range query over all of them together,
+    is what Prometheus's own loop gives for that series and window alone: one series' +Inf or
+    2^64 wrap once leaked into the other series' windows (as NaN or lost digits)."""
+    store = MemoryStorage()
+    for k, values in enumerate(series):
+        for i, v in enumerate(values):
+            store.add({"__name__": "c_total", "s": str(k)}, 5_000 + i * 15_000 + k, v)
+    engine = Engine(store)
+    end = 5_000 + 32 * 15_000
+    result = engine.range("increase(c_total[1m])", 60_000, end, 15_000).to_prometheus_json()["result"]
+    got = {(r["metric"]["s"], int(t * 1000)): float(v) for r in result for t, v in r["values"]}
+    for k, values in enumerate(series):
+        ts = [5_000 + i * 15_000 + k for i in range(len(values))]
+        for step in range(60_000, end + 1, 15_000):
+            want = _prometheus_increase(ts, values, step, 60_000)
+            have = got.get((str(k), step))
+            if want is None:
+                assert have is None, (k, step)
+            elif math.isnan(want):
+                assert have is not None and math.isnan(have), (k, step, have)
+            else:
+                assert have is not None and (have == want or math.isclose(have, want, rel_tol=1e-12)), (k, step, have, want)

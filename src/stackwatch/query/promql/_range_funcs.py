@@ -304,9 +304,11 @@ def _extrapolated(w: WindowInput, is_counter: bool, is_rate: bool) -> tuple[np.n
     result = _at(w.v, last_i)
     result -= first_v
     if is_counter and w.v.size > 1 and lo.size:
-        # Each reset inside the window adds the value just before it. Resets are rare, so only
-        # their positions are summed (exactly, in long double), not every sample. Only the
-        # samples these windows span are looked at: callers pass windows in blocks.
+        # Each reset inside the window adds the value just before it, in order, as Prometheus's
+        # loop does. Resets are rare, so only windows holding one are touched, and only the
+        # samples these windows span are looked at (callers pass windows in blocks). No running
+        # total across windows: a difference of two would carry one series' +Inf (NaN) or 2^64
+        # wrap (lost digits) into every window after it, of its own series and of the others.
         a0, b0 = _span(w)
         seg = w.v[a0:b0]
         pos = np.flatnonzero(seg[1:] < seg[:-1]) + (a0 + 1)
@@ -314,10 +316,15 @@ def _extrapolated(w: WindowInput, is_counter: bool, is_rate: bool) -> tuple[np.n
             lo1 = np.minimum(lo + 1, hi)
             a = np.searchsorted(pos, lo1, side="left")
             b = np.searchsorted(pos, hi, side="left")
-            if (b > a).any():
-                cs = np.concatenate([[0], np.cumsum(w.v[pos - 1].astype(np.longdouble))])
-                corr = (cs[b] - cs[a]).astype(np.float64)
-                result = np.where(b > a, result + corr, result)
+            held = np.flatnonzero(b > a)  # flat indices of the windows with a reset
+            if held.size:
+                first, count = a.ravel()[held], (b - a).ravel()[held]
+                added = result.ravel()[held]
+                before = w.v[pos - 1]  # the value each reset adds
+                for k in range(int(count.max())):
+                    more = count > k
+                    added[more] += before[first[more] + k]
+                result.flat[held] = added
     # Differences of integer milliseconds are exact, so subtracting before the conversion to
     # float gives the same seconds as Prometheus's float arithmetic.
     sampled = (last_t - first_t).astype(np.float64)

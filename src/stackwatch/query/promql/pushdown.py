@@ -27,7 +27,8 @@ instant vectors they are kept while deciding which sample is the latest and drop
 a marker ends its series as lookback does in Prometheus.
 
 Anything else (``@``, ``without``, other functions or aggregations, irregular steps) returns
-``None`` and the numpy engine evaluates it from raw samples, as before.
+``None`` and the numpy engine evaluates it from raw samples, as before; so do rates over
+counters whose resets the running sums cannot subtract exactly (see ``_STAGES_RATE``).
 """
 
 from __future__ import annotations
@@ -135,26 +136,35 @@ _STAGES_COMMON = [
 ]
 
 _STAGES_RATE = [
+    # rv: what each sample's reset adds (the value before it); cs: their running sum.
     """g, ts, vs, hasL, hasF, selL, selF, posL, posF, markL, markF,
-    arrayCumSum(arrayMap((v, pv) -> if(v < pv, pv, 0.), vs, arrayPushFront(arrayPopBack(vs), vs[1]))) AS cs,
+    arrayMap((v, pv) -> if(v < pv, pv, 0.), vs, arrayPushFront(arrayPopBack(vs), vs[1])) AS rv,
+    arrayCumSum(rv) AS cs,
     arrayEnumerate(vs) AS rn""",
+    # A window's resets are the difference of two running sums, exact only while every partial
+    # sum is: resets that are finite integers summing below 2^53, or a single reset (0 and its
+    # own value). Otherwise (a +Inf once, a 2^64 wrap beside small restarts) the whole query is
+    # left to the numpy engine, which sums each window's resets by themselves.
     """g, hasL, hasF, {rnL} AS rnL, {rnF} AS rnF, {tL} AS tLs, {tF} AS tFs, {vL} AS vLs, {vF} AS vFs,
-    {cL} AS cLs, {cF} AS cFs""",
-    """g, tLs, tFs, vFs,
+    {cL} AS cLs, {cF} AS cFs,
+    toUInt8(arrayExists(x -> NOT isFinite(x), rv) OR (arrayCount(x -> x != 0, rv) > 1
+      AND (arrayExists(x -> x != floor(x), rv) OR greatest(abs(arrayMin(cs)), abs(arrayMax(cs))) >= 9007199254740992)))
+      AS unsafe""",
+    """g, unsafe, tLs, tFs, vFs,
     arrayMap((hl, hf, a, b) -> toUInt32(hl AND hf AND a > b), hasL, hasF, rnL, rnF) AS pres,
     arrayMap((vl, vf, cl, cf) -> vl - vf + (cl - cf), vLs, vFs, cLs, cFs) AS res,
     arrayMap(k -> {{s0:Int64}} + toInt64(k) * {{step:Int64}}, range(toUInt32({{n:Int64}}))) AS tes,
     arrayMap((a, b) -> (a - b) / 1000, tLs, tFs) AS samp,
     arrayMap((sp, a, b) -> sp / (toInt64(a) - toInt64(b)), samp, rnL, rnF) AS avgs""",
-    """g, pres, res, samp,
+    """g, unsafe, pres, res, samp,
     arrayMap((tf, te, av) -> if((tf - (te - {{range:Int64}})) / 1000 >= av * 1.1, av / 2,
                                 (tf - (te - {{range:Int64}})) / 1000), tFs, tes, avgs) AS st1,
     arrayMap((tl, te, av) -> if((te - tl) / 1000 >= av * 1.1, av / 2, (te - tl) / 1000), tLs, tes, avgs) AS en,
     vFs""",
-    """g, pres, res, samp, en,
+    """g, unsafe, pres, res, samp, en,
     arrayMap((x, r, vf, sp) -> if(r > 0 AND vf >= 0 AND sp * (vf / r) < x, sp * (vf / r), x),
              st1, res, vFs, samp) AS st""",
-    """g, pres,
+    """g, unsafe, pres,
     arrayMap((ok, r, sp, a, b) -> if(ok = 0, 0., r * ((sp + a + b) / sp) {rate_div}), pres, res, samp, st, en)
       AS vals""",
 ]
@@ -165,11 +175,11 @@ _STAGES_LAST = [
     arrayMap((hl, k, dl, v) -> toUInt32(hl AND k < dl AND reinterpretAsUInt64(v) != {stale}),
              hasL, range(toUInt32({{n:Int64}})), dLs, vLs) AS pres,
     vLs""",
-    """g, pres, arrayMap((v, ok) -> if(ok = 0, 0., v), vLs, pres) AS vals""",
+    """g, toUInt8(0) AS unsafe, pres, arrayMap((v, ok) -> if(ok = 0, 0., v), vLs, pres) AS vals""",
 ]
 
 _FINAL_SQL = """
-SELECT g, sumForEach(vals) AS sv, sumForEach(pres) AS c FROM ({inner})
+SELECT g, sumForEach(vals) AS sv, sumForEach(pres) AS c, max(unsafe) AS unsafe FROM ({inner})
 GROUP BY g
 SETTINGS max_execution_time = {timeout}
 """
@@ -243,6 +253,8 @@ def run(store: Any, project: str, p: Plan, ts: np.ndarray, lookback_ms: int, dea
     from stackwatch.storage.metrics import query_arrow
 
     table = query_arrow(store.ex, sql, params)
+    if table.num_rows and max(table.column("unsafe").to_pylist()):
+        return None  # resets the running sums cannot give exactly: the engine's path
     n = len(groups)
     sums = np.zeros((n, steps))
     counts = np.zeros((n, steps))
