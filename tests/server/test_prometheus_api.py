@@ -89,6 +89,9 @@ def test_range_query_get_and_post_agree(api: httpx.Client) -> None:
     rfc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0_S))
     r3 = api.get("/api/v1/query_range", params={**params, "start": rfc})
     assert r3.json() == r.json()
+    # 11,000 whole steps and half a step more: Prometheus counts whole steps, and accepts it.
+    edge = api.get("/api/v1/query_range", params={"query": "vector(1)", "start": 0, "end": 11_000.5, "step": 1})
+    assert edge.status_code == 200 and len(edge.json()["data"]["result"][0]["values"]) == 11_001
 
 
 def test_large_steps_read_rollups_unless_raw_is_asked(api: httpx.Client) -> None:
@@ -127,6 +130,13 @@ def test_series_labels_values_metadata_buildinfo(api: httpx.Client) -> None:
     assert r.json()["data"]["http_requests_total"] == [{"type": "counter", "help": "Requests served.", "unit": ""}]
     r = api.get("/api/v1/metadata", params={"metric": "nope"})
     assert r.json()["data"] == {}
+    formatted = api.get("/api/v1/format_query", params={"query": "sum(rate(a[5m]))/sum(rate(b[5m]))"}).json()
+    assert formatted == {"status": "success", "data": "sum(rate(a[5m])) / sum(rate(b[5m]))"}
+    long = ('sum by (route) (rate(http_requests_total{code=~"5.."}[5m])) / '
+            "sum by (route) (rate(http_requests_total[5m]))")
+    lines = api.post("/api/v1/format_query", data={"query": long}).json()["data"].splitlines()
+    assert lines == ['  sum by (route) (rate(http_requests_total{code=~"5.."}[5m]))', "/",
+                     "  sum by (route) (rate(http_requests_total[5m]))"]
     info = api.get("/api/v1/status/buildinfo").json()["data"]
     assert info["version"].startswith("2.") and "stackwatch" in info["revision"]
 
@@ -138,6 +148,8 @@ def test_series_labels_values_metadata_buildinfo(api: httpx.Client) -> None:
         ("/api/v1/query", {"query": "rate(up[5m]) +"}, 400, "bad_data", "1:15: parse error: unexpected end of input"),
         ("/api/v1/query", {"query": "up", "time": "yesterday"}, 400, "bad_data", 'invalid parameter "time"'),
         ("/api/v1/query", {"query": "up", "time": "1e16"}, 400, "bad_data", "out of range"),
+        ("/api/v1/query", {"query": "up @ 1e20"}, 400, "bad_data", "timestamp out of bounds for @ modifier"),
+        ("/api/v1/format_query", {"query": "sum(x) by"}, 400, "bad_data", "1:10: parse error"),
         ("/api/v1/query_range", {"query": "up", "start": "1e20", "end": "1e20", "step": "60"}, 400, "bad_data",
          'invalid parameter "start"'),
         ("/api/v1/query_range", {"query": "up", "start": 0, "end": 10}, 400, "bad_data", '"step"'),

@@ -226,11 +226,20 @@ def _at(owner: object) -> AtSpec | None:
     found = _SYSTIME.findall(repr(owner))
     if found:
         sec, nsec = found[-1]
-        return AtSpec("at", int(sec) * 1000 + int(nsec) // 1_000_000)
-    when = at.at
-    if when is None:
-        raise ParseError("could not read @ modifier")
-    return AtSpec("at", (when - _EPOCH) // _MS)
+        ms = int(sec) * 1000 + int(nsec) // 1_000_000
+    else:
+        when = at.at
+        if when is None:
+            raise ParseError("could not read @ modifier")
+        ms = (when - _EPOCH) // _MS
+    # Times are int64 milliseconds, and ranges and offsets are added to them: the same bound
+    # as the API's time parameters (1e13 s from 1970), with Prometheus's message.
+    if abs(ms) > _MAX_AT_MS:
+        raise ParseError("timestamp out of bounds for @ modifier")
+    return AtSpec("at", ms)
+
+
+_MAX_AT_MS = 10**16
 
 
 def _vector_selector(vs: pp.VectorSelector) -> VectorSel:

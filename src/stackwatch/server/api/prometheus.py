@@ -247,7 +247,7 @@ async def query_range(request: Request, who: Any = Depends(viewer)) -> Response:
         if step <= 0:
             raise ApiError("bad_data", 'invalid parameter "step": zero or negative query resolution step widths '
                            "are not accepted. Try a positive integer")
-        if (end - start) / step > MAX_POINTS:
+        if (end - start) // step > MAX_POINTS:  # whole steps, as Prometheus counts them
             raise ApiError("bad_data", "exceeded maximum resolution of 11,000 points per timeseries. "
                            "Try decreasing the query resolution (?step=XX)")
         max_res = _max_source_resolution(params.get("max_source_resolution"))
@@ -409,6 +409,23 @@ async def query_exemplars(request: Request, who: Any = Depends(viewer)) -> Respo
     except PromQLError as exc:
         return _error("bad_data", f'invalid parameter "query": {exc}')
     return _success([])
+
+
+@router.api_route("/api/v1/format_query", methods=["GET", "POST"])
+async def format_query(request: Request, who: Any = Depends(viewer)) -> Response:
+    """The query pretty-printed, as Prometheus's ``promtool promql format`` and Grafana's
+    "Format query" button show it; a query that does not parse says where."""
+    params = await _params(request)
+    text = params.get("query") or ""
+    try:
+        parse_promql(text)
+        import promql_parser
+
+        return _success(promql_parser.parse(text).prettify())
+    except PromQLError as exc:
+        return _error("bad_data", f'invalid parameter "query": {exc}')
+    except Exception as exc:  # the printer's own failure: the query itself was fine
+        return _error("execution", f"could not format the query: {exc}")
 
 
 # -- ingest -------------------------------------------------------------------------------------
