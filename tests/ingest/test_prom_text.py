@@ -89,6 +89,8 @@ def test_classic_format_is_lenient_and_uses_milliseconds() -> None:
         ("a{b=1} 1\n", "double quotes"),
         ('a{b="1"} one\n', "invalid value"),
         ("a 1 1.5\n", "milliseconds as an integer"),
+        ("a 1 99999999999999999999\n", "out of range"),  # was a 500 (OverflowError)
+        ('a{b="1"} 1 -99999999999999999999\n', "out of range"),
         ('a{b="1" 1\n', "unterminated label set"),
         ("0a 1\n", "invalid metric name"),
         ("# TYPE a flux\n", "invalid metric type"),

@@ -68,7 +68,10 @@ def test_yearless_syslog_timestamp_from_december_read_in_january_is_last_year() 
 
 @pytest.mark.parametrize(
     "value",
-    ["yesterday", "2025-13-45T99:00:00Z", "", "2025-10-06T12:00:00.12x", True, None, float("nan"), [1]],
+    ["yesterday", "2025-13-45T99:00:00Z", "", "2025-10-06T12:00:00.12x", True, None, float("nan"), [1],
+     # times storage cannot hold (before 1900, after 2262-04-11), which once stopped ingestion
+     "9999-12-31T23:59:59Z", "2263-01-01T00:00:00Z", "1600-01-01T00:00:00Z", "1899-12-31T23:59:59Z",
+     "1900-01-01T00:30:00+01:00", 1e30, 2**70, -(10**20), "99999999999999999999"],
 )
 def test_unparseable_timestamps(value: object) -> None:
     assert parse_timestamp(value, OBSERVED) is None
@@ -78,6 +81,26 @@ def test_unparseable_timestamp_falls_back_to_observed_and_keeps_the_original() -
     record = norm({"message": "x", "time": "teatime"})
     assert record["timestamp"] == OBSERVED
     assert record["attributes"] == {"timestamp_raw": "teatime"}
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59Z", "1899-12-31T23:59:59Z", 2**70])
+def test_a_time_storage_cannot_hold_is_the_arrival_time_on_both_paths(value: object) -> None:
+    """The columnar path (blocks of 40 like events) and the per-event path agree, and the
+    storage block builds: it once raised OverflowError, for ever, at every retry."""
+    from stackwatch.model.logs_arrow import records_to_arrow
+    from stackwatch.pipeline import Pipeline
+
+    pipe = Pipeline()
+    events = [{"message": f"line {i}", "timestamp": value} for i in range(40)]
+    table = pipe.process_to_arrow([dict(e) for e in events], project="p", observed_ns=OBSERVED)
+    slow = records_to_arrow(pipe.process([dict(e) for e in events], project="p", observed_ns=OBSERVED))
+    for built in (table, slow):
+        assert built.column("timestamp").cast("int64").to_pylist() == [OBSERVED] * 40
+        assert dict(built.column("attributes_string")[0].as_py())["timestamp_raw"] == str(value)
+    # OTLP's uint64 nanoseconds beyond int64: the same.
+    otlp = {"timestamp": 2**64 - 1, "message": "m", "attributes": {}, "severity_number": 9, "severity_text": "INFO"}
+    assert pipe.process_to_arrow([otlp], project="p", observed_ns=OBSERVED).column("timestamp").cast(
+        "int64").to_pylist() == [OBSERVED]
 
 
 def test_record_has_exactly_the_canonical_fields_and_types() -> None:

@@ -114,6 +114,20 @@ def test_gzip_body_and_defaults_from_query(server: ServerProcess) -> None:
         "billing", "ERROR", "compressed line", "security")
 
 
+def test_a_line_from_the_year_9999_does_not_stop_ingestion(server: ServerProcess) -> None:
+    """A typo'd year once failed its block's insert at every retry (and WAL replay), and every
+    line sent after it waited behind it: acknowledged, never searchable."""
+    with server.ingest_client() as c:
+        assert c.post("/api/v1/logs", content=b'{"message": "from far away", "timestamp": "9999-12-31T23:59:59Z",'
+                                              b' "marker": "y9999"}\n').status_code == 200
+        assert c.post("/api/v1/logs", content=b'{"message": "right after", "marker": "after-y9999"}\n').status_code == 200
+    assert server.wait_for_count("marker:after-y9999", 1) == 1
+    assert server.wait_for_count("marker:y9999", 1) == 1
+    with server.client() as c:
+        hit = c.get("/api/v1/logs/search", params={"q": "marker:y9999", "start": "-1h"}).json()["hits"][0]
+    assert hit["attributes"]["timestamp_raw"] == "9999-12-31T23:59:59Z"  # kept, at its arrival time
+
+
 def test_bad_input_gets_clear_4xx(server: ServerProcess) -> None:
     r = push(server, b'{"message": "fine"}\n{"message": broken}\n')
     assert r.status_code == 400

@@ -488,7 +488,13 @@ def _split_value(rest: str, strict: bool = False) -> tuple[float, int | None]:
             ts = int(tokens[1])
         except ValueError:
             raise ValueError(f"invalid timestamp {tokens[1]!r}: milliseconds as an integer") from None
+        _check_ms(ts, tokens[1])
     return value, ts
+
+
+def _check_ms(ts: int, text: str) -> None:
+    if not -(2**63) <= ts < 2**63:
+        raise ValueError(f"timestamp {text} is out of range (int64 milliseconds)")
 
 
 def _series_text(line: str) -> tuple[str, str]:
@@ -706,6 +712,7 @@ def _classic_to_batch(text: str, now_ms: int) -> MetricBatch:
                         ts = int(tokens[1])
                     except ValueError:
                         raise ValueError(f"invalid timestamp {tokens[1]!r}: milliseconds as an integer") from None
+                    _check_ms(ts, tokens[1])
                 else:
                     value, ts_opt = _split_value(b)
                     ts = now_ms if ts_opt is None else ts_opt

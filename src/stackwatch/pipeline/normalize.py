@@ -270,11 +270,30 @@ def _syslog_to_ns(match: re.Match[str], observed_ns: int) -> int | None:
     return ns
 
 
+#: The times storage can hold (ClickHouse's DateTime64(9): 1900-01-01 to 2262-04-11). A time
+#: outside is a time that does not parse: the line keeps its arrival time and the text as
+#: ``timestamp_raw``. Let through, "9999-12-31" failed the whole block's insert, again at every
+#: retry and WAL replay, and every line sent after it waited behind it for ever.
+MIN_TIMESTAMP_NS: Final = -2_208_988_800 * 10**9
+MAX_TIMESTAMP_NS: Final = 2**63 - 1
+
+
 def parse_timestamp(value: Any, observed_ns: int) -> int | None:
-    """Turn any supported timestamp into UTC ns since the epoch, or None when unparseable.
+    """Turn any supported timestamp into UTC ns since the epoch, or None when unparseable
+    (which includes a time storage cannot hold, see :data:`MAX_TIMESTAMP_NS`).
 
     ``observed_ns`` is only used to pick the year of year-less syslog timestamps.
     """
+    try:
+        ns = _parse_timestamp(value, observed_ns)
+    except (OverflowError, ValueError):  # a float beyond int, a year datetime cannot hold
+        return None
+    if ns is None or not MIN_TIMESTAMP_NS <= ns <= MAX_TIMESTAMP_NS:
+        return None
+    return ns
+
+
+def _parse_timestamp(value: Any, observed_ns: int) -> int | None:
     cls = value.__class__
     if cls is int or cls is float:
         if value != value or value in (float("inf"), float("-inf")):  # NaN / inf
@@ -519,7 +538,7 @@ def _normalize_canonical(
         else:
             resource = _flat_resource(resource_in)
     timestamp = raw.get("timestamp")
-    if timestamp.__class__ is not int or timestamp <= 0:
+    if timestamp.__class__ is not int or not 0 < timestamp <= MAX_TIMESTAMP_NS:
         parsed = parse_timestamp(timestamp, observed_ns) if timestamp is not None else None
         if parsed is None and timestamp is not None:
             attributes["timestamp_raw"] = str(timestamp)[:MAX_FIELD_CHARS]
@@ -770,7 +789,7 @@ def _normalize(raw: Mapping[str, Any], template: dict[str, Any], defaults: Mappi
             record["message"] = value
         elif slot == "timestamp":
             parsed = _iso_to_ns(value) if value.__class__ is str else None
-            if parsed is None:
+            if parsed is None or not MIN_TIMESTAMP_NS <= parsed <= MAX_TIMESTAMP_NS:
                 parsed = parse_timestamp(value, observed_ns)
             if parsed is None:
                 attributes["timestamp_raw"] = str(value)[:MAX_FIELD_CHARS]
@@ -1376,7 +1395,7 @@ def _block_of(
 # ---------------------------------------------------------------- timestamps, column-wise
 
 #: Years whose ns since the epoch fit in int64 with any offset; others take the exact path.
-_FAST_YEARS: Final = (1678, 2261)
+_FAST_YEARS: Final = (1900, 2261)
 #: Ranges of the fields _iso_fixed_layout reads (year, month, day, hour, minute, second,
 #: fraction in ns, offset hours, offset minutes): datetime's, and int64 ns for the year.
 _FIELD_LOW: Final = np.array([_FAST_YEARS[0], 1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)
@@ -1422,7 +1441,7 @@ def _timestamp_column(column: Sequence[Any], cls: type, observed_ns: int) -> tup
         else:
             try:
                 parsed = _iso_to_ns(value) if value.__class__ is str else None
-                if parsed is None:
+                if parsed is None or not MIN_TIMESTAMP_NS <= parsed <= MAX_TIMESTAMP_NS:
                     parsed = parse_timestamp(value, observed_ns)
             except Exception:  # e.g. int("²") on an odd offset: the event path marks it
                 parsed = None
@@ -1528,7 +1547,9 @@ def _iso_fixed_layout_slice(column: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     seconds = (_MONTH_FIRST_DAY[month_index] + day - 1) * 86_400 + fields[:, 9]
     if sign_at >= 0:
         seconds -= np.where(grid[:, sign_at] == 45, -fields[:, 10], fields[:, 10])  # 45: "-"
-    return seconds * _NS_PER_S + fields[:, 6], ok
+    ns = seconds * _NS_PER_S + fields[:, 6]
+    ok &= ns >= MIN_TIMESTAMP_NS  # before 1900 (an offset can take 1900-01-01 there): the slow path refuses it
+    return ns, ok
 
 
 def _month_tables() -> tuple[np.ndarray, np.ndarray]:
