@@ -223,3 +223,51 @@ def test_backlog_is_held_to_storage_pace_by_waiting_then_429(tmp_path: Path) -> 
     assert b.flush(30)
     b.stop()
     wal.close()
+
+
+def test_an_entry_its_data_cannot_be_prepared_is_set_aside_not_retried_for_ever(tmp_path: Path) -> None:
+    """A pipeline that fails on one entry's data (a value nobody thought of) once blocked every
+    entry behind it, across restarts. It is quarantined as received; the others are stored.
+    A failure that is not the data's (a worker lost) is still retried without end."""
+    from stackwatch.ingest.batcher import Staged
+
+    stored: list[int] = []
+    lost_worker = {"left": 4}
+
+    def prepare(entries: list[Entry]) -> list[int]:
+        ns = [e.body()["e"][0]["n"] for e in entries]
+        if lost_worker["left"]:
+            lost_worker["left"] -= 1
+            raise RuntimeError("worker died")
+        if 13 in ns:
+            raise OverflowError("Python int too large to convert to C long")
+        return ns
+
+    def commit(ns: list[int], token: str) -> None:
+        stored.extend(ns)
+
+    wal = WAL(tmp_path / "wal")
+    b = Batcher(wal, tmp_path / "wal" / "checkpoint.json", {"logs": Staged(prepare, commit)}, max_rows=10,
+                max_delay_s=0.01)
+    b.start()
+
+    async def main() -> None:
+        for group in range(3):  # one block of several entries, then entries of their own
+            await asyncio.gather(*(b.submit("logs", "default", [{"n": i}]) for i in range(group * 10, group * 10 + 10)))
+
+    asyncio.run(main())
+    assert b.flush(30)
+    assert sorted(stored) == [n for n in range(30) if n != 13]
+    assert b.quarantined == 1 and b.buffered_bytes == 0
+    (kept,) = (tmp_path / "wal" / "quarantine").iterdir()
+    assert b'"n":13' in kept.read_bytes()
+    b.stop()
+    wal.close()
+    # Nothing is replayed after a restart: the quarantined record is behind the checkpoint.
+    stored.clear()
+    wal = WAL(tmp_path / "wal")
+    b = Batcher(wal, tmp_path / "wal" / "checkpoint.json", {"logs": Staged(prepare, commit)}, max_delay_s=0.01)
+    b.start()
+    assert b.flush(10) and stored == []
+    b.stop()
+    wal.close()

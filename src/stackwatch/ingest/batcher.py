@@ -39,6 +39,10 @@ from stackwatch.ingest.wal import WAL
 
 __all__ = ["Batcher", "Entry", "Sink", "Staged"]
 
+#: Failures that say something about the data being prepared, not about the machine: the
+#: same entry fails the same way every time (pyarrow's errors derive from these too).
+_DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, ArithmeticError, AttributeError, RecursionError)
+
 log = logging.getLogger("stackwatch.ingest")
 
 
@@ -176,6 +180,8 @@ class Batcher:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self.stored_events = 0
+        #: Events set aside because their data could not be prepared (see _prepare_isolating).
+        self.quarantined = 0
         self.last_error: str | None = None
 
     # -- recovery ----------------------------------------------------------------------------
@@ -386,6 +392,52 @@ class Batcher:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _prepare_isolating(self, block: list[Entry]) -> dict[str, Any]:
+        """Prepare a block; an entry that fails by its data alone is set aside, not retried for ever.
+
+        Storage being away is retried without end (:meth:`_retrying`), but preparing is the
+        pipeline's work on the entries themselves: an entry whose data the code cannot handle
+        (a bug, or a value nobody thought of) fails the same way every time, and blocked every
+        entry behind it, across restarts, because the WAL replays it first. After three failures
+        with a data error, each entry is prepared alone; those that still fail are written to
+        ``<wal>/quarantine/`` as they were received (re-sendable) and logged, and the rest go on.
+        Any other failure (a worker process lost, no memory) is retried as before.
+        """
+        backoff = 0.1
+        failures = 0
+        while True:
+            try:
+                result = self._prepare_block(block)
+                self.last_error = None
+                return result
+            except Exception as exc:
+                self.last_error = str(exc)
+                log.exception("preparing block %d..%d failed; retrying", block[0].lsn, block[-1].lsn)
+                failures = failures + 1 if isinstance(exc, _DATA_ERRORS) else 0
+                if failures >= 3:
+                    kept = [e for e in block if not self._poisoned(e)]
+                    if len(kept) < len(block):
+                        return self._retrying("preparing", block, self._prepare_block, kept) if kept else {}
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _poisoned(self, entry: Entry) -> bool:
+        """Prepare ``entry`` alone; on a data error, quarantine it and say so."""
+        try:
+            self._prepare_block([entry])
+            return False
+        except _DATA_ERRORS as exc:
+            folder = self.wal.dir / "quarantine"
+            folder.mkdir(exist_ok=True)
+            path = folder / f"{entry.lsn:012d}-{entry.kind}.rec"
+            path.write_bytes(entry.payload)
+            self.quarantined += entry.count
+            log.error("WAL record %d (%s, project %s, %d events) cannot be stored: %s: %s; set aside as %s",
+                      entry.lsn, entry.kind, entry.project, entry.count, type(exc).__name__, exc, path)
+            return True
+        except Exception:
+            return False  # not the data's fault: the block is retried whole
+
     def _build_loop(self) -> None:
         try:
             while True:
@@ -393,7 +445,7 @@ class Batcher:
                 if block is None:
                     return
                 started = time.monotonic()
-                prepared = self._retrying("preparing", block, self._prepare_block, block)
+                prepared = self._prepare_isolating(block)
                 self._prepare_s[id(block)] = time.monotonic() - started
                 self._ready.put((block, prepared))  # waits while the inserter is busy: backpressure
         finally:

@@ -124,6 +124,7 @@ def create_app(settings: Any, runtime: Runtime | None = None, *, close_runtime: 
                 "buffered_bytes": rt.batcher.buffered_bytes,
                 "pending_rows": rt.batcher.pending_rows,
                 "stored_events": rt.batcher.stored_events,
+                "quarantined_events": rt.batcher.quarantined,
                 "last_error": rt.batcher.last_error,
             },
         }
