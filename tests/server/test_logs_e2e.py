@@ -199,6 +199,30 @@ def test_live_tail_streams_new_lines(server: ServerProcess) -> None:
     assert [g["message"] for g in got] == ["tail one", "tail two"]
 
 
+def test_live_tail_streams_a_whole_burst(server: ServerProcess) -> None:
+    """2,500 lines in one request, more than one read of the tail takes (1,000): every one is
+    streamed, in order (the rest were skipped)."""
+    n = 2_500
+    got: list[str] = []
+
+    def reader() -> None:
+        with server.client() as c, c.stream("GET", "/api/v1/logs/tail", params={"q": "service:bursttail"},
+                                            timeout=30) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    got.append(json.loads(line[6:])["message"])
+                    if len(got) >= n + 1:
+                        return
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    push(server, ndjson([{"message": f"burst {i:04d}", "service": "bursttail"} for i in range(n)]))
+    push(server, ndjson([{"message": "after the burst", "service": "bursttail"}]))
+    t.join(timeout=25)
+    assert got[:n] == [f"burst {i:04d}" for i in range(n)] and got[n:] == ["after the burst"]
+
+
 def test_buffer_full_answers_429_with_retry_after(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path / "data", env={"STACKWATCH_INGEST_BUFFER_BYTES": "2000",
                                                 "STACKWATCH_INGEST_WAIT_S": "0",

@@ -180,6 +180,8 @@ class Batcher:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self.stored_events = 0
+        #: Arrival times of entries not yet queued, with their counts (see _arrive).
+        self._arriving: dict[int, int] = {}
         #: Events set aside because their data could not be prepared (see _prepare_isolating).
         self.quarantined = 0
         self.last_error: str | None = None
@@ -223,7 +225,30 @@ class Batcher:
         """Make ``events`` durable; returns once they are in the WAL (then the caller may ack)."""
         if not events:
             return 0
-        return await self.submit_entry(Entry.create(kind, project, events, observed_ns or time.time_ns(), defaults))
+        if observed_ns is not None:
+            return await self.submit_entry(Entry.create(kind, project, events, observed_ns, defaults))
+        observed = self._arrive()
+        try:
+            return await self.submit_entry(Entry.create(kind, project, events, observed, defaults))
+        finally:
+            self._arrived(observed)
+
+    def _arrive(self) -> int:
+        """An arrival time, counted as not stored until its entry is queued (see
+        :meth:`stored_watermark_ns`): between the two the request is encoded, waits for buffer
+        space and for the WAL's fsync, and a watermark taken then must not pass it."""
+        with self._cond:
+            now = time.time_ns()
+            self._arriving[now] = self._arriving.get(now, 0) + 1
+            return now
+
+    def _arrived(self, observed: int) -> None:
+        with self._cond:
+            left = self._arriving.get(observed, 0) - 1
+            if left > 0:
+                self._arriving[observed] = left
+            else:
+                self._arriving.pop(observed, None)
 
     async def submit_entry(self, entry: Entry) -> int:
         """:meth:`submit` for an entry the caller built (to choose how it is encoded and kept)."""
@@ -247,13 +272,18 @@ class Batcher:
         """:meth:`submit` for threads without an event loop."""
         if not events:
             return 0
-        entry = self._prepare(kind, project, events, observed_ns, defaults)
+        observed = observed_ns or self._arrive()
         try:
-            self.wal.append_sync(entry.payload, lambda lsn: self._durable(entry, lsn))
-        except BaseException:
-            self._abandon(entry)
-            raise
-        return entry.count
+            entry = self._prepare(kind, project, events, observed, defaults)
+            try:
+                self.wal.append_sync(entry.payload, lambda lsn: self._durable(entry, lsn))
+            except BaseException:
+                self._abandon(entry)
+                raise
+            return entry.count
+        finally:
+            if not observed_ns:
+                self._arrived(observed)
 
     def _prepare(
         self, kind: str, project: str, events: list[Any], observed_ns: int | None, defaults: dict[str, Any] | None
@@ -519,13 +549,15 @@ class Batcher:
     def stored_watermark_ns(self) -> int:
         """Every entry observed at or before this time is in storage."""
         with self._cond:
-            if self._queue or self._in_flight:
+            now = time.time_ns()
+            if self._queue or self._in_flight or self._arriving:
                 oldest = min(
-                    min((e.observed_ns for _, e in self._queue), default=time.time_ns()),
-                    min(self._flight_oldest.values(), default=time.time_ns()),
+                    min((e.observed_ns for _, e in self._queue), default=now),
+                    min(self._flight_oldest.values(), default=now),
+                    min(self._arriving, default=now),
                 )
                 return oldest - 1
-        return time.time_ns()
+            return now - 1  # an arrival in this same nanosecond is not stored yet
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything submitted so far is stored (tests, shutdown)."""

@@ -122,6 +122,7 @@ def _hit(row: dict[str, Any], project: str) -> LogHit:
         "timestamp": ns_to_rfc3339(row["ts"]),
         "timestamp_ns": row["ts"],
         "observed_timestamp": ns_to_rfc3339(row["observed_ts"]),
+        "observed_timestamp_ns": row["observed_ts"],
         "project": project,
         "service": row["service"],
         "level": row["severity_text"],
@@ -561,18 +562,28 @@ class LogStore:
         observed_after_ns: int,
         limit: int = 1000,
         observed_upto_ns: int = 2**63 - 1,
+        after_line: tuple[int, int] | None = None,
     ) -> list[LogHit]:
         """Lines that arrived in (after, upto], oldest first: what live tail streams.
 
-        Lines whose own timestamp is more than a day older than their arrival are left out so
-        the scan stays within recent partitions.
+        ``after_line`` (observed ns, timestamp ns of the last line read) continues a read that
+        reached ``limit``: the lines after it, in the same order. Lines whose own timestamp is
+        more than a day older than their arrival are left out so the scan stays within recent
+        partitions.
         """
+        after = "observed_timestamp > fromUnixTimestamp64Nano({_after:Int64})"
+        line: dict[str, Any] = {}
+        if after_line is not None:
+            after = ("(observed_timestamp, timestamp) > "
+                     "(fromUnixTimestamp64Nano({_line_obs:Int64}), fromUnixTimestamp64Nano({_line_ts:Int64}))")
+            line = {"_line_obs": after_line[0], "_line_ts": after_line[1]}
         rows = self.ex.rows(
             f"SELECT {_HIT_COLUMNS} FROM `{self.db}`.logs WHERE project = {{_project:String}} "
-            "AND observed_timestamp > fromUnixTimestamp64Nano({_after:Int64}) "
+            f"AND {after} "
             "AND observed_timestamp <= fromUnixTimestamp64Nano({_upto:Int64}) "
             "AND timestamp > fromUnixTimestamp64Nano({_after:Int64}) - toIntervalDay(1) "
             f"AND ({where}) ORDER BY observed_timestamp, timestamp LIMIT {{_limit:UInt32}}",
-            {**params, "_project": project, "_after": observed_after_ns, "_upto": observed_upto_ns, "_limit": limit},
+            {**params, **line, "_project": project, "_after": observed_after_ns, "_upto": observed_upto_ns,
+             "_limit": limit},
         )
         return [_hit(r, project) for r in rows]

@@ -96,6 +96,10 @@ async def histogram(
     return JSONResponse({"interval": interval_s, "buckets": buckets})
 
 
+#: Lines per read of the live tail; a burst of more is read in several.
+TAIL_PAGE = 1000
+
+
 @router.get("/tail")
 async def tail(request: Request, q: str = "", who: Any = Depends(viewer)) -> StreamingResponse:
     """Server-sent events: each new matching line as one ``data:`` JSON message."""
@@ -113,12 +117,20 @@ async def tail(request: Request, q: str = "", who: Any = Depends(viewer)) -> Str
             new_mark = rt.batcher.stored_watermark_ns()
             if new_mark <= watermark:
                 continue
-            hits = await run_in_threadpool(
-                rt.logs.newer_than, project, compiled.where, compiled.params, watermark, 1000, new_mark
-            )
+            # Every line that arrived up to new_mark, in pages: a burst of more lines than a
+            # page between two polls is streamed whole (a single read of 1,000 dropped the rest).
+            after_line: tuple[int, int] | None = None
+            while True:
+                hits = await run_in_threadpool(
+                    rt.logs.newer_than, project, compiled.where, compiled.params, watermark, TAIL_PAGE, new_mark,
+                    after_line,
+                )
+                for hit in hits:
+                    yield b"data: " + orjson.dumps(hit) + b"\n\n"
+                if len(hits) < TAIL_PAGE:
+                    break
+                after_line = (hits[-1]["observed_timestamp_ns"], hits[-1]["timestamp_ns"])
             watermark = new_mark
-            for hit in hits:
-                yield b"data: " + orjson.dumps(hit) + b"\n\n"
             if time.monotonic() - last_ping > 15:
                 last_ping = time.monotonic()
                 yield b": ping\n\n"
