@@ -18,6 +18,7 @@ few dozen tokens and parses in microseconds, so the lock costs nothing measurabl
 
 from __future__ import annotations
 
+import re
 import threading
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -49,12 +50,22 @@ class _TokenFilter:
     def __init__(self, query: str) -> None:
         self.query = query
         self.last: Any = None  # the last token handed to the parser; None once input ended
+        self.pending: Any = None  # a token read ahead and not yet handed over
 
-    def __call__(self) -> Any:
+    def _next(self) -> Any:
+        if self.pending is not None:
+            tok, self.pending = self.pending, None
+            return tok
         try:
-            tok = _lexer.token()
+            return _lexer.token()
         except IllegalCharacterError:
             raise _illegal_character(self.query, _lexer.lexpos) from None
+
+    def __call__(self) -> Any:
+        before = self.last
+        tok = self._next()
+        if tok is not None and tok.type == "MINUS" and before is not None and before.type in _VALUE_STARTS:
+            tok = self._negative_number(tok, before)
         self.last = tok
         if tok is None:
             return None
@@ -79,6 +90,41 @@ class _TokenFilter:
             except InvalidOperation:
                 raise QuerySyntaxError(f"bad boost '^{tok.value.value}'", tok.lexpos) from None
         return tok
+
+
+    def _negative_number(self, minus: Any, before: Any) -> Any:
+        """``field:-5``, ``field:>=-5``, ``field:[-10 TO -1]``: a minus where a value starts
+        is the sign of a number, as in Kibana (luqum made ``neg:-5`` mean ``NOT neg:5``, which
+        matched nearly every line). Before anything but a number, right after ``:``, it is
+        refused, as Lucene refuses it: the user meant one of two things, and guessing either
+        answers a different question."""
+        nxt = self._next()
+        if (
+            nxt is not None
+            and nxt.type == "TERM"
+            and isinstance(nxt.value, Word)
+            and nxt.lexpos == minus.lexpos + 1
+            and _NUMBER.fullmatch(nxt.value.value)
+        ):
+            word = nxt.value
+            word.value = "-" + word.value
+            word.pos, word.size = minus.lexpos, (word.size or len(word.value) - 1) + 1
+            word.head = getattr(minus.value, "head", "") or ""
+            nxt.lexpos = minus.lexpos
+            return nxt
+        if before.type == "COLUMN":
+            raise QuerySyntaxError(
+                "'-' right after ':': to exclude lines, write NOT field:value (or -field:value); "
+                'to search for a value that starts with "-", quote it (field:"-value")',
+                minus.lexpos,
+            )
+        self.pending = nxt
+        return minus
+
+
+#: Where a value starts: after ``field:``, a comparison, ``[`` / ``{`` of a range, or ``TO``.
+_VALUE_STARTS = frozenset({"COLUMN", "GREATERTHAN", "LESSTHAN", "LBRACKET", "TO"})
+_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def _illegal_character(query: str, pos: int) -> QuerySyntaxError:
