@@ -250,6 +250,15 @@ def test_explorer_end_to_end(server: str) -> None:
             _expect_text(total, "0 hits (+1 live)")
             page.uncheck("#live")
 
+            # Live tail over a past window first extends the window to now (new lines are not
+            # part of a range that ended an hour ago).
+            page.goto(f"{server}/?q=service:tail&start=-2h&end=-1h")
+            _expect_text(total, "0 hits")
+            page.check("#live")
+            page.wait_for_function("new URLSearchParams(location.search).get('end') === 'now'")
+            _expect_text(total, "1 hit")
+            page.uncheck("#live")
+
             # Logging out ends the session.
             page.click("button:has-text('Log out')")
             page.wait_for_url(f"{server}/login")

@@ -141,11 +141,20 @@ def test_trace_page_end_to_end(server: ServerProcess) -> None:
             link.click()
             page.wait_for_url(f"{base}/traces/{TRACE_ID}")
 
-            # An unknown trace says so instead of failing silently.
-            page.goto(f"{base}/traces/{'0' * 31}1")
+            # A trace whose spans are not stored says so instead of failing silently, and
+            # leads to the log lines that carry its id (logs outlive spans).
+            orphan = "0" * 31 + "1"
+            with server.ingest_client() as c:
+                line = {"message": "line of a trace without spans", "service": "checkout", "trace_id": orphan}
+                assert c.post("/api/v1/logs", content=orjson.dumps(line)).status_code == 200
+            assert server.wait_for_count(f'trace_id:"{orphan}"', 1) == 1
+            page.goto(f"{base}/traces/{orphan}")
             page.wait_for_selector("body[data-ready='1']")
             expect(page.locator("#error")).to_contain_text("not found")
             problems[:] = [p for p in problems if "404" not in p]  # the expected failed fetch
+            page.click("#trace-logs-search")
+            page.wait_for_url("**/?q=*")
+            expect(page.locator("#rows tr", has_text="line of a trace without spans")).to_have_count(1)
         finally:
             browser.close()
     assert problems == []

@@ -596,8 +596,19 @@
   loadMoreButton.addEventListener("click", loadMore);
 
   liveToggle.addEventListener("change", () => {
-    if (liveToggle.checked) startTail();
-    else stopTail();
+    if (!liveToggle.checked) {
+      stopTail();
+      return;
+    }
+    if (state.end !== "now") {
+      // New lines belong to a range that ends now: a past window would list them under
+      // hits they are not part of. Extend the range to now, search it, then tail (run does).
+      state.end = "now";
+      if (rangeSelect.value === "custom") endInput.value = "";
+      run();
+      return;
+    }
+    startTail();
   });
 
   document.addEventListener("keydown", (event) => {

@@ -260,6 +260,13 @@
     } catch (err) {
       $("trace-title").textContent = "Trace not available";
       showError(err.message);
+      // Log lines outlive spans (traces are kept fewer days than application logs), and a
+      // line may carry a trace id whose spans were never sent: its lines are still there.
+      const search = new URLSearchParams({ q: `trace_id:"${traceId}"`, start: "-30d", end: "now" });
+      const note = $("logs-empty");
+      note.replaceChildren("No spans of this trace are stored. ",
+        el("a", { href: `/?${search}`, id: "trace-logs-search" }, "Search the log lines with this trace id"), ".");
+      note.hidden = false;
       document.body.dataset.ready = "1";
     }
   }
