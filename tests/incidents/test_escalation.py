@@ -212,3 +212,52 @@ def test_warnings_wait_for_working_hours_and_critical_pages_at_night(meta: MetaS
     # Friday evening: held until Monday morning.
     assert hours.next_start(datetime(2026, 11, 27, 19, 0, tzinfo=UTC)) == datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
     assert IncidentConfig.from_dict({"working_hours": "always"}).working_hours is None
+
+
+def test_a_held_incident_raised_to_p0_pages_at_once(meta: MetaStore, receiver: Receiver) -> None:
+    """A P2 waiting for working hours that becomes P0 (triaged by hand, or its alert crossing
+    the critical threshold) pages now: it waited for the morning, in the middle of an outage."""
+    from datetime import UTC, datetime
+
+    from stackwatch.incidents.hours import WorkingHours
+    from stackwatch.incidents.service import IncidentConfig
+
+    clock = Clock(datetime(2026, 11, 24, 2, 0, tzinfo=UTC))  # 03:00 in Berlin
+    hours = WorkingHours.from_config({"timezone": "Europe/Berlin", "days": ["mon", "tue", "wed", "thu", "fri"],
+                                      "start": "09:00", "end": "18:00"})
+    service = IncidentService(meta, clock=clock, config=IncidentConfig(working_hours=hours),
+                              base_url="http://stackwatch.test")
+    setup_oncall(service)
+    engine = engine_for(service, receiver, clock)
+    engine.tick_s = 3600  # only a wake-up can page within the test
+    engine.start()
+    try:
+        warn = service.create(title="Queue backing up", severity="P2", by="ann")["number"]
+        engine.tick()
+        assert receiver.paths() == []
+        service.change_severity(warn, "P0", by="bob", reason="orders are failing")
+        _wait_for(lambda: receiver.paths() == ["/ann"])  # woken, not at the next tick
+        # The same through an alert: warning opens a held P2, critical raises it.
+        def event(severity: str) -> Any:
+            alert = Alert(labels={"alertname": "QueueDepth", "service": "orders", "priority": severity},
+                          annotations={"summary": "queue depth"}, starts_at=clock())
+            return make_group_event("g-queue", "ops", {"alertname": "QueueDepth"}, [alert], "firing", clock())
+
+        number = service.handle_group_event(event("P2"))
+        assert number is not None and service.get(number)["severity"] == "P2"  # a priority label opens it
+        engine.tick()
+        assert receiver.paths() == ["/ann"]
+        service.handle_group_event(event("P0"))
+        _wait_for(lambda: receiver.paths() == ["/ann", "/ann"])
+        assert service.get(number)["severity"] == "P0"
+    finally:
+        engine.stop()
+
+
+def _wait_for(condition: Any, timeout: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -55,6 +55,7 @@ class EscalationEngine:
         self._thread: threading.Thread | None = None
         self._tick_lock = threading.Lock()
         service.on_opened.append(lambda _number: self.wake())
+        service.on_due.append(self.wake)
         service.on_state_change.append(self._state_changed)
 
     # -- the loop ------------------------------------------------------------------------------

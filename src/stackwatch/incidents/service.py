@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -171,6 +171,12 @@ def _alert_from_json(data: dict[str, Any]) -> Alert:
     )
 
 
+def _label_severity(labels: Mapping[str, str]) -> str | None:
+    """An alert's level from its ``severity`` label, else its ``priority`` label, as routing
+    reads it (a P1 labelled ``priority`` was routed and notified but opened no incident)."""
+    return normalize_severity(labels.get("severity")) or normalize_severity(labels.get("priority"))
+
+
 def _describe(alert: Alert) -> str:
     summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
     detail = ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()) if k not in ("alertname", "severity"))
@@ -203,6 +209,9 @@ class IncidentService:
         self._lock = threading.RLock()
         #: Called after an incident opens, so the escalation engine pages without waiting a tick.
         self.on_opened: list[Callable[[int], None]] = []
+        #: Called when an escalation became due outside the engine's schedule (see _unhold).
+        self.on_due: list[Callable[[], None]] = []
+        self._due_now = False
         #: Called with (incident id, "acknowledge" | "resolve") after either happened, so pagers
         #: that track incidents themselves (PagerDuty) can be told.
         self.on_state_change: list[Callable[[int, str], None]] = []
@@ -451,11 +460,11 @@ class IncidentService:
             self._worker = None
 
     def _severity_of(self, alerts: list[Alert], labels: dict[str, str]) -> str:
-        found = [normalize_severity(a.labels.get("severity")) for a in alerts]
+        found = [_label_severity(a.labels) for a in alerts]
         known = [x for x in found if x]
         if known:
             return min(known, key=rank)
-        return normalize_severity(labels.get("severity")) or self.config.default_severity
+        return _label_severity(labels) or self.config.default_severity
 
     def handle_group_event(self, event: GroupEventLike) -> int | None:
         """Record the group's alerts; open or update its incident. Returns the incident number."""
@@ -502,6 +511,7 @@ class IncidentService:
             number, incident_id = inc.number, inc.id
         if opened is not None:
             self._notify_opened(opened)
+        self._wake_escalation()
         if resolved_now:
             self._notify_state(incident_id, "resolve")
         return number
@@ -535,8 +545,7 @@ class IncidentService:
             if occ is None:
                 occ = AlertOccurrence(
                     fingerprint=alert.fingerprint, alertname=alert.name[:200], labels=dict(alert.labels),
-                    severity=normalize_severity(alert.labels.get("severity"))
-                    or normalize_severity(event.labels.get("severity")) or "P4",
+                    severity=_label_severity(alert.labels) or _label_severity(event.labels) or "P4",
                     group_key=event.group_key[:1000], receiver=event.receiver[:200], starts_at=alert.starts_at,
                 )
                 s.add(occ)
@@ -558,12 +567,13 @@ class IncidentService:
                 self._add(s, inc, "alert_firing", SYSTEM, _describe(alert), at,
                           {"fingerprint": alert.fingerprint, "labels": now["labels"], "value": alert.value,
                            "starts_at": now["starts_at"]})
-                sev = normalize_severity(alert.labels.get("severity"))
+                sev = _label_severity(alert.labels)
                 if sev and rank(sev) < rank(inc.severity) and inc.status != "resolved":
                     self._add(s, inc, "severity_changed", SYSTEM,
                               f"Severity raised from {inc.severity} to {sev} by {alert.name}", at,
                               {"from": inc.severity, "to": sev})
                     inc.severity = sev
+                    self._unhold(inc, at)
             elif now["status"] == "resolved" and (before is None or before.get("status") == "firing"):
                 self._add(s, inc, "alert_resolved", SYSTEM, _describe(alert), at,
                           {"fingerprint": alert.fingerprint, "ends_at": now["ends_at"], "starts_at": now["starts_at"]})
@@ -638,7 +648,31 @@ class IncidentService:
             old, inc.severity = inc.severity, sev
             text = f"Severity changed from {old} to {sev}" + (f": {reason}" if reason else "")
             self._add(s, inc, "severity_changed", by, text, now, {"from": old, "to": sev})
-            return self._json(s, inc)
+            self._unhold(inc, now)
+            out = self._json(s, inc)
+        self._wake_escalation()
+        return out
+
+    def _unhold(self, inc: Incident, at: datetime) -> None:
+        """A held incident (a P2-P4 waiting for working hours) that becomes P0/P1 pages now.
+
+        Its first level is due at once; the escalation engine is woken after the commit
+        (:meth:`_wake_escalation`). An incident already paging keeps its schedule.
+        """
+        if (inc.status == "triggered" and severity_pages(inc.severity) and inc.escalation_policy_id
+                and inc.esc_level == 0 and inc.esc_cycle == 0
+                and inc.esc_next_at is not None and inc.esc_next_at > at):
+            inc.esc_next_at = at
+            self._due_now = True
+
+    def _wake_escalation(self) -> None:
+        if self._due_now:
+            self._due_now = False
+            for callback in self.on_due:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("escalation-due hook failed")
 
     def update(self, number: int, by: str, *, title: str | None = None, assignee: str | None = None,
                service: str | None = None, summary: str | None = None) -> dict[str, Any]:
