@@ -377,3 +377,44 @@ def test_send_to_receiver_acknowledges_on_pagerduty(make: Any, clock: ManualCloc
     (body,) = recorder.bodies()
     assert body["event_action"] == "acknowledge" and body["routing_key"] == "R1"
     assert len(body["dedup_key"]) == 64
+
+
+def test_listeners_are_told_again_after_a_restart_only_if_they_did_not_record_it(
+        clock: ManualClock, recorder: Recorder, meta_store: MetaStore) -> None:
+    """A group the incident manager recorded is not handed to it again after a restart (it
+    opened a second incident for an alert whose first one was resolved by hand, and paged);
+    a group it never confirmed is (at least once: a crash must not lose a page)."""
+    cfg = parse_alerting_config(config(recorder.url))
+    seen: list[str] = []
+
+    def confirming(event: AlertGroupEvent) -> None:
+        seen.append(f"confirmed {event.status}")
+        assert event.recorded is not None
+        event.recorded()
+
+    def forgetful(event: AlertGroupEvent) -> None:
+        seen.append(f"unconfirmed {event.status}")
+
+    for listener, told_again in ((confirming, False), (forgetful, True)):
+        seen.clear()
+        first = Dispatcher(cfg, meta_store, clock=clock)
+        first.group_listeners.append(listener)
+        first.start(ticker=False)
+        start = clock.now
+        name = f"Disk{told_again}"
+        first.put_alerts([firing(clock, name)])
+        step(first, clock, 31)
+        first.stop()
+        assert len(seen) == 1
+        second = Dispatcher(cfg, meta_store, clock=clock)
+        second.group_listeners.append(listener)
+        second.start(ticker=False)
+        try:
+            clock.advance(60)
+            again = firing(clock, name)
+            again.starts_at = start  # Prometheus re-sends the same alert after the restart
+            second.put_alerts([again])
+            step(second, clock, 31)
+            assert len(seen) == (2 if told_again else 1), seen
+        finally:
+            second.stop()

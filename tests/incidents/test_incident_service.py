@@ -316,3 +316,18 @@ def test_the_listener_queues_events_in_order_and_never_raises(service: IncidentS
         service.stop()
     assert service.get(1)["status"] == "resolved"
     assert "could not record alert group" in caplog.text
+
+
+def test_a_group_is_confirmed_to_the_dispatcher_once_recorded(service: IncidentService, clock: Clock) -> None:
+    """Only a recorded group is confirmed (the dispatcher then persists that incidents know);
+    one that failed to record is not, so a restart hands it over again."""
+    confirmed: list[str] = []
+    event = firing(clock, alert("HighErrorRate", "critical", clock()))
+    event.recorded = lambda: confirmed.append("ok")
+    service.on_group_event(event)
+    assert confirmed == ["ok"] and service.get(1)["status"] == "triggered"
+    broken = firing(clock, alert("HighErrorRate", "critical", clock()))
+    broken.recorded = lambda: confirmed.append("broken")
+    broken.alerts = None  # recording it fails
+    service.on_group_event(broken)
+    assert confirmed == ["ok"]

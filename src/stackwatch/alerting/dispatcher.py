@@ -359,10 +359,14 @@ class Dispatcher:
             event: AlertGroupEvent | None = None
             lkey = self._nflog_key(group.key, receiver.name, _LISTENERS)
             if self._needs_update(self._nflog.get(lkey), firing, resolved, True, repeat, now):
+                entry = (lkey, group.key, receiver.name, _LISTENERS, firing, resolved, now)
                 event = AlertGroupEvent(
                     group_key=group.key, receiver=receiver.name, labels=dict(group.labels), alerts=list(alerts),
                     status="firing" if firing else "resolved", at=now,
-                    correlation_key=self._correlate(group, alerts, now), route=route_cfg.path)
+                    correlation_key=self._correlate(group, alerts, now), route=route_cfg.path,
+                    recorded=lambda: self._persist_sent(*entry))
+                # In memory now; persisted only once a listener has recorded the event (see
+                # AlertGroupEvent.recorded): a restart then neither loses it nor repeats it.
                 self._log_sent(lkey, group.key, receiver.name, _LISTENERS, firing, resolved, now, persist=False)
             deliveries = []
             for integration in receiver.integrations:
@@ -405,7 +409,12 @@ class Dispatcher:
     def _log_sent(self, nkey: str, group_key: str, receiver: str, integration: str, firing: list[str],
                   resolved: list[str], now: datetime, *, persist: bool = True) -> None:
         self._nflog[nkey] = _NflogEntry(frozenset(firing), frozenset(resolved), now)
-        if persist and self.meta is not None:
+        if persist:
+            self._persist_sent(nkey, group_key, receiver, integration, firing, resolved, now)
+
+    def _persist_sent(self, nkey: str, group_key: str, receiver: str, integration: str, firing: list[str],
+                      resolved: list[str], now: datetime) -> None:
+        if self.meta is not None:
             from stackwatch.storage.meta.models import AlertNotificationLog
 
             try:

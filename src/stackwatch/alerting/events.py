@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,10 @@ class AlertGroupEvent:
     correlation_key: str = ""
     #: The route the group belongs to, as its configuration path (``route.routes[0]``).
     route: str = ""
+    #: Called by a listener once it has durably recorded the event (the incident manager,
+    #: after its transaction): the dispatcher then persists that listeners were told, so a
+    #: restart does not tell them again. A crash before that tells them again: at least once.
+    recorded: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def firing(self) -> list[Alert]:

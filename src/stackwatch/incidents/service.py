@@ -431,6 +431,13 @@ class IncidentService:
             self.handle_group_event(event)
         except Exception:
             log.exception("incidents: could not record alert group %r", getattr(event, "group_key", "?"))
+            return
+        recorded = getattr(event, "recorded", None)
+        if recorded is not None:
+            try:
+                recorded()  # the dispatcher persists that incidents know: a restart does not repeat it
+            except Exception:
+                log.exception("incidents: could not confirm alert group %r", getattr(event, "group_key", "?"))
 
     def start(self) -> None:
         """Handle listener events on a worker thread from now on."""
