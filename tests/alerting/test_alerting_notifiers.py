@@ -196,6 +196,32 @@ def test_email_over_starttls_with_auth_has_text_and_html_parts(
     assert '<a href="https://runbooks.example.com/pg-lag">Runbook</a>' in parts["text/html"]
 
 
+def test_an_email_page_carries_the_acknowledge_link(
+        clock: ManualClock, smtp_server: tuple[int, _Inbox, Path]) -> None:
+    """An incident's page by e-mail: the one-click acknowledge link, the incident and the
+    escalation step are in both parts (they were only in webhook pages)."""
+    port, inbox, cert = smtp_server
+    cfg = {
+        "global": {"smtp_smarthost": f"127.0.0.1:{port}", "smtp_from": "alerts@example.com",
+                   "smtp_auth_username": "alerts", "smtp_auth_password": "s3cret"},
+        "route": {"receiver": "mail"},
+        "receivers": [{"name": "mail", "email_configs": [{
+            "to": "oncall@example.com", "tls_config": {"ca_file": str(cert), "server_name": "localhost"}}]}],
+    }
+    paged = db_alert(clock)
+    paged.annotations.update(ack_url="https://sw.example.com/incidents/ack?t=abc&u=ann",
+                             incident_url="https://sw.example.com/api/v1/incidents/7",
+                             escalation="level 1 of 'default'")
+    run_group(cfg, clock, [paged])
+    (_, _, first), = inbox.messages
+    parts = {p.get_content_type(): p.get_payload(decode=True).decode() for p in first.walk()
+             if not p.is_multipart()}
+    assert "acknowledge: https://sw.example.com/incidents/ack?t=abc&u=ann" in parts["text/plain"]
+    assert "escalation: level 1 of 'default'" in parts["text/plain"]
+    assert '<a href="https://sw.example.com/incidents/ack?t=abc&amp;u=ann"><b>Acknowledge</b></a>' in parts["text/html"]
+    assert "Page: level 1 of &#x27;default&#x27;" in parts["text/html"]
+
+
 def test_email_to_a_refused_recipient_fails_without_retrying(
         clock: ManualClock, smtp_server: tuple[int, _Inbox, Path]) -> None:
     port, inbox, _cert = smtp_server

@@ -22,6 +22,11 @@ from stackwatch.alerting.notifiers.slack import DEFAULT_TITLE
 __all__ = ["build", "notify"]
 
 
+#: A page (an incident's escalation) carries these annotations: the one-click acknowledge link
+#: must be in the e-mail, or someone paged by e-mail cannot stop the escalation from it.
+_PAGE_LINKS = (("Acknowledge", "ack_url"), ("Incident", "incident_url"))
+
+
 def _text(message: Message) -> str:
     d = message.data
     lines = [DEFAULT_TITLE.render(d), ""]
@@ -30,6 +35,9 @@ def _text(message: Message) -> str:
         for key in ("summary", "description"):
             if a["Annotations"].get(key):
                 lines.append(f"  {key}: {a['Annotations'][key]}")
+        for name, key in (*_PAGE_LINKS, ("Escalation", "escalation")):
+            if a["Annotations"].get(key):
+                lines.append(f"  {name.lower()}: {a['Annotations'][key]}")
         if a.get("Value") not in (None, ""):
             lines.append(f"  value: {a['Value']}")
         lines.append("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(a["Labels"].items())))
@@ -48,9 +56,12 @@ def _html(message: Message) -> str:
     rows = []
     for a in d["Alerts"]:
         ann = a["Annotations"]
-        links = " | ".join(f'<a href="{e(a[k])}">{n}</a>' for n, k in (("Runbook", "RunbookURL"),
-                           ("Alert", "AlertURL"), ("Silence", "SilenceURL")) if a.get(k))
+        page = [f'<a href="{e(ann[k])}"><b>{n}</b></a>' for n, k in _PAGE_LINKS if ann.get(k)]
+        links = " | ".join(page + [f'<a href="{e(a[k])}">{n}</a>' for n, k in (("Runbook", "RunbookURL"),
+                                   ("Alert", "AlertURL"), ("Silence", "SilenceURL")) if a.get(k)])
         value = f"<br>Value: <b>{e(str(a['Value']))}</b>" if a.get("Value") not in (None, "") else ""
+        if ann.get("escalation"):
+            value += f"<br>Page: {e(ann['escalation'])}"
         labels = ", ".join(f"{e(k)}={e(v)}" for k, v in sorted(a["Labels"].items()))
         rows.append(
             f"<tr><td style='padding:8px;border-bottom:1px solid #ddd'><b>{e(a['Status'].upper())}</b> "
