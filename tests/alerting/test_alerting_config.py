@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stackwatch.alerting.config import (
     AlertingConfigError,
@@ -290,3 +292,15 @@ receivers:
     assert integrations[0].templates["body"].render({"CommonLabels": {"alertname": "X"}, "Status": "firing"}) == (
         "X is firing")
     assert not integrations[3].send_resolved
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,8}", fullmatch=True),
+                       st.text(max_size=20), min_size=1, max_size=4))
+def test_a_silence_link_filter_reads_back_as_the_same_labels(labels: dict[str, str]) -> None:
+    """A notification's "Silence" link: values with backslashes, quotes or newlines (a Windows
+    mount point, an error title) came back altered, and the silence matched nothing."""
+    from stackwatch.alerting.matchers import equality_filter
+
+    matchers = parse_matchers(equality_filter(labels))
+    assert {m.name: m.value for m in matchers} == labels and all(m.op == "=" for m in matchers)

@@ -36,7 +36,7 @@ from typing import Any
 
 from stackwatch.alerting.config import AlertingConfig, Integration, Receiver
 from stackwatch.alerting.events import AlertGroupEvent, DeliveryResult
-from stackwatch.alerting.matchers import Matcher, matches_all
+from stackwatch.alerting.matchers import Matcher, equality_filter, matches_all
 from stackwatch.alerting.notifiers import AlertList, Message, NotifyError, notifier_for
 from stackwatch.alerting.routing import Route, build_routes
 from stackwatch.alerting.severity import severity_of
@@ -494,8 +494,7 @@ class Dispatcher:
     # -- messages -------------------------------------------------------------------------------
 
     def _silence_url(self, labels: dict[str, str]) -> str:
-        matchers = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        return f"{self.external_url}/alerts/silences/new?" + urllib.parse.urlencode({"filter": "{" + matchers + "}"})
+        return f"{self.external_url}/alerts/silences/new?" + urllib.parse.urlencode({"filter": equality_filter(labels)})
 
     def _alert_url(self, alert: Alert) -> str:
         if alert.generator_url:

@@ -67,6 +67,13 @@ class Matcher:
         return {"name": self.name, "value": self.value, "isRegex": self.is_regex, "isEqual": not self.is_negative}
 
 
+def equality_filter(labels: Mapping[str, str]) -> str:
+    """``{a="1",b="x\\y"}``: matchers for exactly these labels, values escaped so that
+    :func:`parse_matchers` reads them back unchanged (a backslash or quote in a value once made
+    a notification's "Silence" link create a silence that matched nothing)."""
+    return "{" + ",".join(str(Matcher(k, "=", v)) for k, v in sorted(labels.items())) + "}"
+
+
 def _unquote(text: str) -> str:
     body = text[1:-1]
     out = []

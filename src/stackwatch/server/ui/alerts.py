@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from stackwatch.alerting.config import parse_duration
-from stackwatch.alerting.matchers import parse_matchers
+from stackwatch.alerting.matchers import equality_filter, parse_matchers
 from stackwatch.alerting.silences import matchers_to_json
 from stackwatch.auth import role_at_least
 from stackwatch.errors import BadRequest, ConfigError, Forbidden, StackwatchError
@@ -36,8 +36,7 @@ def _dispatcher(request: Request) -> Any:
 
 
 def _silence_link(labels: dict[str, str]) -> str:
-    matchers = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    return "/alerts/silences/new?" + urlencode({"filter": "{" + matchers + "}"})
+    return "/alerts/silences/new?" + urlencode({"filter": equality_filter(labels)})
 
 
 def _context(request: Request, who: Any, **extra: Any) -> dict[str, Any]:
