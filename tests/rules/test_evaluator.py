@@ -73,6 +73,7 @@ def test_pending_then_firing_after_for_then_resolved() -> None:
     assert fired.starts_at == datetime.fromtimestamp(180, UTC)
     assert fired.ends_at == datetime.fromtimestamp(180 + 4 * 60, UTC)  # a lease of 4 intervals
     assert fired.generator_url.startswith("http://sw.example.com/graph?g0.expr=up+%3D%3D+0")
+    assert "project=" not in fired.generator_url
     assert fired.value == 0.0
     [again] = r.at(4)  # re-sent every evaluation, with the lease moved on
     assert again.starts_at == fired.starts_at and again.ends_at == datetime.fromtimestamp(240 + 240, UTC)
@@ -362,3 +363,12 @@ def test_a_failing_notify_does_not_break_evaluation() -> None:
     r.at(0)
     assert r.states() == [("a", "firing")] and r.gs.rules[0].health == "ok"
     assert math.isclose(r.gs.rules[0].active[next(iter(r.gs.rules[0].active))].value, 0.0)
+
+
+def test_the_alert_link_of_another_projects_rule_shows_that_project() -> None:
+    """"View alert" of a rule group with ``project: shop`` opened the default project's graph,
+    where the series that fired does not exist: the on-call saw "no data" mid-incident."""
+    r = Run(DOWN.replace("  - name: g\n", "  - name: g\n    project: shop\n"))
+    _gauge(r.storage, {"__name__": "up", "instance": "a"}, [0, 0, 0, 0])
+    fired = [a for m in range(4) for a in r.at(m)]
+    assert fired and fired[-1].generator_url.endswith("&g0.tab=1&project=shop")

@@ -456,7 +456,7 @@ class GroupEvaluator:
         for a in rs.active.values():
             if a.state == PENDING:
                 continue
-            url = self._generator_url(rs.rule, a.labels)
+            url = self._generator_url(rs.rule, a.labels, gs.group.project)
             if a.state == INACTIVE:
                 due = a.last_sent_at is None or (a.resolved_at is not None and a.resolved_at > a.last_sent_at) or (
                     ts_ms - a.last_sent_at >= self.resend_delay_ms)
@@ -478,7 +478,7 @@ class GroupEvaluator:
             a.sent_labels = dict(a.labels)
         return out
 
-    def _generator_url(self, rule: Rule, labels: Mapping[str, str] | None = None) -> str:
+    def _generator_url(self, rule: Rule, labels: Mapping[str, str] | None = None, project: str = "default") -> str:
         """Where an alert's link takes the on-call: the page that shows why it fired.
 
         PromQL rules open the graph page as Prometheus's do; log rules the log explorer with the
@@ -492,7 +492,8 @@ class GroupEvaluator:
         if rule.source == "error":
             issue = (labels or {}).get("issue_id", "")
             return f"{self.external_url}/issues/{quote(issue)}" if issue.isdigit() else f"{self.external_url}/issues"
-        return f"{self.external_url}/graph?g0.expr={quote(rule.query)}&g0.tab=1"
+        scope = f"&project={quote(project)}" if project and project != "default" else ""
+        return f"{self.external_url}/graph?g0.expr={quote(rule.query)}&g0.tab=1{scope}"
 
 
 _CMP: dict[str, Callable[[float, float], bool]] = {

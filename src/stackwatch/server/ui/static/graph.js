@@ -44,8 +44,14 @@
     errorBox.hidden = false;
   }
 
+  // The project whose series the page shows: an alert of another project's rule links here
+  // with ?project=... (without it, the default project's, where that series does not exist).
+  const project = new URLSearchParams(window.location.search).get("project") || "";
+
   async function api(path, params) {
-    const response = await fetch(`/api/v1/${path}?${new URLSearchParams(params)}`, { credentials: "same-origin" });
+    const query = new URLSearchParams(params);
+    if (project) query.set("project", project);
+    const response = await fetch(`/api/v1/${path}?${query}`, { credentials: "same-origin" });
     if (response.status === 401) {
       window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname + window.location.search)}`);
       throw new Error("not logged in");
@@ -64,6 +70,7 @@
 
   function writeAddress() {
     const params = new URLSearchParams({ "g0.expr": exprInput.value, "g0.range_input": rangeSelect.value });
+    if (project) params.set("project", project);
     const search = `?${params}`;
     if (search !== window.location.search) window.history.replaceState(null, "", search);
   }
