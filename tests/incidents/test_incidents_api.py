@@ -129,6 +129,10 @@ def test_schedules_profiles_policies_and_who_is_on_call(env: SimpleNamespace) ->
     error(c.put("/api/v1/oncall/schedules/ops", headers=ed, json={**SCHEDULE, "layers": SCHEDULE["layers"][:1]}),
           409, "layer 'secondary' of 'ops' is used by")
     error(c.delete("/api/v1/oncall/profiles/cto@example.com", headers=ed), 409, "used by escalation policy")
+    # Through a schedule too: ann is on the primary layer the policy pages.
+    error(c.delete("/api/v1/oncall/profiles/ann", headers=ed), 409,
+          "the on-call profile of 'ann' (on layer 'primary' of schedule 'ops') is used by escalation policy")
+    error(c.put("/api/v1/oncall/profiles/ann", headers=ed, json={"receivers": []}), 400, "at least one")
     error(c.put("/api/v1/escalation-policies/default", headers=ed, json={"levels": [
         {"targets": [{"schedule": "gone"}]}]}), 400, "no on-call schedule 'gone'")
     error(c.post("/api/v1/escalation-policies", headers=ed, json={**policy, "name": "b", "levels": [

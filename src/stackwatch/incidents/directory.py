@@ -337,6 +337,9 @@ class Directory:
         receivers = spec.get("receivers")
         if not isinstance(receivers, list) or not all(isinstance(r, str) and r.strip() for r in receivers):
             raise BadRequest("receivers: expected a list of receiver names (e.g. ['ann-email', 'ann-phone'])")
+        if not receivers:
+            raise BadRequest("receivers: at least one (a profile without receivers pages nobody; "
+                             f"DELETE /api/v1/oncall/profiles/{user} to remove it)")
         known = self.receiver_names() if self.receiver_names is not None else None
         for r in receivers:
             if known is not None and r.strip() not in known:
@@ -369,6 +372,14 @@ class Directory:
             if row is None:
                 raise NotFound(f"no on-call profile for {user!r}")
             self._refuse_if_used(s, "user", {user}, f"the on-call profile of {user!r}")
+            # Through a schedule too: on their shift, a policy paging that layer would page nobody.
+            for schedule in s.scalars(sa.select(OncallSchedule)):
+                for layer in schedule.layers:
+                    if user in (layer.get("participants") or []):
+                        self._refuse_if_used(
+                            s, "schedule", {schedule.name, str(schedule.id)},
+                            f"the on-call profile of {user!r} (on layer {layer.get('name')!r} of schedule "
+                            f"{schedule.name!r})", layer.get("name"))
             s.delete(row)
 
     def receivers_of(self, user: str) -> list[str]:
