@@ -268,3 +268,35 @@ def _wait_for(condition: Any, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_acknowledging_a_correlated_incident_reaches_each_pagerduty_route_incident(
+        service: IncidentService, clock: Clock) -> None:
+    """With correlation, one incident holds groups that a PagerDuty route triggered under their
+    own keys; the acknowledge reached only the page's key, and PagerDuty kept escalating."""
+    from types import SimpleNamespace
+
+    sent: list[tuple[str, str, str]] = []
+
+    class Sender:
+        config = SimpleNamespace(receivers={
+            "pd-route": SimpleNamespace(integrations=[SimpleNamespace(kind="pagerduty")]),
+            "team-chat": SimpleNamespace(integrations=[SimpleNamespace(kind="slack")]),
+        })
+
+        def send_to_receiver(self, receiver: str, event: Any, extra: dict[str, Any]) -> list[Any]:
+            sent.append((receiver, event.group_key, extra.get("action", "page")))
+            return []
+
+    engine = EscalationEngine(service, Sender(), LinkSigner(SECRET), clock=clock)
+    for group, name in (("g-errors", "ShipErrors"), ("g-latency", "ShipLatency")):
+        a = Alert(labels={"alertname": name, "severity": "critical", "service": "ship"},
+                  annotations={"summary": name}, starts_at=clock(), ends_at=clock() + timedelta(minutes=4))
+        for receiver in ("pd-route", "team-chat"):
+            event = make_group_event(group, receiver, {"alertname": name}, [a], "firing", clock())
+            event.correlation_key = "service=ship#ep1"
+            service.handle_group_event(event)
+    assert engine is not None
+    assert service.acknowledge(1, by="ann")["status"] == "acknowledged"  # the engine hears it
+    _wait_for(lambda: len(sent) == 2)
+    assert sorted(sent) == [("pd-route", "g-errors", "acknowledge"), ("pd-route", "g-latency", "acknowledge")]

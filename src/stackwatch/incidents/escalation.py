@@ -214,17 +214,25 @@ class EscalationEngine:
         if self.sender is None:
             return
         targets = [r for r in self.service.paged_receivers(incident_id) if self._tracks_incidents(r)]
-        if targets:
-            threading.Thread(target=self.send_action, args=(incident_id, action, targets), daemon=True,
+        groups = [(r, key) for r, key in self.service.notified_groups(incident_id) if self._tracks_incidents(r)]
+        if targets or groups:
+            threading.Thread(target=self.send_action, args=(incident_id, action, targets, groups), daemon=True,
                              name="stackwatch-incident-action").start()
 
-    def send_action(self, incident_id: int, action: str, receivers: list[str]) -> None:
-        """Tell ``receivers`` the incident was acknowledged or resolved (same dedup key as the pages)."""
+    def send_action(self, incident_id: int, action: str, receivers: list[str],
+                    groups: list[tuple[str, str]] | None = None) -> None:
+        """Tell ``receivers`` the incident was acknowledged or resolved (same dedup key as the
+        pages), and each route receiver of ``groups`` under the key it was notified with: with
+        correlation, a PagerDuty route's incident (its group's key) is not the page's (the
+        incident's key), and acknowledging only one left the other escalating in PagerDuty."""
         now = self.clock()
         inc = self.service.get_by_id(incident_id)
         alerts = self.service.alerts_of(incident_id) or []
-        for receiver in receivers:
-            event = make_group_event(inc["group_key"] or f"incident/{inc['number']}", receiver, dict(inc["labels"]),
+        own_key = inc["group_key"] or f"incident/{inc['number']}"
+        sends = [(r, own_key) for r in receivers]
+        sends += [pair for pair in groups or [] if pair not in sends]
+        for receiver, key in sends:
+            event = make_group_event(key, receiver, dict(inc["labels"]),
                                      alerts, "resolved" if action == "resolve" else "firing", now)
             try:
                 results = list(self.sender.send_to_receiver(receiver, event, {"action": action})) if self.sender else []

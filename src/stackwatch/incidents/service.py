@@ -407,6 +407,23 @@ class IncidentService:
                     out.append(receiver)
             return out
 
+    def notified_groups(self, incident_id: int) -> list[tuple[str, str]]:
+        """(receiver, group key) of the alert groups routes notified for this incident.
+
+        With correlation, one incident holds several groups, each notified under its own key
+        (a PagerDuty route's dedup key); an acknowledge or resolve must reach each of them.
+        """
+        with self.meta.session() as s:
+            rows = s.scalars(sa.select(TimelineEntry).where(TimelineEntry.incident_id == incident_id,
+                                                            TimelineEntry.kind == "notification")
+                             .order_by(TimelineEntry.at, TimelineEntry.id))
+            out: list[tuple[str, str]] = []
+            for e in rows:
+                pair = (e.payload.get("receiver"), e.payload.get("group_key"))
+                if pair[0] and pair[1] and not e.payload.get("level") and pair not in out:
+                    out.append(pair)  # type: ignore[arg-type]
+            return out
+
     def _notify_opened(self, number: int) -> None:
         for callback in self.on_opened:
             try:
