@@ -331,3 +331,22 @@ def test_a_group_is_confirmed_to_the_dispatcher_once_recorded(service: IncidentS
     broken.alerts = None  # recording it fails
     service.on_group_event(broken)
     assert confirmed == ["ok"]
+
+
+def test_a_warning_that_turns_critical_on_another_route_joins_its_incident(
+        service: IncidentService, clock: Clock) -> None:
+    """A threshold rule's warning opened #1 through the db route; at critical, its severity label
+    (so its fingerprint) changed, and the pager route (continue: true) flushed first: it opened
+    #2 for the same problem and paged again after #1 was acknowledged."""
+    warning = alert("DiskFull", "warning", clock(), instance="db-1", team="db")
+    first = service.handle_group_event(firing(clock, warning, key="db-route", receiver="db"))
+    assert first is not None
+    service.acknowledge(first, by="ann")
+    critical = alert("DiskFull", "critical", clock(), instance="db-1", team="db")
+    assert service.handle_group_event(firing(clock, critical, key="pager-route", receiver="pager")) == first
+    assert service.handle_group_event(firing(clock, critical, key="db-route", receiver="db")) == first
+    incident = service.get(first)
+    assert incident["status"] == "acknowledged" and incident["severity"] == "P0"
+    # Another instance is another alert: its own incident.
+    other = alert("DiskFull", "critical", clock(), instance="db-2", team="db")
+    assert service.handle_group_event(firing(clock, other, key="pager-route-2", receiver="pager")) != first

@@ -171,6 +171,11 @@ def _alert_from_json(data: dict[str, Any]) -> Alert:
     )
 
 
+def _identity(labels: Mapping[str, str]) -> frozenset[tuple[str, str]]:
+    """An alert's labels without its level: the same alert at warning and at critical."""
+    return frozenset((k, v) for k, v in labels.items() if k not in ("severity", "priority"))
+
+
 def _label_severity(labels: Mapping[str, str]) -> str | None:
     """An alert's level from its ``severity`` label, else its ``priority`` label, as routing
     reads it (a P1 labelled ``priority`` was routed and notified but opened no incident)."""
@@ -501,7 +506,7 @@ class IncidentService:
         opened: int | None = None
         with self._lock, self.meta.session() as s:
             occurrences = self._record_occurrences(s, event, alerts, at)
-            inc = self._open_incident_for(s, key, [a.fingerprint for a in firing])
+            inc = self._open_incident_for(s, key, firing)
             if inc is None:
                 severity = self._severity_of(firing, event.labels)
                 if not firing or severity not in self.config.open_severities:
@@ -540,15 +545,20 @@ class IncidentService:
             self._notify_state(incident_id, "resolve")
         return number
 
-    def _open_incident_for(self, s: Session, group_key: str, fingerprints: list[str]) -> Incident | None:
+    def _open_incident_for(self, s: Session, group_key: str, firing: list[Alert]) -> Incident | None:
         open_q = sa.select(Incident).where(Incident.status != "resolved")
         inc = s.scalar(open_q.where(Incident.group_key == group_key).order_by(Incident.number.desc()))
-        if inc is not None or not fingerprints:
+        if inc is not None or not firing:
             return inc
-        # Another route notifying the same alerts (``continue: true``) joins the incident they opened.
-        wanted = set(fingerprints)
+        # Another route notifying the same alerts (``continue: true``) joins the incident they
+        # opened. The same alert, that is, whatever its level: a threshold rule's warning that
+        # turns critical changes its severity label, so its fingerprint, and the critical
+        # route's group would otherwise open a second incident for one problem, and page again.
+        wanted = {a.fingerprint for a in firing}
+        same = {_identity(a.labels) for a in firing}
         for candidate in s.scalars(open_q.where(Incident.group_key.is_not(None)).order_by(Incident.number.desc())):
-            if wanted & set(candidate.alerts):
+            if wanted & set(candidate.alerts) or any(
+                    _identity(known.get("labels") or {}) in same for known in candidate.alerts.values()):
                 return candidate
         return None
 
