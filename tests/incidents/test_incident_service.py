@@ -350,3 +350,20 @@ def test_a_warning_that_turns_critical_on_another_route_joins_its_incident(
     # Another instance is another alert: its own incident.
     other = alert("DiskFull", "critical", clock(), instance="db-2", team="db")
     assert service.handle_group_event(firing(clock, other, key="pager-route-2", receiver="pager")) != first
+
+
+def test_a_correlated_alert_after_a_restart_joins_the_open_incident(service: IncidentService, clock: Clock) -> None:
+    """The dispatcher keeps correlation episodes in memory: after a restart, an alert of the same
+    service got a new episode key and opened (and paged) a second incident."""
+    errors = firing(clock, alert("ShipErrors", "critical", clock(), service="ship"), key="g-errors")
+    errors.correlation_key = "service=ship#0123456789abcdef"
+    first = service.handle_group_event(errors)
+    latency = firing(clock, alert("ShipLatency", "critical", clock(), service="ship"), key="g-latency")
+    latency.correlation_key = "service=ship#fedcba9876543210"  # the new episode after the restart
+    assert service.handle_group_event(latency) == first
+    other = firing(clock, alert("CartLatency", "critical", clock(), service="cart"), key="g-cart")
+    other.correlation_key = "service=cart#fedcba9876543210"
+    assert service.handle_group_event(other) != first
+    # A group key with a '#' in a label value is not a correlation key.
+    hashed = firing(clock, alert("Odd", "critical", clock()), key='{}:{alertname="a#0123456789abcdef"}')
+    assert service.handle_group_event(hashed) not in (first, None)

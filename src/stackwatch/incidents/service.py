@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -169,6 +170,11 @@ def _alert_from_json(data: dict[str, Any]) -> Alert:
         generator_url=data.get("generator_url") or "",
         value=data.get("value"),
     )
+
+
+#: The episode part of a correlation key (the dispatcher's ``labels#<16 hex>``); group keys
+#: (``{}:{alertname="..."}``) never end so and never start without ``{``.
+_EPISODE = re.compile(r"[0-9a-f]{16}")
 
 
 def _identity(labels: Mapping[str, str]) -> frozenset[tuple[str, str]]:
@@ -550,6 +556,16 @@ class IncidentService:
         inc = s.scalar(open_q.where(Incident.group_key == group_key).order_by(Incident.number.desc()))
         if inc is not None or not firing:
             return inc
+        labels, sep, episode = group_key.rpartition("#")
+        if sep and not labels.startswith("{") and _EPISODE.fullmatch(episode):
+            # A correlation key (``service=ship#<episode>``): the dispatcher keeps its episodes
+            # in memory, so after a restart the same service starts a new one. An incident still
+            # open for those correlation labels is that episode's: join it, do not page again.
+            prefix = labels.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "#%"
+            inc = s.scalar(open_q.where(Incident.group_key.like(prefix, escape="\\"))
+                           .order_by(Incident.number.desc()))
+            if inc is not None:
+                return inc
         # Another route notifying the same alerts (``continue: true``) joins the incident they
         # opened. The same alert, that is, whatever its level: a threshold rule's warning that
         # turns critical changes its severity label, so its fingerprint, and the critical
