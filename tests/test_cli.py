@@ -57,6 +57,29 @@ def test_import_then_search(server: ServerProcess, tmp_path: Path) -> None:
     assert len(r.stdout.splitlines()) == 3
 
 
+def test_import_reads_rotated_gzip_json_arrays_and_mixed_files(server: ServerProcess, tmp_path: Path) -> None:
+    """A rotated access.log.1.gz was stored as one line of binary; a JSON array export as its
+    lines of text; JSON lines with a stray traceback line imported nothing (a 400)."""
+    import gzip
+
+    rotated = tmp_path / "access.log.1.gz"
+    rotated.write_bytes(gzip.compress(b'203.0.113.9 - - [01/Jan/2026:10:00:00 +0000] "GET /gz HTTP/1.1" 502 1 "-" "x"\n'
+                                      * 4))
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([{"message": f"exported {i}", "marker": "arr"} for i in range(5)], indent=2))
+    mixed = tmp_path / "app-mixed.log"
+    mixed.write_text('{"message": "before", "marker": "mix"}\nTraceback (most recent call last):\n'
+                     '{"message": "after", "marker": "mix"}\n')
+    r = sw("logs", "import", str(rotated), str(export), str(mixed), "--service", "imports2", "--url", server.url,
+           env={"STACKWATCH_INGEST_TOKEN": INGEST_TOKEN})
+    assert r.returncode == 0, r.stderr
+    assert "imported 12 lines" in r.stderr
+    assert server.wait_for_count("service:imports2 AND http.status_code:502", 4, start="2025-12-01T00:00:00Z") == 4
+    assert server.wait_for_count("marker:arr", 5) == 5
+    assert server.wait_for_count("marker:mix", 2) == 2  # the JSON lines still read as JSON
+    assert server.wait_for_count('service:imports2 AND message:"Traceback (most recent call last):"', 1) == 1
+
+
 def test_errors_exit_non_zero_with_a_message(server: ServerProcess) -> None:
     env = {"STACKWATCH_URL": server.url, "STACKWATCH_TOKEN": ADMIN_TOKEN}
     r = sw("logs", "search", "level:(ERROR", env=env)
