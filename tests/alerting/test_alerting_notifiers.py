@@ -170,18 +170,23 @@ def smtp_server(tmp_path: Path) -> Iterator[tuple[int, _Inbox, Path]]:
         controller.stop()
 
 
-def test_email_over_starttls_with_auth_has_text_and_html_parts(
-        clock: ManualClock, smtp_server: tuple[int, _Inbox, Path]) -> None:
-    port, inbox, cert = smtp_server
-    cfg = {
+def mail_config(port: int, cert: Path, **email: Any) -> dict[str, Any]:
+    """One e-mail receiver on the test's STARTTLS server, with authentication."""
+    return {
         "global": {"smtp_smarthost": f"127.0.0.1:{port}", "smtp_from": "alerts@example.com",
                    "smtp_auth_username": "alerts", "smtp_auth_password": "s3cret"},
         "route": {"receiver": "mail"},
         "receivers": [{"name": "mail", "email_configs": [{
-            "to": "oncall@example.com", "send_resolved": True,
-            "tls_config": {"ca_file": str(cert), "server_name": "localhost"},
-            "headers": {"Subject": "[{{ .Status }}] {{ .CommonLabels.alertname }} <{{ .CommonLabels.service }}>"}}]}],
+            "to": "oncall@example.com", "tls_config": {"ca_file": str(cert), "server_name": "localhost"},
+            **email}]}],
     }
+
+
+def test_email_over_starttls_with_auth_has_text_and_html_parts(
+        clock: ManualClock, smtp_server: tuple[int, _Inbox, Path]) -> None:
+    port, inbox, cert = smtp_server
+    cfg = mail_config(port, cert, send_resolved=True, headers={
+        "Subject": "[{{ .Status }}] {{ .CommonLabels.alertname }} <{{ .CommonLabels.service }}>"})
     d = run_group(cfg, clock, [db_alert(clock)], resolve=True)
     assert [r["status"] for r in d.deliveries()] == ["success", "success"]
     (sender, rcpts, first), (_, _, second) = inbox.messages
@@ -201,13 +206,7 @@ def test_an_email_page_carries_the_acknowledge_link(
     """An incident's page by e-mail: the one-click acknowledge link, the incident and the
     escalation step are in both parts (they were only in webhook pages)."""
     port, inbox, cert = smtp_server
-    cfg = {
-        "global": {"smtp_smarthost": f"127.0.0.1:{port}", "smtp_from": "alerts@example.com",
-                   "smtp_auth_username": "alerts", "smtp_auth_password": "s3cret"},
-        "route": {"receiver": "mail"},
-        "receivers": [{"name": "mail", "email_configs": [{
-            "to": "oncall@example.com", "tls_config": {"ca_file": str(cert), "server_name": "localhost"}}]}],
-    }
+    cfg = mail_config(port, cert)
     paged = db_alert(clock)
     paged.annotations.update(ack_url="https://sw.example.com/incidents/ack?t=abc&u=ann",
                              incident_url="https://sw.example.com/api/v1/incidents/7",

@@ -187,20 +187,30 @@ def test_link_tokens_are_checked() -> None:
             signer.verify(junk, now=1001)
 
 
-def test_warnings_wait_for_working_hours_and_critical_pages_at_night(meta: MetaStore, receiver: Receiver) -> None:
-    """P2 (warning) does not page at night, as the severity table says: its incident opens at
-    once and its escalation starts at 09:00; a P0 opened at the same moment pages at once."""
+def night_in_berlin(meta: MetaStore) -> tuple[Clock, Any, IncidentService]:
+    """A service whose working hours are 09-18 Mon-Fri in Berlin, at 03:00 on a Tuesday."""
     from datetime import UTC, datetime
 
     from stackwatch.incidents.hours import WorkingHours
     from stackwatch.incidents.service import IncidentConfig
 
-    clock = Clock(datetime(2026, 11, 24, 2, 0, tzinfo=UTC))  # a Tuesday, 03:00 in Berlin
+    clock = Clock(datetime(2026, 11, 24, 2, 0, tzinfo=UTC))
     hours = WorkingHours.from_config({"timezone": "Europe/Berlin", "days": ["mon", "tue", "wed", "thu", "fri"],
                                       "start": "09:00", "end": "18:00"})
     service = IncidentService(meta, clock=clock, config=IncidentConfig(working_hours=hours),
                               base_url="http://stackwatch.test")
     setup_oncall(service)
+    return clock, hours, service
+
+
+def test_warnings_wait_for_working_hours_and_critical_pages_at_night(meta: MetaStore, receiver: Receiver) -> None:
+    """P2 (warning) does not page at night, as the severity table says: its incident opens at
+    once and its escalation starts at 09:00; a P0 opened at the same moment pages at once."""
+    from datetime import UTC, datetime
+
+    from stackwatch.incidents.service import IncidentConfig
+
+    clock, hours, service = night_in_berlin(meta)
     engine = engine_for(service, receiver, clock)
     warn = service.create(title="Queue backing up", severity="P2", by="ann")["number"]
     assert engine.tick() == 0 and receiver.paths() == []
@@ -224,17 +234,7 @@ def test_warnings_wait_for_working_hours_and_critical_pages_at_night(meta: MetaS
 def test_a_held_incident_raised_to_p0_pages_at_once(meta: MetaStore, receiver: Receiver) -> None:
     """A P2 waiting for working hours that becomes P0 (triaged by hand, or its alert crossing
     the critical threshold) pages now: it waited for the morning, in the middle of an outage."""
-    from datetime import UTC, datetime
-
-    from stackwatch.incidents.hours import WorkingHours
-    from stackwatch.incidents.service import IncidentConfig
-
-    clock = Clock(datetime(2026, 11, 24, 2, 0, tzinfo=UTC))  # 03:00 in Berlin
-    hours = WorkingHours.from_config({"timezone": "Europe/Berlin", "days": ["mon", "tue", "wed", "thu", "fri"],
-                                      "start": "09:00", "end": "18:00"})
-    service = IncidentService(meta, clock=clock, config=IncidentConfig(working_hours=hours),
-                              base_url="http://stackwatch.test")
-    setup_oncall(service)
+    clock, _hours, service = night_in_berlin(meta)
     engine = engine_for(service, receiver, clock)
     engine.tick_s = 3600  # only a wake-up can page within the test
     engine.start()
