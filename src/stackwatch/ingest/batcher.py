@@ -460,7 +460,10 @@ class Batcher:
             folder = self.wal.dir / "quarantine"
             folder.mkdir(exist_ok=True)
             path = folder / f"{entry.lsn:012d}-{entry.kind}.rec"
-            path.write_bytes(entry.payload)
+            with path.open("wb") as f:  # durable before the WAL is trimmed past the record
+                f.write(entry.payload)
+                f.flush()
+                os.fsync(f.fileno())
             self.quarantined += entry.count
             log.error("WAL record %d (%s, project %s, %d events) cannot be stored: %s: %s; set aside as %s",
                       entry.lsn, entry.kind, entry.project, entry.count, type(exc).__name__, exc, path)
