@@ -264,8 +264,14 @@ def test_weekly_review_names_noisy_ignored_and_flapping_alerts(service: Incident
     c = alert("HighCPU", "warning", clock(), instance="web-1")
     service.handle_group_event(firing(clock, c, key="cpu"))
     clock.advance(minutes=40)
-    c.ends_at = clock()
-    service.handle_group_event(firing(clock, c, key="cpu"))
+    # It turned critical half-way (a new severity label, a new occurrence): still one firing.
+    clock.advance(minutes=20)
+    critical = alert("HighCPU", "critical", clock(), instance="web-1")
+    c.ends_at = None  # still firing: re-sent with a new lease
+    service.handle_group_event(firing(clock, c, critical, key="cpu"))
+    clock.advance(minutes=20)
+    c.ends_at = critical.ends_at = clock()
+    service.handle_group_event(firing(clock, c, critical, key="cpu"))
     review = weekly_review(meta, clock() + timedelta(minutes=1))
     assert review["alert_firings"] == 6 and review["incidents_opened"] == 2
     assert [(n["alertname"], n["firings"]) for n in review["noisiest_alerts"]] == [

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -82,6 +83,33 @@ def mtta_mttr(meta: MetaStore, start: datetime, end: datetime) -> dict[str, Any]
     }
 
 
+def _firings(occurrences: Sequence[AlertOccurrence]) -> list[AlertOccurrence]:
+    """One occurrence per firing: an alert that changes level while it fires (a threshold
+    rule's warning turning critical) is a new occurrence, as its severity label changes, but it
+    is the same alert firing once. Occurrences of the same labels but the level that overlap in
+    time are counted as the first of them."""
+    def identity(o: AlertOccurrence) -> tuple[str, frozenset[tuple[str, str]]]:
+        labels = o.labels or {}
+        return o.alertname, frozenset((k, str(v)) for k, v in labels.items() if k not in ("severity", "priority"))
+
+    out: list[AlertOccurrence] = []
+    by_identity: dict[Any, list[AlertOccurrence]] = defaultdict(list)
+    for o in occurrences:
+        by_identity[identity(o)].append(o)
+    for group in by_identity.values():
+        group.sort(key=lambda o: o.starts_at)
+        out.append(group[0])
+        until = group[0].ends_at  # the end of the firing so far; None while it fires
+        for o in group[1:]:
+            if until is None or o.starts_at <= until:  # the same firing, at another level
+                if until is not None:
+                    until = None if o.ends_at is None else max(until, o.ends_at)
+                continue
+            out.append(o)
+            until = o.ends_at
+    return out
+
+
 def weekly_review(meta: MetaStore, end: datetime, days: int = 7, *, top: int = 10, flap_min_firings: int = 3,
                   flap_short: timedelta = timedelta(minutes=15)) -> dict[str, Any]:
     """The review of ``[end - days, end)``; see the module docs for what each list means."""
@@ -106,9 +134,10 @@ def weekly_review(meta: MetaStore, end: datetime, days: int = 7, *, top: int = 1
         ]
         summary = mtta_mttr(meta, start, end)
 
-    counts = Counter(o.alertname for o in occurrences)
+    firings = _firings(occurrences)
+    counts = Counter(o.alertname for o in firings)
     by_name: dict[str, list[AlertOccurrence]] = defaultdict(list)
-    for o in occurrences:
+    for o in firings:
         by_name[o.alertname].append(o)
 
     noisiest = []
@@ -155,7 +184,7 @@ def weekly_review(meta: MetaStore, end: datetime, days: int = 7, *, top: int = 1
     return {
         "start": iso(start),
         "end": iso(end),
-        "alert_firings": len(occurrences),
+        "alert_firings": len(firings),
         "incidents_opened": len(incidents),
         "noisiest_alerts": noisiest,
         "alerts_never_acted_on": never_acted,
