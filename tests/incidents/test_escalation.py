@@ -168,6 +168,9 @@ def test_manual_incidents_page_too_and_the_loop_runs_on_its_own(service: Inciden
     body: dict[str, Any] = receiver.requests[0][1]
     assert body["alerts"][0]["labels"] == {"alertname": "Incident", "incident": "1", "severity": "P1"}
     assert body["alerts"][0]["annotations"]["summary"] == "Checkout broken (customer report)"
+    # "View alert" leads to the incident (there is no alert; it pointed at an empty alert list).
+    assert body["alerts"][0]["generatorURL"] == body["alerts"][0]["annotations"]["incident_url"]
+    assert body["alerts"][0]["generatorURL"].endswith("/api/v1/incidents/1")
 
 
 def test_link_tokens_are_checked() -> None:

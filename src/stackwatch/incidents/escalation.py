@@ -151,7 +151,9 @@ class EscalationEngine:
         return [Alert(labels={"alertname": "Incident", "incident": str(inc["number"]), "severity": inc["severity"],
                               **({"service": inc["service"]} if inc["service"] else {})},
                       annotations={"summary": inc["title"], "description": inc.get("summary", "")},
-                      starts_at=datetime.fromisoformat(inc["opened_at"].replace("Z", "+00:00")))]
+                      starts_at=datetime.fromisoformat(inc["opened_at"].replace("Z", "+00:00")),
+                      # "View alert" shows the incident: there is no alert to show.
+                      generator_url=inc["url"])]
 
     def _page(self, step: dict[str, Any], now: datetime) -> None:
         inc = step["incident"]
