@@ -38,6 +38,10 @@ PEM = (
 POSITIVE = [
     # e-mail
     ("Email sent to john.doe@example.com", "Email sent to j***@example.com"),
+    # Internationalised addresses are personal data too (they were stored in clear).
+    ("Welcome jörg.müller@exämple.de!", "Welcome j***@exämple.de!"),
+    ("sent to 用户@例子.中国 today", "sent to 用***@例子.中国 today"),
+    ("login failed for ünal@mail.com.tr", "login failed for ü***@mail.com.tr"),
     ('{"to": "Jane.Roe+news@mail.example.co.uk"}', '{"to": "J***@mail.example.co.uk"}'),
     # phones
     ("SMS to +14155552671 queued", "SMS to +*******2671 queued"),

@@ -776,8 +776,10 @@ class Redactor:
             _Rule(
                 "email",
                 re.compile(
-                    r"(?<![\w.%+*@-])([A-Za-z0-9][A-Za-z0-9._%+-]{0,63})@"
-                    r"((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24})(?![\w-])"
+                    # Letters and digits of any script (jörg@exämple.de, 用户@例子.中国), as
+                    # internationalised addresses are personal data just as much.
+                    r"(?<![\w.%+*@-])([^\W_][\w.%+-]{0,63})@"
+                    r"((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24})(?![\w-])"
                 ),
                 self._replace_email,
             ),
@@ -1126,7 +1128,7 @@ def _re2_gates(keywords: tuple[str, ...]) -> dict[str, str]:
         "sendgrid": r"SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{16}",
         "twilio": r"(?:SK|AC)[0-9a-f]{32}",
         "key_value": f"(?:{keyword}){_RE2_KEY_SEPARATOR}",
-        "email": r"@[A-Za-z0-9][A-Za-z0-9.\-]*\.[A-Za-z]{2}",
+        "email": r"@[\pL\pN][\pL\pN_.\-]*\.\pL{2}",
         "card": rf"[2-6]{d}{{3}}[ \-]?{d}{{4}}",
         "iban": rf"[A-Z]{{2}}{d}{{2}} ?[A-Z0-9]{{4}} ?[A-Z0-9]{{4}}",
         "phone": rf"\+[1-9]|\({d}{{3}}\)[ .\-]?{d}{{3}}[ .\-]{d}{{4}}|[2-9]{d}{{2}}[\-.]{d}{{3}}[\-.]{d}{{4}}",
