@@ -21,13 +21,14 @@ A sink is either a callable ``(entries, token)`` (prepare-free) or a :class:`Sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ class Batcher:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self.stored_events = 0
-        #: Arrival times of entries not yet queued, with their counts (see _arrive).
+        #: Arrival times of entries not yet queued, with their counts (see _arrival).
         self._arriving: dict[int, int] = {}
         #: Events set aside because their data could not be prepared (see _prepare_isolating).
         self.quarantined = 0
@@ -225,30 +226,30 @@ class Batcher:
         """Make ``events`` durable; returns once they are in the WAL (then the caller may ack)."""
         if not events:
             return 0
-        if observed_ns is not None:
-            return await self.submit_entry(Entry.create(kind, project, events, observed_ns, defaults))
-        observed = self._arrive()
-        try:
+        with self._arrival(observed_ns) as observed:
             return await self.submit_entry(Entry.create(kind, project, events, observed, defaults))
-        finally:
-            self._arrived(observed)
 
-    def _arrive(self) -> int:
-        """An arrival time, counted as not stored until its entry is queued (see
-        :meth:`stored_watermark_ns`): between the two the request is encoded, waits for buffer
-        space and for the WAL's fsync, and a watermark taken then must not pass it."""
+    @contextlib.contextmanager
+    def _arrival(self, observed_ns: int | None) -> Iterator[int]:
+        """The entry's arrival time: ``observed_ns``, else now, counted as not stored until the
+        block ends, by then the entry is queued (see :meth:`stored_watermark_ns`). Between the
+        two the request is encoded, waits for buffer space and for the WAL's fsync, and a
+        watermark taken then must not pass it."""
+        if observed_ns is not None:
+            yield observed_ns
+            return
         with self._cond:
             now = time.time_ns()
             self._arriving[now] = self._arriving.get(now, 0) + 1
-            return now
-
-    def _arrived(self, observed: int) -> None:
-        with self._cond:
-            left = self._arriving.get(observed, 0) - 1
-            if left > 0:
-                self._arriving[observed] = left
-            else:
-                self._arriving.pop(observed, None)
+        try:
+            yield now
+        finally:
+            with self._cond:
+                left = self._arriving[now] - 1
+                if left:
+                    self._arriving[now] = left
+                else:
+                    del self._arriving[now]
 
     async def submit_entry(self, entry: Entry) -> int:
         """:meth:`submit` for an entry the caller built (to choose how it is encoded and kept)."""
@@ -272,25 +273,15 @@ class Batcher:
         """:meth:`submit` for threads without an event loop."""
         if not events:
             return 0
-        observed = observed_ns or self._arrive()
-        try:
-            entry = self._prepare(kind, project, events, observed, defaults)
+        with self._arrival(observed_ns) as observed:
+            entry = Entry.create(kind, project, events, observed, defaults)
+            self._reserve(entry.nbytes)
             try:
                 self.wal.append_sync(entry.payload, lambda lsn: self._durable(entry, lsn))
             except BaseException:
                 self._abandon(entry)
                 raise
             return entry.count
-        finally:
-            if not observed_ns:
-                self._arrived(observed)
-
-    def _prepare(
-        self, kind: str, project: str, events: list[Any], observed_ns: int | None, defaults: dict[str, Any] | None
-    ) -> Entry:
-        entry = Entry.create(kind, project, events, observed_ns or time.time_ns(), defaults)
-        self._reserve(entry.nbytes)
-        return entry
 
     def _abandon(self, entry: Entry) -> None:
         # Written to the WAL or not? Only a record that reached on_durable holds buffer space
