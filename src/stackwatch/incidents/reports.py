@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from stackwatch.incidents.directory import iso
-from stackwatch.incidents.severity import SEVERITIES, SLA
+from stackwatch.incidents.severity import SEVERITIES, SLA, without_level
 from stackwatch.storage.meta.db import MetaStore
 from stackwatch.storage.meta.models import AlertOccurrence, Incident, TimelineEntry
 
@@ -88,14 +88,10 @@ def _firings(occurrences: Sequence[AlertOccurrence]) -> list[AlertOccurrence]:
     rule's warning turning critical) is a new occurrence, as its severity label changes, but it
     is the same alert firing once. Occurrences of the same labels but the level that overlap in
     time are counted as the first of them."""
-    def identity(o: AlertOccurrence) -> tuple[str, frozenset[tuple[str, str]]]:
-        labels = o.labels or {}
-        return o.alertname, frozenset((k, str(v)) for k, v in labels.items() if k not in ("severity", "priority"))
-
     out: list[AlertOccurrence] = []
     by_identity: dict[Any, list[AlertOccurrence]] = defaultdict(list)
     for o in occurrences:
-        by_identity[identity(o)].append(o)
+        by_identity[o.alertname, without_level(o.labels or {})].append(o)
     for group in by_identity.values():
         group.sort(key=lambda o: o.starts_at)
         out.append(group[0])

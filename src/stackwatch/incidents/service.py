@@ -14,7 +14,7 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -26,7 +26,15 @@ from stackwatch.errors import BadRequest, NotFound
 from stackwatch.incidents.directory import Conflict, Directory, iso
 from stackwatch.incidents.hours import WorkingHours
 from stackwatch.incidents.postmortem import draft_postmortem
-from stackwatch.incidents.severity import SLA, normalize_severity, parse_severity, rank, severity_pages
+from stackwatch.incidents.severity import (
+    SLA,
+    label_severity,
+    normalize_severity,
+    parse_severity,
+    rank,
+    severity_pages,
+    without_level,
+)
 from stackwatch.model.alerts import Alert
 from stackwatch.storage.meta.db import MetaStore
 from stackwatch.storage.meta.models import (
@@ -177,17 +185,6 @@ def _alert_from_json(data: dict[str, Any]) -> Alert:
 _EPISODE = re.compile(r"[0-9a-f]{16}")
 
 
-def _identity(labels: Mapping[str, str]) -> frozenset[tuple[str, str]]:
-    """An alert's labels without its level: the same alert at warning and at critical."""
-    return frozenset((k, v) for k, v in labels.items() if k not in ("severity", "priority"))
-
-
-def _label_severity(labels: Mapping[str, str]) -> str | None:
-    """An alert's level from its ``severity`` label, else its ``priority`` label, as routing
-    reads it (a P1 labelled ``priority`` was routed and notified but opened no incident)."""
-    return normalize_severity(labels.get("severity")) or normalize_severity(labels.get("priority"))
-
-
 def _describe(alert: Alert) -> str:
     summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
     detail = ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()) if k not in ("alertname", "severity"))
@@ -222,7 +219,6 @@ class IncidentService:
         self.on_opened: list[Callable[[int], None]] = []
         #: Called when an escalation became due outside the engine's schedule (see _unhold).
         self.on_due: list[Callable[[], None]] = []
-        self._due_now = False
         #: Called with (incident id, "acknowledge" | "resolve") after either happened, so pagers
         #: that track incidents themselves (PagerDuty) can be told.
         self.on_state_change: list[Callable[[int, str], None]] = []
@@ -405,18 +401,22 @@ class IncidentService:
             except Exception:
                 log.exception("incident state hook failed")
 
-    def paged_receivers(self, incident_id: int) -> list[str]:
-        """Receivers escalation paged for this incident, in first-paged order."""
+    def _notifications(self, incident_id: int) -> list[dict[str, Any]]:
+        """The payloads of an incident's ``notification`` timeline entries, oldest first."""
         with self.meta.session() as s:
             rows = s.scalars(sa.select(TimelineEntry).where(TimelineEntry.incident_id == incident_id,
                                                             TimelineEntry.kind == "notification")
                              .order_by(TimelineEntry.at, TimelineEntry.id))
-            out: list[str] = []
-            for e in rows:
-                receiver = e.payload.get("receiver")
-                if e.payload.get("level") and receiver and receiver not in out:
-                    out.append(receiver)
-            return out
+            return [dict(e.payload) for e in rows]
+
+    def paged_receivers(self, incident_id: int) -> list[str]:
+        """Receivers escalation paged for this incident, in first-paged order."""
+        out: list[str] = []
+        for payload in self._notifications(incident_id):
+            receiver = payload.get("receiver")
+            if payload.get("level") and receiver and receiver not in out:
+                out.append(receiver)
+        return out
 
     def notified_groups(self, incident_id: int) -> list[tuple[str, str]]:
         """(receiver, group key) of the alert groups routes notified for this incident.
@@ -424,16 +424,12 @@ class IncidentService:
         With correlation, one incident holds several groups, each notified under its own key
         (a PagerDuty route's dedup key); an acknowledge or resolve must reach each of them.
         """
-        with self.meta.session() as s:
-            rows = s.scalars(sa.select(TimelineEntry).where(TimelineEntry.incident_id == incident_id,
-                                                            TimelineEntry.kind == "notification")
-                             .order_by(TimelineEntry.at, TimelineEntry.id))
-            out: list[tuple[str, str]] = []
-            for e in rows:
-                pair = (e.payload.get("receiver"), e.payload.get("group_key"))
-                if pair[0] and pair[1] and not e.payload.get("level") and pair not in out:
-                    out.append(pair)  # type: ignore[arg-type]
-            return out
+        out: list[tuple[str, str]] = []
+        for payload in self._notifications(incident_id):
+            pair = (payload.get("receiver"), payload.get("group_key"))
+            if pair[0] and pair[1] and not payload.get("level") and pair not in out:
+                out.append(pair)  # type: ignore[arg-type]
+        return out
 
     def _notify_opened(self, number: int) -> None:
         for callback in self.on_opened:
@@ -495,11 +491,11 @@ class IncidentService:
             self._worker = None
 
     def _severity_of(self, alerts: list[Alert], labels: dict[str, str]) -> str:
-        found = [_label_severity(a.labels) for a in alerts]
+        found = [label_severity(a.labels) for a in alerts]
         known = [x for x in found if x]
         if known:
             return min(known, key=rank)
-        return _label_severity(labels) or self.config.default_severity
+        return label_severity(labels) or self.config.default_severity
 
     def handle_group_event(self, event: GroupEventLike) -> int | None:
         """Record the group's alerts; open or update its incident. Returns the incident number."""
@@ -532,7 +528,7 @@ class IncidentService:
                 self._add(s, inc, "opened", SYSTEM, f"Opened from alert group {event.group_key} ({severity})", at,
                           {"group_key": event.group_key, "receiver": event.receiver})
                 opened = inc.number
-            self._update_from_alerts(s, inc, alerts, at, occurrences)
+            due = self._update_from_alerts(s, inc, alerts, at, occurrences)
             firing_count = sum(1 for a in alerts if not a.resolved(at))
             self._add(s, inc, "notification", event.receiver or SYSTEM,
                       f"Alert group notified to {event.receiver or 'the default receiver'}: "
@@ -546,7 +542,8 @@ class IncidentService:
             number, incident_id = inc.number, inc.id
         if opened is not None:
             self._notify_opened(opened)
-        self._wake_escalation()
+        if due:
+            self._wake_escalation()
         if resolved_now:
             self._notify_state(incident_id, "resolve")
         return number
@@ -571,10 +568,10 @@ class IncidentService:
         # turns critical changes its severity label, so its fingerprint, and the critical
         # route's group would otherwise open a second incident for one problem, and page again.
         wanted = {a.fingerprint for a in firing}
-        same = {_identity(a.labels) for a in firing}
+        same = {without_level(a.labels) for a in firing}
         for candidate in s.scalars(open_q.where(Incident.group_key.is_not(None)).order_by(Incident.number.desc())):
             if wanted & set(candidate.alerts) or any(
-                    _identity(known.get("labels") or {}) in same for known in candidate.alerts.values()):
+                    without_level(known.get("labels") or {}) in same for known in candidate.alerts.values()):
                 return candidate
         return None
 
@@ -595,7 +592,7 @@ class IncidentService:
             if occ is None:
                 occ = AlertOccurrence(
                     fingerprint=alert.fingerprint, alertname=alert.name[:200], labels=dict(alert.labels),
-                    severity=_label_severity(alert.labels) or _label_severity(event.labels) or "P4",
+                    severity=label_severity(alert.labels) or label_severity(event.labels) or "P4",
                     group_key=event.group_key[:1000], receiver=event.receiver[:200], starts_at=alert.starts_at,
                 )
                 s.add(occ)
@@ -606,7 +603,10 @@ class IncidentService:
         return out
 
     def _update_from_alerts(self, s: Session, inc: Incident, alerts: list[Alert], at: datetime,
-                            occurrences: dict[str, AlertOccurrence]) -> None:
+                            occurrences: dict[str, AlertOccurrence]) -> bool:
+        """Record the alerts on the incident; True when a raised severity made its held
+        escalation due (see :meth:`_unhold`)."""
+        due = False
         known = dict(inc.alerts)
         for alert in alerts:
             before = known.get(alert.fingerprint)
@@ -617,18 +617,19 @@ class IncidentService:
                 self._add(s, inc, "alert_firing", SYSTEM, _describe(alert), at,
                           {"fingerprint": alert.fingerprint, "labels": now["labels"], "value": alert.value,
                            "starts_at": now["starts_at"]})
-                sev = _label_severity(alert.labels)
+                sev = label_severity(alert.labels)
                 if sev and rank(sev) < rank(inc.severity) and inc.status != "resolved":
                     self._add(s, inc, "severity_changed", SYSTEM,
                               f"Severity raised from {inc.severity} to {sev} by {alert.name}", at,
                               {"from": inc.severity, "to": sev})
                     inc.severity = sev
-                    self._unhold(inc, at)
+                    due = self._unhold(inc, at) or due
             elif now["status"] == "resolved" and (before is None or before.get("status") == "firing"):
                 self._add(s, inc, "alert_resolved", SYSTEM, _describe(alert), at,
                           {"fingerprint": alert.fingerprint, "ends_at": now["ends_at"], "starts_at": now["starts_at"]})
             known[alert.fingerprint] = now
         inc.alerts = known
+        return due
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -698,31 +699,32 @@ class IncidentService:
             old, inc.severity = inc.severity, sev
             text = f"Severity changed from {old} to {sev}" + (f": {reason}" if reason else "")
             self._add(s, inc, "severity_changed", by, text, now, {"from": old, "to": sev})
-            self._unhold(inc, now)
+            due = self._unhold(inc, now)
             out = self._json(s, inc)
-        self._wake_escalation()
+        if due:
+            self._wake_escalation()
         return out
 
-    def _unhold(self, inc: Incident, at: datetime) -> None:
+    @staticmethod
+    def _unhold(inc: Incident, at: datetime) -> bool:
         """A held incident (a P2-P4 waiting for working hours) that becomes P0/P1 pages now.
 
-        Its first level is due at once; the escalation engine is woken after the commit
-        (:meth:`_wake_escalation`). An incident already paging keeps its schedule.
+        Its first level is due at once; True tells the caller to wake the escalation engine
+        after the commit (:meth:`_wake_escalation`). An incident already paging keeps its schedule.
         """
         if (inc.status == "triggered" and severity_pages(inc.severity) and inc.escalation_policy_id
                 and inc.esc_level == 0 and inc.esc_cycle == 0
                 and inc.esc_next_at is not None and inc.esc_next_at > at):
             inc.esc_next_at = at
-            self._due_now = True
+            return True
+        return False
 
     def _wake_escalation(self) -> None:
-        if self._due_now:
-            self._due_now = False
-            for callback in self.on_due:
-                try:
-                    callback()
-                except Exception:
-                    log.exception("escalation-due hook failed")
+        for callback in self.on_due:
+            try:
+                callback()
+            except Exception:
+                log.exception("escalation-due hook failed")
 
     def update(self, number: int, by: str, *, title: str | None = None, assignee: str | None = None,
                service: str | None = None, summary: str | None = None) -> dict[str, Any]:

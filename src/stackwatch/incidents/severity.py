@@ -7,11 +7,13 @@ here, so filters, figures and the "open an incident from P0-P2" rule speak one l
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from stackwatch.errors import BadRequest
 
-__all__ = ["ALIASES", "SEVERITIES", "SLA", "normalize_severity", "parse_severity", "rank"]
+__all__ = ["ALIASES", "SEVERITIES", "SLA", "label_severity", "normalize_severity", "parse_severity", "rank",
+           "without_level"]
 
 SEVERITIES: Final[tuple[str, ...]] = ("P0", "P1", "P2", "P3", "P4")
 
@@ -81,3 +83,15 @@ def severity_pages(severity: str) -> bool:
 
     found = level_of(severity)
     return True if found is None else found.pages
+
+
+def label_severity(labels: Mapping[str, str]) -> str | None:
+    """An alert's level from its ``severity`` label, else its ``priority`` label, as routing
+    reads it (a P1 labelled ``priority`` was routed and notified but opened no incident)."""
+    return normalize_severity(labels.get("severity")) or normalize_severity(labels.get("priority"))
+
+
+def without_level(labels: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    """An alert's labels without its level: the same alert at warning and at critical (its
+    severity label, so its fingerprint, changes when a threshold rule's level does)."""
+    return frozenset((k, str(v)) for k, v in labels.items() if k not in ("severity", "priority"))
