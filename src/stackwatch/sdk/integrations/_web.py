@@ -312,10 +312,11 @@ class WebInstrumentation:
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
                 span.set_attribute("http.response.status_code", status)
-                otel = _otel()
-                current = getattr(getattr(span, "status", None), "status_code", otel.StatusCode.UNSET)
-                if status >= 500 and current is otel.StatusCode.UNSET:  # keep an error that says what
-                    span.set_status(otel.Status(otel.StatusCode.ERROR))
+                if status >= 500:
+                    otel = _otel()
+                    current = getattr(getattr(span, "status", None), "status_code", otel.StatusCode.UNSET)
+                    if current is otel.StatusCode.UNSET:  # keep an error that says what failed
+                        span.set_status(otel.Status(otel.StatusCode.ERROR))
                 span.end()
         except Exception:
             sdk_failure("request span end")
