@@ -291,7 +291,7 @@ def test_acknowledging_a_correlated_incident_reaches_each_pagerduty_route_incide
             sent.append((receiver, event.group_key, extra.get("action", "page")))
             return []
 
-    engine = EscalationEngine(service, Sender(), LinkSigner(SECRET), clock=clock)
+    EscalationEngine(service, Sender(), LinkSigner(SECRET), clock=clock)  # hooks itself onto the service
     for group, name in (("g-errors", "ShipErrors"), ("g-latency", "ShipLatency")):
         a = Alert(labels={"alertname": name, "severity": "critical", "service": "ship"},
                   annotations={"summary": name}, starts_at=clock(), ends_at=clock() + timedelta(minutes=4))
@@ -299,7 +299,6 @@ def test_acknowledging_a_correlated_incident_reaches_each_pagerduty_route_incide
             event = make_group_event(group, receiver, {"alertname": name}, [a], "firing", clock())
             event.correlation_key = "service=ship#ep1"
             service.handle_group_event(event)
-    assert engine is not None
     assert service.acknowledge(1, by="ann")["status"] == "acknowledged"  # the engine hears it
     _wait_for(lambda: len(sent) == 2)
     assert sorted(sent) == [("pd-route", "g-errors", "acknowledge"), ("pd-route", "g-latency", "acknowledge")]
